@@ -1,0 +1,174 @@
+"""YAML experiment configs -> typed dataclasses, with dotted ``--set a.b=c`` overrides.
+
+A config file names its ``task`` (``cyclegan``, ``segmenter``, ``vae``, ``gan``); the task's dataclass
+(registered in :data:`TASKS`) holds every key with its default and documentation, so a misspelt key is
+an error, not a silently ignored value. The resolved config is saved as ``RUN/config.yaml``.
+
+Keys shared by every training config: ``train.iterations``, ``train.seed``, ``train.device``
+(auto/cpu/cuda), ``train.amp`` (none/bf16/fp16); the ``data`` section points at volumes
+(``data.mri``/``data.ct`` for translation; ``data.images``/``data.labels``/``data.label_map`` for
+segmentation and synthesis).
+
+>>> cfg = load_config("configs/demo_cyclegan_2d.yaml", ["train.iterations=10"])  # doctest: +SKIP
+>>> cfg.train.iterations  # doctest: +SKIP
+10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medgen.errors import MedgenError
+from medgen.io import atomic_write
+
+# task name -> "module:Class" of its config dataclass (imported lazily).
+TASKS = {
+    "cyclegan": "medgen.engines.cyclegan:CycleGANConfig",
+    "segmenter": "medgen.engines.segmenter:SegmenterConfig",
+    "vae": "medgen.engines.synth:VAEConfig",
+    "gan": "medgen.engines.synth:GANConfig",
+}
+
+
+@dataclass
+class TrainConfig:
+    """How long and where to train; shared by every task."""
+
+    iterations: int = 1000  # optimisation steps in total
+    seed: int = 0  # seeds python, numpy, torch and data sampling
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    amp: str = "none"  # none | bf16 (CPU or CUDA autocast) | fp16 (CUDA, with a GradScaler)
+    batch_size: int = 1
+    num_workers: int = 0  # DataLoader workers (data are cached in memory, so 0 is usually enough)
+    checkpoint_every: int = 500  # iterations between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    log_every: int = 50  # iterations between metrics.csv / TensorBoard scalar rows
+    image_every: int = 500  # iterations between TensorBoard image grids (0: never)
+    val_every: int = 0  # iterations between validations (0: only at the end; needs validation data)
+    threads: int = 0  # torch intra-op threads on CPU (0: torch's default)
+
+
+@dataclass
+class OptimConfig:
+    """Adam with a constant learning rate, then a linear decay to zero (CycleGAN schedule)."""
+
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: float = 0.0
+    decay_from: float = 0.5  # fraction of train.iterations after which the lr decays linearly to 0
+
+
+@dataclass
+class PreprocessConfig:
+    """Geometry and intensity normalisation, applied identically in training and inference."""
+
+    orientation: str = "RAS"  # every volume is reoriented to this axis code (exact axis flips/permutes)
+    spacing: list[float] | None = None  # target voxel size in mm; null keeps each volume's own spacing
+    ct_window: list[float] = field(default_factory=lambda: [-1024.0, 2048.0])  # HU mapped to [-1, 1]
+    mri_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # mapped to [-1, 1]
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``, recursing into dataclasses."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise MedgenError(source, f"'{key}' must be a mapping, not {value!r}")
+        return from_dict(tp, value, source, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, source)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise MedgenError(source, f"'{key}' must be a list, not {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item, key, source) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MedgenError(source, f"'{key}' must be a mapping, not {value!r}")
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_convert(k, kt, key, source): _convert(v, vt, key, source) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise MedgenError(source, f"'{key}' must be {getattr(tp, '__name__', tp)}, not {value!r}")
+
+
+def from_dict(cls: type, data: dict, source: str = "<config>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise ``MedgenError``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise MedgenError(source, f"unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}{k}", source) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, assignment: str, source: str) -> None:
+    if "=" not in assignment:
+        raise MedgenError(source, f"override {assignment!r} is not of the form a.b=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MedgenError(source, f"override {key!r}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def task_class(task: str, source: str = "<config>") -> type:
+    if task not in TASKS:
+        raise MedgenError(source, f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    module, name = TASKS[task].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Read a YAML config, apply ``a.b=value`` overrides (values parsed as YAML) and type-check it."""
+    source = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise MedgenError(source, "no such config file") from None
+    except yaml.YAMLError as exc:
+        raise MedgenError(source, f"invalid YAML ({' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(data, dict) or "task" not in data:
+        raise MedgenError(source, f"a config must be a mapping with a 'task' key ({', '.join(TASKS)})")
+    for assignment in overrides:
+        _set_dotted(data, assignment, source)
+    return from_dict(task_class(str(data["task"]), source), data, source)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

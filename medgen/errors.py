@@ -1,0 +1,24 @@
+"""The project's exception: one line naming the file and the problem."""
+
+from __future__ import annotations
+
+import os
+
+
+class MedgenError(Exception):
+    """A user-facing error about one input or output.
+
+    The command line prints it as ``medgen: error: <file>: <problem>`` and exits with status 2.
+
+    Args:
+        path: the file or directory concerned (``None`` when the problem is not about a file).
+        problem: a short, single-line description of what is wrong.
+
+    >>> str(MedgenError("ct/case_000.nii.gz", "not 3D: shape (512, 512)"))
+    'ct/case_000.nii.gz: not 3D: shape (512, 512)'
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.problem = " ".join(str(problem).split())  # always one line
+        super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
