@@ -180,9 +180,10 @@ def load_image(
             raise MedgenError(p, "a single DICOM file: pass the directory holding the whole series")
         else:
             raise MedgenError(p, f"unsupported extension {suffix!r} (supported: {', '.join(SUPPORTED)})")
+    if array.size == 0:
+        shape = ref.header.get_data_shape()
+        raise MedgenError(p, f"empty volume: shape {tuple(int(n) for n in shape)} has a zero-size axis")
     array = _squeeze_to_3d(array, p)
-    if any(n == 0 for n in array.shape):
-        raise MedgenError(p, f"empty volume: shape {tuple(array.shape)} has a zero-size axis")
     _check_affine(ref.affine, p)
     return _handle_nonfinite(array, p, nonfinite), ref
 

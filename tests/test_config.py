@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from medgen.config import PreprocessConfig, TrainConfig, _set_dotted, from_dict
+from medgen.errors import MedgenError
+
+
+@dataclass
+class _Data:
+    images: str = ""
+    label_map: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Cfg:
+    task: str = "x"
+    data: _Data = field(default_factory=_Data)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+def test_from_dict_types_and_defaults():
+    cfg = from_dict(_Cfg, {"data": {"images": "ct/", "label_map": {5: 1}}, "train": {"iterations": 7, "amp": "bf16"},
+                           "preprocess": {"spacing": [1, 1, 2.5]}})
+    assert cfg.train.iterations == 7 and cfg.train.seed == 0 and cfg.data.label_map == {5: 1}
+    assert cfg.preprocess.spacing == [1.0, 1.0, 2.5] and isinstance(cfg.preprocess.spacing[0], float)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"train": {"iteratons": 5}}, "unknown key 'train.iteratons'"),
+        ({"train": {"iterations": "many"}}, "'train.iterations' must be int"),
+        ({"train": 3}, "'train' must be a mapping"),
+        ({"preprocess": {"ct_window": 5}}, "'preprocess.ct_window' must be a list"),
+    ],
+)
+def test_from_dict_errors(data, message):
+    with pytest.raises(MedgenError, match=message):
+        from_dict(_Cfg, data, "cfg.yaml")
+
+
+def test_dotted_overrides():
+    data = {"train": {"iterations": 5}}
+    _set_dotted(data, "train.iterations=12", "x")
+    _set_dotted(data, "data.label_map={6: 1}", "x")
+    _set_dotted(data, "preprocess.spacing=null", "x")
+    assert data == {"train": {"iterations": 12}, "data": {"label_map": {6: 1}}, "preprocess": {"spacing": None}}
+    with pytest.raises(MedgenError, match="not of the form"):
+        _set_dotted(data, "train.iterations", "x")
