@@ -37,9 +37,26 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     from medgen.phantoms import write_dataset
 
     info = write_dataset(args.out, args.cases, args.seed, tuple(args.shape), tuple(args.spacing),
-                         args.weighting, args.overwrite)
+                         args.weighting, args.overwrite, args.test)
     print(f"wrote {len(info['cases'])} phantom cases ({info['mri_weighting']} MRI, CT in HU, labels) "
           f"to {args.out} in {info['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medgen.engines.train import train
+
+    out = args.out or (args.resume if isinstance(args.resume, str) else None)
+    if out is None:
+        raise MedgenError(None, "--out RUN is required (or --resume RUN)")
+    train(args.config, out, args.set, resume=bool(args.resume))
+    return 0
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from medgen.inference.translate import translate_files
+
+    translate_files(args.run, args.input, args.output, args.direction, args.device, args.overwrite)
     return 0
 
 
@@ -86,7 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_positive, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"))
     p.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING), metavar=("SX", "SY", "SZ"))
     p.add_argument("--weighting", choices=("T1", "T2"), default="T1", help="MRI weighting")
+    p.add_argument("--test", type=int, default=0, metavar="K",
+                   help="hold out the last K cases: dataset.json gets 'training' and 'test' sections")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+
+    p = add("train", _cmd_train, "train a model described by a YAML config (any task)",
+            "medgen train configs/demo_cyclegan_2d.yaml --out runs/t --set train.iterations=500")
+    p.add_argument("config", nargs="?", help="YAML config (configs/*.yaml); optional with --resume")
+    p.add_argument("--out", help="run directory: config.yaml, checkpoints/, metrics.csv, tb/")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.iterations=200 (repeatable)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue a run from its last checkpoint (RUN defaults to --out)")
+
+    p = add("translate", _cmd_translate, "translate whole volumes with a trained CycleGAN run",
+            "medgen translate runs/t mri/ synth_ct/ --direction mri2ct")
+    p.add_argument("run", help="CycleGAN run directory")
+    p.add_argument("input", help="a volume or a folder of volumes")
+    p.add_argument("output", help="an output .nii.gz (for a single input) or a folder")
+    p.add_argument("--direction", choices=("mri2ct", "ct2mri"), default="mri2ct")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     p = add("demo", _cmd_demo, "run the whole job on the embedded phantoms", "medgen demo demo_out")
     p.add_argument("out", help="output directory")

@@ -71,7 +71,7 @@ class PreprocessConfig:
     """Geometry and intensity normalisation, applied identically in training and inference."""
 
     orientation: str = "RAS"  # every volume is reoriented to this axis code (exact axis flips/permutes)
-    spacing: list[float] | None = None  # target voxel size in mm; null keeps each volume's own spacing
+    spacing: list[float | None] | None = None  # target voxel size in mm; null (or a null entry) keeps the own
     ct_window: list[float] = field(default_factory=lambda: [-1024.0, 2048.0])  # HU mapped to [-1, 1]
     mri_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # mapped to [-1, 1]
 

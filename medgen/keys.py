@@ -32,6 +32,7 @@ class Keys(StrEnum):
     IDT_CT = "idt_ct"
     NAME = "name"
     REF = "ref"
+    SCALE = "scale"
 
 
 class Modality(StrEnum):

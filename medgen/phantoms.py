@@ -241,8 +241,12 @@ def write_dataset(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     weighting: str = "T1",
     overwrite: bool = False,
+    test: int = 0,
 ) -> dict:
     """Write ``OUT/{ct,mri,labels}/case_XXX.nii.gz`` and ``OUT/dataset.json``; return the JSON dict.
+
+    ``dataset.json`` lists every case under ``cases``; with ``test > 0`` the last ``test`` cases also form
+    a ``test`` section and the others a ``training`` section (``dataset.json#test`` in configs).
 
     >>> info = write_dataset("phantoms", cases=20, seed=0)  # doctest: +SKIP
     >>> info["cases"][0]["ct"]  # doctest: +SKIP
@@ -252,6 +256,8 @@ def write_dataset(
 
     from medgen.errors import MedgenError
 
+    if not 0 <= test < cases:
+        raise MedgenError(out, f"--test {test} must leave at least one training case out of {cases}")
     out = Path(out)
     if (out / "dataset.json").exists() and not overwrite:
         raise MedgenError(out, "already holds a dataset.json (pass --overwrite to replace it)")
@@ -280,6 +286,7 @@ def write_dataset(
         "labels": {str(k): v for k, v in LABELS.items()},
         "ct_units": "HU",
         "cases": entries,
+        **({"training": entries[: cases - test], "test": entries[cases - test:]} if test > 0 else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write(out / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))

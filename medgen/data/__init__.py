@@ -1,0 +1,1 @@
+"""Datalists from folders or JSON, cached preprocessed volumes, and 2D/3D patch sampling."""

@@ -1,0 +1,101 @@
+"""Datalists: volumes from a folder or a JSON file, and image/label pairing by case name.
+
+A datalist JSON is either a list of paths, or a MONAI/Decathlon-style mapping with a ``training``
+(or ``cases``/``validation``/``test``) list of ``{"image": ..., "label": ...}`` entries (or phantom
+``{"mri": ..., "ct": ..., "label": ...}`` entries; a ``key`` picks which one). ``file.json#test`` picks
+a section by name. Relative paths are resolved against the JSON file's directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medgen.errors import MedgenError
+from medgen.io import case_name, is_image_path
+
+_SECTIONS = ("training", "cases", "validation", "test")
+
+
+def list_volumes(source: str | Path, key: str = "image") -> list[Path]:
+    """Image paths from a folder (sorted; DICOM series sub-folders count as one volume) or a JSON datalist.
+
+    >>> list_volumes("phantoms/ct")  # doctest: +SKIP
+    [PosixPath('phantoms/ct/case_000.nii.gz'), ...]
+    """
+    src, section = _split_section(source)
+    if not str(source):
+        raise MedgenError(None, f"no data given for '{key}' (set it in the config's data section)")
+    if not src.exists():
+        raise MedgenError(src, "no such file or directory")
+    if src.is_dir():
+        if is_image_path(src) and not any(p.is_dir() for p in src.iterdir()):
+            return [src]  # the folder itself is one DICOM series
+        paths = sorted(p for p in src.iterdir() if not p.name.startswith(".") and is_image_path(p))
+    elif src.suffix.lower() == ".json":
+        paths = _from_json(src, key, section)
+    elif is_image_path(src):
+        paths = [src]
+    else:
+        raise MedgenError(src, "not a folder of volumes, an image or a .json datalist")
+    if not paths:
+        raise MedgenError(src, "holds no volumes (.nii, .nii.gz, .nrrd, .mha, .mhd or DICOM series)")
+    return paths
+
+
+def _split_section(source: str | Path) -> tuple[Path, str | None]:
+    text = str(source)
+    if ".json#" in text:
+        path, section = text.rsplit("#", 1)
+        return Path(path), section
+    return Path(text), None
+
+
+def _from_json(path: Path, key: str, section: str | None = None) -> list[Path]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MedgenError(path, f"unreadable datalist JSON ({' '.join(str(exc).split())[:100]})") from None
+    if isinstance(data, dict):
+        names = [section] if section else list(_SECTIONS)
+        found = next((data[s] for s in names if s in data), None)
+        if found is None:
+            raise MedgenError(path, f"datalist has none of the sections {', '.join(names)}")
+        data = found
+    if not isinstance(data, list):
+        raise MedgenError(path, "datalist must be a list of paths or of {image, label} entries")
+    out = []
+    for entry in data:
+        rel = entry.get(key) if isinstance(entry, dict) else entry
+        if rel is None:
+            raise MedgenError(path, f"datalist entry {entry!r} has no '{key}'")
+        p = Path(rel)
+        out.append(p if p.is_absolute() else path.parent / p)
+    return out
+
+
+def pair_by_name(images: list[Path], labels: list[Path], images_src: str, labels_src: str) -> list[tuple[Path, Path]]:
+    """Match image and label paths by case name (file name without extension).
+
+    Raises ``MedgenError`` naming the first image without a label.
+    """
+    by_name = {case_name(p): p for p in labels}
+    pairs = []
+    for img in images:
+        lab = by_name.get(case_name(img))
+        if lab is None:
+            raise MedgenError(img, f"no label with the same case name in {labels_src}")
+        pairs.append((img, lab))
+    return pairs
+
+
+def image_label_pairs(images: str | Path, labels: str | Path, image_key: str = "image",
+                      label_key: str = "label") -> list[tuple[Path, Path]]:
+    """Image/label path pairs: entry by entry from one JSON datalist, else matched by case name.
+
+    >>> image_label_pairs("phantoms/ct", "phantoms/labels")[0]  # doctest: +SKIP
+    (PosixPath('phantoms/ct/case_000.nii.gz'), PosixPath('phantoms/labels/case_000.nii.gz'))
+    """
+    if ".json" in str(images) and (not str(labels) or str(labels) == str(images)):
+        return list(zip(list_volumes(images, image_key), list_volumes(images, label_key)))
+    return pair_by_name(list_volumes(images, image_key), list_volumes(labels, label_key), str(images), str(labels))

@@ -1,0 +1,94 @@
+"""Loading and preprocessing whole volumes once, cached in memory with MONAI's CacheDataset."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import CacheDataset
+from monai.transforms import Compose, MapTransform
+
+from medgen.io import load_image
+from medgen.keys import Keys
+from medgen.transforms import Preprocessd, Preprocessor
+from medgen.validate import check_labels, check_same_grid
+
+
+def remap_labels(labels: np.ndarray, label_map: Mapping[int, int] | None) -> np.ndarray:
+    """Map source label values to classes; values not in ``label_map`` become 0 (background).
+
+    >>> remap_labels(np.array([0, 5, 6, 5]), {5: 1})
+    array([0, 1, 0, 1], dtype=uint8)
+    """
+    if not label_map:
+        return labels.astype(np.uint8)
+    out = np.zeros(labels.shape, np.uint8)
+    for src, dst in label_map.items():
+        out[labels == src] = dst
+    return out
+
+
+class LoadVolumed(MapTransform):
+    """Load each key's path with :func:`medgen.io.load_image`; the ImageRef goes to ``{key}_ref``.
+
+    Args:
+        keys: image keys to load.
+        label_key: the label map's key (checked against the first image's grid, then remapped).
+        label_map: source label value -> class; ``None`` keeps the values.
+        allowed_labels: values a label file may hold (before remapping); ``None`` skips the check.
+    """
+
+    def __init__(self, keys, label_key: Hashable | None = None, label_map: Mapping[int, int] | None = None,
+                 allowed_labels: Sequence[int] | None = None):
+        super().__init__(keys)
+        self.label_key, self.label_map, self.allowed = label_key, label_map, allowed_labels
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        first_ref = None
+        for key in self.key_iterator(d):
+            path = d[key]
+            array, ref = load_image(path)
+            if key == self.label_key:
+                if self.allowed is not None:
+                    check_labels(array, self.allowed, str(path))
+                if first_ref is not None:
+                    check_same_grid(first_ref, ref)
+                array = remap_labels(array, self.label_map)
+            elif first_ref is None:
+                first_ref = ref
+            d[key], d[f"{key}_{Keys.REF}"] = array, ref
+        return d
+
+
+class _DropRefs(MapTransform):
+    def __call__(self, data: Mapping) -> dict:
+        return {k: v for k, v in data.items() if not str(k).endswith(f"_{Keys.REF}")}
+
+
+def cached_volumes(
+    items: Sequence[Mapping[Hashable, str | Path]],
+    preprocessors: Mapping[Hashable, Preprocessor],
+    label_key: Hashable | None = None,
+    label_map: Mapping[int, int] | None = None,
+    num_workers: int = 1,
+) -> list[dict[Hashable, torch.Tensor]]:
+    """Load, preprocess and cache volumes: one dict of ``(1, X, Y, Z)`` tensors per item.
+
+    Args:
+        items: dicts of key -> path (e.g. ``{Keys.CT: "ct/case_000.nii.gz", Keys.LABEL: ...}``).
+        preprocessors: key -> :class:`Preprocessor` (the label key uses its image's geometry preset).
+        label_key: the key holding a label map (nearest-neighbour resampled, remapped by ``label_map``).
+        num_workers: threads for MONAI's CacheDataset.
+    """
+    keys = list(preprocessors)
+    transform = Compose([
+        LoadVolumed(keys, label_key, label_map),
+        Preprocessd(keys, preprocessors, label_keys=[label_key] if label_key is not None else []),
+        _DropRefs(keys),
+    ])
+    dataset = CacheDataset([dict(i) for i in items], transform, cache_rate=1.0, num_workers=num_workers,
+                           progress=False, copy_cache=False)
+    return [dataset[i] for i in range(len(dataset))]

@@ -1,0 +1,1 @@
+"""Step factories (CycleGAN, segmenter, synthesizers) and the shared Ignite trainer with its handlers."""

@@ -1,0 +1,80 @@
+"""``medgen train``: the single training entry for every task, in one process or under torchrun.
+
+Under ``torchrun --nproc_per_node=N -m medgen train ...`` each process joins an ``ignite.distributed``
+group (gloo on CPU, nccl on CUDA), draws its own share of samples and averages gradients; rank 0
+writes the run directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+
+import ignite.distributed as idist
+import torch
+
+from medgen.config import load_config, save_config
+from medgen.engines.common import fit, latest_checkpoint, resolve_device, seed_everything
+from medgen.errors import MedgenError
+from medgen.io import atomic_write
+
+logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
+
+SETUPS = {
+    "cyclegan": "medgen.engines.cyclegan:setup",
+    "segmenter": "medgen.engines.segmenter:setup",
+    "vae": "medgen.engines.synth:setup",
+    "gan": "medgen.engines.synth:setup",
+}
+
+
+def prepare_run(config: str | Path | None, out: str | Path, overrides: list[str], resume: bool):
+    """Resolve the config (a resumed run reads ``RUN/config.yaml``) and check the run directory."""
+    run = Path(out)
+    saved = run / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise MedgenError(run, "nothing to resume: no config.yaml in this run directory")
+        if latest_checkpoint(run) is None:
+            raise MedgenError(run, "nothing to resume: no checkpoint in checkpoints/")
+        return load_config(saved, overrides)
+    if config is None:
+        raise MedgenError(None, "a CONFIG file is needed (or --resume RUN)")
+    if latest_checkpoint(run) is not None or saved.exists():
+        raise MedgenError(run, "already holds a training run (use --resume to continue it, or another --out)")
+    return load_config(config, overrides)
+
+
+def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)  # identical initial weights on every rank
+    module, name = SETUPS[cfg.task].split(":")
+    setup = getattr(importlib.import_module(module), name)(cfg, run, device)  # reads data, writes nothing
+    if idist.get_rank() == 0:
+        save_config(cfg, run / "config.yaml")
+        info = {"world_size": idist.get_world_size(), "backend": idist.backend(), "device": str(device),
+                "torch": torch.__version__, "python": platform.python_version()}
+        for name, content in {"environment.json": info, **setup.artifacts}.items():
+            text = json.dumps(content, indent=2) + "\n"
+            atomic_write(run / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    if idist.get_world_size() > 1:
+        idist.barrier()
+    fit(cfg, run, setup, resume)
+
+
+def train(config: str | Path | None, out: str | Path, overrides: list[str] = (), resume: bool = False) -> Path:
+    """Train the model a config describes into run directory ``out`` (or resume it)."""
+    cfg = prepare_run(config, out, list(overrides), resume)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    backend = None
+    if world > 1:
+        backend = "nccl" if cfg.train.device != "cpu" and torch.cuda.is_available() else "gloo"
+    with idist.Parallel(backend=backend) as parallel:
+        parallel.run(_worker, cfg, Path(out), resume)
+    return Path(out)

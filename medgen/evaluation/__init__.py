@@ -1,0 +1,1 @@
+"""Metrics (SynthRAD image similarity, Dice/HD95/ASSD), baselines and reports."""

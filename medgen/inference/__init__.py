@@ -1,0 +1,1 @@
+"""Whole-volume inference: translation, segmentation backends, the MRI liver pipeline."""

@@ -1,0 +1,69 @@
+"""Run a network over a whole preprocessed volume: slice-wise (2D) or sliding window (3D)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from medgen.engines.common import autocast
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, list[int]]:
+    pads = []
+    for n in reversed(x.shape[2:]):
+        extra = (-n) % multiple
+        pads += [extra // 2, extra - extra // 2]
+    return (F.pad(x, pads, value=value) if any(pads) else x), pads
+
+
+def _crop(x: torch.Tensor, pads: list[int]) -> torch.Tensor:
+    slices = [slice(None), slice(None)]
+    spatial = x.shape[2:]
+    for i, n in enumerate(spatial):
+        lo, hi = pads[2 * (len(spatial) - 1 - i)], pads[2 * (len(spatial) - 1 - i) + 1]
+        slices.append(slice(lo, n - hi))
+    return x[tuple(slices)]
+
+
+@torch.inference_mode()
+def infer_volume(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    volume: torch.Tensor,
+    spatial_dims: int,
+    device: torch.device,
+    amp: str = "none",
+    batch_size: int = 8,
+    roi_size: Sequence[int] = (64, 64, 64),
+    overlap: float = 0.5,
+    multiple: int = 4,
+    pad_value: float = -1.0,
+    out_channels: int = 1,
+) -> torch.Tensor:
+    """Apply ``net`` to a ``(C, X, Y, Z)`` CPU volume; returns ``(out_channels, X, Y, Z)`` float32 on CPU.
+
+    2D: axial slices (last axis) in batches of ``batch_size``, each padded to a multiple of ``multiple``.
+    3D: MONAI sliding window with Gaussian blending, ``overlap`` and ``roi_size``; patches go to
+    ``device``, the output is accumulated on the CPU so memory stays bounded for large volumes.
+    """
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x, pads = _pad_to_multiple(x.to(device, non_blocking=True), multiple, pad_value)
+        with autocast(device, amp):
+            y = net(x)
+        return _crop(y.float(), pads)
+
+    if spatial_dims == 2:
+        out = torch.empty((out_channels, *volume.shape[1:]), dtype=torch.float32)
+        depth = volume.shape[-1]
+        for z0 in range(0, depth, batch_size):
+            z1 = min(z0 + batch_size, depth)
+            batch = volume[..., z0:z1].permute(3, 0, 1, 2).float()  # (B, C, X, Y)
+            out[..., z0:z1] = run(batch).permute(1, 2, 3, 0).cpu()
+        return out
+    result = sliding_window_inference(volume[None].float(), [int(r) for r in roi_size], batch_size, run, overlap=overlap, mode="gaussian",
+                                      sw_device=device, device=torch.device("cpu"), padding_mode="constant",
+                                      cval=pad_value)
+    return result[0].float()

@@ -1,0 +1,126 @@
+"""CycleGAN networks: Johnson-style ResNet generator or MONAI UNet, and MONAI's PatchGAN discriminator.
+
+Defaults reproduce pytorch-CycleGAN-and-pix2pix (``resnet_9blocks``, ngf 64, ``n_layers=3`` 70x70
+PatchGAN with ndf 64, instance norm, N(0, 0.02) initialisation); ``spatial_dims`` selects 2D or 3D.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.layers.factories import Conv
+from monai.networks.nets import UNet
+from monai.networks.nets.patchgan_discriminator import PatchDiscriminator
+from torch import nn
+
+
+def _reflection_pad(spatial_dims: int) -> type[nn.Module]:
+    return nn.ReflectionPad2d if spatial_dims == 2 else nn.ReflectionPad3d
+
+
+def _norm(spatial_dims: int, channels: int) -> nn.Module:
+    return (nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d)(channels)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, spatial_dims: int, channels: int, dropout: float):
+        super().__init__()
+        conv, pad = Conv[Conv.CONV, spatial_dims], _reflection_pad(spatial_dims)
+        layers = [pad(1), conv(channels, channels, 3, bias=True), _norm(spatial_dims, channels), nn.ReLU(True)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [pad(1), conv(channels, channels, 3, bias=True), _norm(spatial_dims, channels)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Johnson et al. ResNet generator: c7s1-ngf, two stride-2 downsamplings, ``n_blocks`` residual
+    blocks, two transposed-conv upsamplings, c7s1-out, tanh. Reflection padding, instance norm.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels / out_channels: image channels.
+        ngf: filters of the first layer.
+        n_blocks: residual blocks (9 for 256^2 in the CycleGAN paper).
+        n_downsampling: stride-2 stages (inputs must be divisible by ``2**n_downsampling``).
+        dropout: dropout inside residual blocks.
+
+    >>> g = ResnetGenerator(2, 1, 1)
+    >>> round(sum(p.numel() for p in g.parameters()) / 1e6, 2)
+    11.37
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1, ngf: int = 64,
+                 n_blocks: int = 9, n_downsampling: int = 2, dropout: float = 0.0):
+        super().__init__()
+        conv, pad = Conv[Conv.CONV, spatial_dims], _reflection_pad(spatial_dims)
+        convt = Conv[Conv.CONVTRANS, spatial_dims]
+        layers: list[nn.Module] = [pad(3), conv(in_channels, ngf, 7, bias=True), _norm(spatial_dims, ngf), nn.ReLU(True)]
+        ch = ngf
+        for _ in range(n_downsampling):
+            layers += [conv(ch, ch * 2, 3, stride=2, padding=1, bias=True), _norm(spatial_dims, ch * 2), nn.ReLU(True)]
+            ch *= 2
+        layers += [_ResBlock(spatial_dims, ch, dropout) for _ in range(n_blocks)]
+        for _ in range(n_downsampling):
+            layers += [convt(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=True),
+                       _norm(spatial_dims, ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [pad(3), conv(ch, out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        self.multiple = 2**n_downsampling
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class _TanhUNet(nn.Module):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, ngf: int, depth: int = 4):
+        super().__init__()
+        channels = tuple(ngf * 2**i for i in range(depth))
+        self.unet = UNet(spatial_dims, in_channels, out_channels, channels=channels, strides=(2,) * (depth - 1),
+                         num_res_units=2, norm="INSTANCE")
+        self.multiple = 2 ** (depth - 1)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.unet(x))
+
+
+class _LastOutput(nn.Module):
+    """MONAI's PatchDiscriminator returns all intermediate features; keep the patch logits only."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[-1]
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """pytorch-CycleGAN-and-pix2pix ``normal`` init: conv weights N(0, gain), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_generator(cfg, spatial_dims: int, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
+    """Generator from a ``GeneratorConfig`` (``name``: ``resnet`` or ``unet``)."""
+    if cfg.name == "resnet":
+        return ResnetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, cfg.n_blocks, cfg.n_downsampling,
+                               cfg.dropout)
+    if cfg.name == "unet":
+        return _TanhUNet(spatial_dims, in_channels, out_channels, cfg.ngf)
+    raise ValueError(f"unknown generator {cfg.name!r} (resnet | unet)")
+
+
+def build_discriminator(cfg, spatial_dims: int, in_channels: int = 1) -> nn.Module:
+    """MONAI PatchDiscriminator with instance norm: ``n_layers=3`` is the 70x70 PatchGAN at 256^2."""
+    net = PatchDiscriminator(spatial_dims, cfg.ndf, in_channels, out_channels=1, num_layers_d=cfg.n_layers,
+                             kernel_size=4, norm="INSTANCE", bias=True, padding=1)
+    return _LastOutput(net)

@@ -1,0 +1,221 @@
+"""Modality presets, identical in training and inference, and exactly invertible on the way back.
+
+A volume goes ``(array, ImageRef)`` -> canonical orientation (exact axis flips/permutations, no
+interpolation) -> optional resampling to a target spacing -> intensities in [-1, 1]:
+
+- CT: the HU window ``[lo, hi]`` maps linearly to [-1, 1] (clipped); inverse gives HU.
+- MRI: robust percentile scaling, the volume's ``p_lo``/``p_hi`` percentiles map to -1/1 (clipped).
+
+:class:`Preprocessor` records what it did in a :class:`Geometry` so that ``restore`` puts a network
+output back onto the input's exact grid (shape, orientation), ready for ``save_like``.
+
+Array functions do the work once; the MONAI-style dict wrapper :class:`Preprocessd` only routes keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform
+
+from medgen.io import ImageRef
+from medgen.keys import Keys, Modality
+
+
+def ct_to_unit(hu, window: Sequence[float]):
+    """Map HU in ``window`` linearly to [-1, 1], clipping outside.
+
+    >>> float(ct_to_unit(np.array(-1024.0), (-1024, 2048)))
+    -1.0
+    """
+    lo, hi = float(window[0]), float(window[1])
+    x = (hu - lo) / (hi - lo) * 2 - 1
+    return x.clamp(-1, 1) if isinstance(x, torch.Tensor) else np.clip(x, -1, 1)
+
+
+def unit_to_ct(x, window: Sequence[float]):
+    """Inverse of :func:`ct_to_unit` (for values inside the window).
+
+    >>> float(unit_to_ct(np.array(0.0), (-1000, 1000)))
+    0.0
+    """
+    lo, hi = float(window[0]), float(window[1])
+    return (x + 1) / 2 * (hi - lo) + lo
+
+
+def mri_range(array: np.ndarray, percentiles: Sequence[float]) -> tuple[float, float]:
+    """The robust intensity range of an MRI: its ``percentiles`` (e.g. 0.5 and 99.5) over all voxels."""
+    sample = np.asarray(array, np.float32).ravel()
+    if sample.size > 4_000_000:  # percentiles of a strided subsample are as robust and much cheaper
+        sample = sample[:: sample.size // 2_000_000]
+    lo, hi = np.percentile(sample, percentiles)
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def mri_to_unit(x, lo: float, hi: float):
+    """Map MRI intensities in ``[lo, hi]`` linearly to [-1, 1], clipping outside."""
+    y = (x - lo) / (hi - lo) * 2 - 1
+    return y.clamp(-1, 1) if isinstance(y, torch.Tensor) else np.clip(y, -1, 1)
+
+
+def unit_to_mri(x, lo: float, hi: float):
+    return (x + 1) / 2 * (hi - lo) + lo
+
+
+@dataclass
+class Geometry:
+    """What :meth:`Preprocessor.forward` did to a volume's grid, enough to undo it exactly."""
+
+    original_shape: tuple[int, int, int]
+    ornt: np.ndarray  # nibabel orientation transform from the file axes to the canonical axes
+    canonical_shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]  # voxel size after reorientation, before resampling
+    shape: tuple[int, int, int]  # shape handed to the network
+    scale: tuple[float, float] | None = None  # MRI (lo, hi) used for intensity scaling
+
+
+def reorient(array: np.ndarray, affine: np.ndarray, code: str) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip axes so they point along ``code`` (e.g. ``RAS``); returns array and the transform."""
+    ornt = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(code)))
+    return nib.orientations.apply_orientation(array, ornt), ornt
+
+
+def undo_reorient(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`reorient` for an array on the canonical grid."""
+    return nib.orientations.apply_orientation(array, _invert_ornt(ornt))
+
+
+def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation transform that maps the canonical axes back to the original ones."""
+    inv = np.zeros_like(ornt)
+    for src, (dst, flip) in enumerate(ornt):
+        inv[int(dst)] = [src, flip]
+    return inv
+
+
+def resample(volume: torch.Tensor, size: Sequence[int], mode: str = "trilinear") -> torch.Tensor:
+    """Resample a ``(C, *spatial)`` tensor to ``size`` keeping the field of view (voxel corners aligned).
+
+    ``mode``: ``trilinear``/``bilinear`` for images and probabilities, ``nearest-exact`` for labels.
+    """
+    if tuple(volume.shape[1:]) == tuple(size):
+        return volume
+    kwargs = {} if mode.startswith("nearest") else {"align_corners": False}
+    out = F.interpolate(volume[None].float(), size=tuple(int(s) for s in size), mode=mode, **kwargs)[0]
+    return out.to(volume.dtype) if mode.startswith("nearest") else out
+
+
+class Preprocessor:
+    """Geometry and intensity preset of one modality, invertible.
+
+    Args:
+        modality: ``Modality.CT`` or ``Modality.MRI`` (``None``: geometry only, e.g. label maps).
+        orientation: target axis code, e.g. ``"RAS"``.
+        spacing: target voxel size in mm (``None`` or ``None`` entries keep the volume's own).
+        ct_window: HU mapped to [-1, 1] for CT.
+        mri_percentiles: MRI percentiles mapped to -1 and 1.
+
+    >>> pre = Preprocessor(Modality.CT, "RAS", [1.5, 1.5, None], (-1024, 2048))  # doctest: +SKIP
+    >>> x, geom = pre.forward(ct_hu, ref)  # (1, X, Y, Z) tensor in [-1, 1]  # doctest: +SKIP
+    >>> hu = pre.restore(pre.to_intensity(x, geom), geom)  # back on the input grid  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        modality: Modality | str | None,
+        orientation: str = "RAS",
+        spacing: Sequence[float | None] | None = None,
+        ct_window: Sequence[float] = (-1024.0, 2048.0),
+        mri_percentiles: Sequence[float] = (0.5, 99.5),
+    ) -> None:
+        self.modality = Modality(modality) if modality is not None else None
+        self.orientation = orientation
+        self.spacing = list(spacing) if spacing is not None else None
+        self.ct_window = tuple(float(v) for v in ct_window)
+        self.mri_percentiles = tuple(float(v) for v in mri_percentiles)
+
+    @classmethod
+    def from_config(cls, modality: Modality | str | None, cfg) -> Preprocessor:
+        """Build from a ``PreprocessConfig`` section."""
+        return cls(modality, cfg.orientation, cfg.spacing, cfg.ct_window, cfg.mri_percentiles)
+
+    def target_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, int, int]:
+        if self.spacing is None:
+            return tuple(int(n) for n in shape)  # type: ignore[return-value]
+        return tuple(
+            int(n) if t is None else max(1, int(round(n * s / float(t))))
+            for n, s, t in zip(shape, spacing, self.spacing)
+        )  # type: ignore[return-value]
+
+    def geometry(self, array: np.ndarray, ref: ImageRef) -> tuple[np.ndarray, Geometry]:
+        """Reorient ``array`` (exact) and describe the resampling still to do."""
+        canonical, ornt = reorient(array, ref.affine, self.orientation)
+        spacing = tuple(float(ref.spacing[int(i)]) for i in np.argsort(ornt[:, 0]))
+        geom = Geometry(tuple(array.shape), ornt, tuple(canonical.shape), spacing,
+                        self.target_shape(canonical.shape, spacing))
+        return canonical, geom
+
+    def forward(self, array: np.ndarray, ref: ImageRef, label: bool = False) -> tuple[torch.Tensor, Geometry]:
+        """``(1, X, Y, Z)`` float tensor in [-1, 1] (or a label tensor) on the canonical grid."""
+        canonical, geom = self.geometry(array, ref)
+        volume = torch.from_numpy(np.ascontiguousarray(canonical))[None]
+        if label:
+            return resample(volume, geom.shape, "nearest-exact"), geom
+        volume = resample(volume.float(), geom.shape)
+        if self.modality is Modality.CT:
+            volume = ct_to_unit(volume, self.ct_window)
+        elif self.modality is Modality.MRI:
+            geom.scale = mri_range(canonical, self.mri_percentiles)
+            volume = mri_to_unit(volume, *geom.scale)
+        return volume, geom
+
+    def to_intensity(self, x: torch.Tensor, geom: Geometry, scale: tuple[float, float] | None = None) -> torch.Tensor:
+        """Network output in [-1, 1] -> HU (CT) or MRI intensities (``scale`` or the input's own)."""
+        if self.modality is Modality.CT:
+            return unit_to_ct(x, self.ct_window)
+        if self.modality is Modality.MRI:
+            lo, hi = scale or geom.scale or (0.0, 1.0)
+            return unit_to_mri(x, lo, hi)
+        return x
+
+    def restore(self, x: torch.Tensor, geom: Geometry, mode: str = "trilinear") -> np.ndarray:
+        """A ``(C, *geom.shape)`` or ``(*geom.shape)`` tensor -> numpy on the input's original grid."""
+        squeeze = x.dim() == 3
+        volume = resample(x[None] if squeeze else x, geom.canonical_shape, mode)
+        out = volume[0] if squeeze else volume
+        array = out.detach().cpu().numpy()
+        if squeeze:
+            return undo_reorient(array, geom.ornt)
+        return np.stack([undo_reorient(c, geom.ornt) for c in array])
+
+
+class Preprocessd(MapTransform):
+    """Dict wrapper: load-time preprocessing of ``keys`` (arrays with ``{key}_ref`` ImageRefs) to tensors.
+
+    An MRI's intensity range used for scaling is kept as ``{key}_scale``.
+
+    Args:
+        keys: keys of image arrays to preprocess.
+        preprocessors: one :class:`Preprocessor` per key.
+        label_keys: keys preprocessed as label maps (nearest-neighbour resampling, no intensity change).
+    """
+
+    def __init__(self, keys, preprocessors: Mapping[Hashable, Preprocessor], label_keys: Sequence[Hashable] = ()):
+        super().__init__(keys)
+        self.preprocessors = preprocessors
+        self.label_keys = set(label_keys)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key], geom = self.preprocessors[key].forward(d[key], d[f"{key}_{Keys.REF}"], label=key in self.label_keys)
+            if geom.scale is not None:
+                d[f"{key}_{Keys.SCALE}"] = geom.scale
+        return d
