@@ -60,6 +60,51 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_map(text: str | None) -> dict[int, int] | None:
+    """``"5:1,6:2"`` -> ``{5: 1, 6: 2}``."""
+    if not text:
+        return None
+    try:
+        return {int(a): int(b) for a, b in (item.split(":") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"label map {text!r} is not of the form SRC:CLASS[,SRC:CLASS...]") from None
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from medgen.inference.segment import segment_files
+
+    segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index, args.overwrite)
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from medgen.inference.pipeline import PipelineOptions, run_pipeline
+
+    options = PipelineOptions(args.threshold, args.largest_component, args.fill_holes, args.save_sct, args.baseline,
+                              args.overwrite)
+    rows, failed = run_pipeline(args.translator, args.segmenter, args.input, args.output, args.device,
+                                args.liver_index, options, args.truth, args.label_map)
+    ok = [r for r in rows if r["status"] == "ok"]
+    for key, name in (("dice", "pipeline (MRI -> synthetic CT -> segmenter)"), ("baseline_dice", "direct baseline")):
+        values = [r[key] for r in ok if key in r]
+        if values:
+            print(f"mean liver Dice, {name}: {sum(values) / len(values):.4f} over {len(values)} cases")
+    print(f"{len(ok)} cases segmented, {failed} failed")
+    return 2 if failed else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medgen.evaluation.segmentation import evaluate_folders, summarize, write_report
+
+    rows = evaluate_folders(args.pred, args.truth, args.label_map, args.pred_label_map)
+    out = args.out or f"{str(args.pred).rstrip('/')}/evaluation"
+    csv_path, _ = write_report(rows, out)
+    summary = summarize(rows)
+    print(f"{len(rows)} cases: Dice {summary['dice_mean']:.4f} +- {summary['dice_sd']:.4f}, "
+          f"HD95 {summary['hd95_mean']:.2f} mm, ASSD {summary['assd_mean']:.2f} mm -> {csv_path}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from medgen.demo import run_demo
 
@@ -124,6 +169,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", choices=("mri2ct", "ct2mri"), default="mri2ct")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    p = add("segment", _cmd_segment, "segment the liver on CT volumes with any segmenter backend",
+            "medgen segment runs/seg ct.nii.gz liver.nii.gz")
+    p.add_argument("segmenter", help="segmenter run dir, TorchScript file (+ sidecar), MONAI bundle dir or 'totalsegmentator'")
+    p.add_argument("input", help="a CT volume or a folder of volumes")
+    p.add_argument("output", help="an output mask .nii.gz (single input) or a folder")
+    p.add_argument("--liver-index", type=int, default=1, help="output channel / class of the liver")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("pipeline", _cmd_pipeline, "run a pipeline; mri-liver: MRI -> synthetic CT -> liver mask on the MRI grid",
+            "medgen pipeline mri-liver --translator runs/t --segmenter runs/seg mri/ out/ --baseline")
+    p.add_argument("name", choices=("mri-liver",), help="the pipeline")
+    p.add_argument("input", help="an MRI volume or a folder of them")
+    p.add_argument("output", help="mask .nii.gz for a single input, or an output folder (masks + summary.csv/json)")
+    p.add_argument("--translator", required=True, help="CycleGAN run directory (MRI -> CT)")
+    p.add_argument("--segmenter", required=True, help="run dir, TorchScript file, MONAI bundle or 'totalsegmentator'")
+    p.add_argument("--liver-index", type=int, default=1, help="output channel / class of the liver")
+    p.add_argument("--save-sct", action="store_true", help="also write the synthetic CTs (OUT/sct/)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also run the direct baseline: the segmenter on the MRI rescaled into the CT window")
+    p.add_argument("--truth", help="folder of ground-truth label maps: adds Dice to the summary")
+    p.add_argument("--label-map", type=_label_map, default=None, help="truth label -> class, e.g. 5:1 (default 1:1)")
+    p.add_argument("--threshold", type=float, default=None, help="liver probability threshold (default 0.5)")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="recompute finished cases and replace outputs")
+
+    p = add("evaluate", _cmd_evaluate, "evaluate predictions; segmentation: Dice, HD95, ASSD (mm) per case and mean",
+            "medgen evaluate segmentation --pred out/ --truth labels/ --label-map 5:1")
+    p.add_argument("kind", choices=("segmentation",), help="what to evaluate")
+    p.add_argument("--pred", required=True, help="folder of predicted masks")
+    p.add_argument("--truth", required=True, help="folder of ground-truth label maps (matched by case name)")
+    p.add_argument("--label-map", type=_label_map, default=None, help="truth label -> class, e.g. 5:1")
+    p.add_argument("--pred-label-map", type=_label_map, default=None, help="prediction label -> class")
+    p.add_argument("--out", help="report path without extension (default PRED/evaluation): .csv and .json")
 
     p = add("demo", _cmd_demo, "run the whole job on the embedded phantoms", "medgen demo demo_out")
     p.add_argument("out", help="output directory")

@@ -74,6 +74,7 @@ class PreprocessConfig:
     spacing: list[float | None] | None = None  # target voxel size in mm; null (or a null entry) keeps the own
     ct_window: list[float] = field(default_factory=lambda: [-1024.0, 2048.0])  # HU mapped to [-1, 1]
     mri_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # mapped to [-1, 1]
+    mri_bias_correction: bool = True  # N4 bias-field correction of MRIs before intensity scaling
 
 
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:

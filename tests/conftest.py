@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "totalsegmentator_examples"
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / ".." / "shared" / "data" / "real" / "totalsegmentator_examples"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -61,3 +62,53 @@ def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantoms")
     write_dataset(out, cases=6, seed=0, shape=(64, 64, 32), spacing=(6.0, 6.0, 6.0))
     return out
+
+
+def config(dims: int) -> Path:
+    return ROOT / "configs" / ("cyclegan_2d.yaml" if dims == 2 else "cyclegan_3d.yaml")
+
+
+def tiny(phantom_dir: Path, dims: int = 2, iterations: int = 4, **extra) -> list[str]:
+    """Overrides that make the CycleGAN configs train in seconds on the session phantoms."""
+    ds = phantom_dir / "dataset.json"
+    patch = "[32, 32]" if dims == 2 else "[16, 16, 16]"
+    sets = {
+        "data.mri": str(ds), "data.ct": str(ds), "data.val_mri": f"{ds}#cases", "data.val_ct": f"{ds}#cases",
+        "data.patch_size": patch, "data.cache_workers": 1, "preprocess.spacing": "null",
+        "generator.ngf": 4, "generator.n_blocks": 1, "discriminator.ndf": 4,
+        "train.iterations": iterations, "train.checkpoint_every": 2, "train.log_every": 1, "train.image_every": 2,
+        "train.keep_checkpoints": 10, "train.amp": "none", "inference.roi_size": "[16, 16, 16]",
+        "inference.batch_size": 4, **extra,
+    }
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def tiny_segmenter(phantom_dir: Path, dims: int = 2, iterations: int = 4, **extra) -> list[str]:
+    """Overrides that make the segmenter config train in seconds on the session phantoms."""
+    ds = phantom_dir / "dataset.json"
+    sets = {
+        "spatial_dims": dims, "data.images": str(ds), "data.labels": str(ds), "data.val_images": f"{ds}#cases",
+        "data.val_labels": f"{ds}#cases", "data.patch_size": "[32, 32]" if dims == 2 else "[16, 16, 16]",
+        "data.cache_workers": 1, "preprocess.spacing": "null", "network.channels": "[4, 8]",
+        "network.num_res_units": 0, "train.iterations": iterations, "train.checkpoint_every": 2,
+        "train.log_every": 1, "train.batch_size": 2, "train.num_workers": 0, "train.amp": "none",
+        "inference.roi_size": "[16, 16, 16]", **extra,
+    }
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture(scope="session")
+def cyclegan_run(phantom_dir, tmp_path_factory) -> Path:
+    """A tiny 2D CycleGAN trained for 4 iterations on the session phantoms."""
+    from medgen.engines.train import train
+
+    return train(config(2), tmp_path_factory.mktemp("runs") / "c2d", tiny(phantom_dir))
+
+
+@pytest.fixture(scope="session")
+def segmenter_run(phantom_dir, tmp_path_factory) -> Path:
+    """A tiny 2D segmenter trained for 4 iterations on the session phantoms."""
+    from medgen.engines.train import train
+
+    return train(ROOT / "configs" / "segmenter_ct_liver.yaml", tmp_path_factory.mktemp("runs") / "seg",
+                 tiny_segmenter(phantom_dir))

@@ -37,6 +37,10 @@ def _start(center: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> 
 class RandomPatches(Dataset):
     """Random foreground-aware patches: 2D axial slices (``spatial_dims=2``) or 3D patches.
 
+    A centre voxel is drawn first (on ``pos_key`` > 0 with probability ``pos_prob``, else inside the body
+    with probability ``fg_prob``, else anywhere); 2D samples are the axial slice through it, 3D samples
+    the patch around it.
+
     Args:
         volumes: cached volumes, dicts of key -> ``(1, X, Y, Z)`` tensors (from ``cached_volumes``).
         keys: keys cropped together (e.g. image and label).
@@ -45,55 +49,77 @@ class RandomPatches(Dataset):
         seed: sample ``n`` uses the generator ``(seed, n)``.
         fg_key: key whose values ``> fg_threshold`` define the body (foreground).
         min_foreground: 2D: slices with a smaller body fraction are never drawn.
-        fg_prob: probability that a patch is centred on a foreground voxel (else anywhere).
+        fg_prob: probability that a patch is centred on a body voxel (else anywhere).
+        pos_key / pos_prob: optional label key whose positive voxels are drawn first with ``pos_prob``.
         pad_values: key -> value used where a patch leaves the volume (default -1, background in [-1, 1]).
+        transform: optional callable applied to each sample dict (e.g. MONAI random intensity transforms).
     """
 
     def __init__(self, volumes: Sequence[Mapping[Hashable, torch.Tensor]], keys: Sequence[Hashable],
                  patch_size: Sequence[int], spatial_dims: int, seed: int, fg_key: Hashable,
                  fg_threshold: float = -0.9, min_foreground: float = 0.05, fg_prob: float = 0.9,
-                 pad_values: Mapping[Hashable, float] | None = None, length: int = 2**62):
+                 pos_key: Hashable | None = None, pos_prob: float = 0.0,
+                 pad_values: Mapping[Hashable, float] | None = None, transform=None, length: int = 2**62):
         if spatial_dims not in (2, 3) or len(patch_size) != spatial_dims:
             raise ValueError(f"patch_size {list(patch_size)} does not fit spatial_dims={spatial_dims}")
         if not volumes:
             raise ValueError("no volumes to sample from")
         self.volumes, self.keys, self.size = list(volumes), list(keys), [int(s) for s in patch_size]
-        self.spatial_dims, self.seed, self.fg_prob, self.length = spatial_dims, seed, fg_prob, length
+        self.spatial_dims, self.seed, self.length = spatial_dims, seed, length
+        self.fg_prob, self.pos_prob, self.transform = fg_prob, pos_prob, transform
         self.pad = {k: -1.0 for k in self.keys} | dict(pad_values or {})
-        self.slices, self.fg = [], []
+        self.slices, self.fg, self.pos = [], [], []
         for vol in self.volumes:
-            fg = vol[fg_key][0] > fg_threshold
-            frac = fg.float().mean(dim=(0, 1))
-            ok = torch.nonzero(frac >= min_foreground).flatten()
-            self.slices.append(ok if len(ok) else torch.arange(fg.shape[-1]))
-            coords = torch.nonzero(fg)
-            if len(coords) > 200_000:
-                coords = coords[torch.linspace(0, len(coords) - 1, 200_000).long()]
-            self.fg.append(coords)
+            body = vol[fg_key][0] > fg_threshold
+            if spatial_dims == 2:
+                ok = torch.nonzero(body.float().mean(dim=(0, 1)) >= min_foreground).flatten()
+                ok = ok if len(ok) else torch.arange(body.shape[-1])
+            else:
+                ok = torch.arange(body.shape[-1])
+            valid = torch.zeros(body.shape[-1], dtype=torch.bool)
+            valid[ok] = True
+            self.slices.append(ok)
+            self.fg.append(_coords(body & valid))
+            self.pos.append(_coords((vol[pos_key][0] > 0) & valid) if pos_key is not None else _coords(None))
 
     def __len__(self) -> int:
         return self.length
 
+    def _center(self, rng: np.random.Generator, v: int, shape: Sequence[int]) -> list[int]:
+        pos, fg = self.pos[v], self.fg[v]
+        if len(pos) and rng.random() < self.pos_prob:
+            return pos[rng.integers(len(pos))].tolist()
+        if len(fg) and rng.random() < self.fg_prob:
+            return fg[rng.integers(len(fg))].tolist()
+        z = int(self.slices[v][rng.integers(len(self.slices[v]))])
+        return [int(rng.integers(s)) for s in shape[:2]] + [z]
+
     def __getitem__(self, n: int) -> dict[Hashable, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(n)])
         v = int(rng.integers(len(self.volumes)))
-        vol, fg = self.volumes[v], self.fg[v]
+        vol = self.volumes[v]
         shape = vol[self.keys[0]].shape[1:]
+        center = self._center(rng, v, shape)
         if self.spatial_dims == 2:
-            z = int(self.slices[v][rng.integers(len(self.slices[v]))])
-            in_slice = fg[fg[:, 2] == z]
-            if len(in_slice) and rng.random() < self.fg_prob:
-                center = in_slice[rng.integers(len(in_slice))][:2].tolist()
-            else:
-                center = [int(rng.integers(s)) for s in shape[:2]]
-            start = _start(center, self.size, shape[:2])
-            return {k: crop_or_pad(vol[k][..., z], start, self.size, self.pad[k]) for k in self.keys}
-        if len(fg) and rng.random() < self.fg_prob:
-            center = fg[rng.integers(len(fg))].tolist()
+            start = _start(center[:2], self.size, shape[:2])
+            out = {k: crop_or_pad(vol[k][..., center[2]], start, self.size, self.pad[k]) for k in self.keys}
         else:
-            center = [int(rng.integers(s)) for s in shape]
-        start = _start(center, self.size, shape)
-        return {k: crop_or_pad(vol[k], start, self.size, self.pad[k]) for k in self.keys}
+            start = _start(center, self.size, shape)
+            out = {k: crop_or_pad(vol[k], start, self.size, self.pad[k]) for k in self.keys}
+        if self.transform is not None:
+            self.transform.set_random_state(seed=int(rng.integers(2**31)))
+            out = self.transform(out)
+        return out
+
+
+def _coords(mask: torch.Tensor | None, limit: int = 200_000) -> torch.Tensor:
+    """Voxel coordinates of ``mask`` (evenly thinned to at most ``limit``)."""
+    if mask is None:
+        return torch.zeros((0, 3), dtype=torch.long)
+    coords = torch.nonzero(mask)
+    if len(coords) > limit:
+        coords = coords[torch.linspace(0, len(coords) - 1, limit).long()]
+    return coords
 
 
 class Unpaired(Dataset):

@@ -83,6 +83,18 @@ def average_gradients(nets: Iterable[torch.nn.Module]) -> None:
                 p.grad /= world
 
 
+def loader_factory(samples, train_cfg, device: torch.device) -> Callable[[int], DataLoader]:
+    """``start -> DataLoader`` over an endless, index-determined sample stream, sharded over ranks."""
+    from medgen.data.patches import IndexStream
+
+    def make_loader(start: int) -> DataLoader:
+        sampler = IndexStream(start, idist.get_world_size(), idist.get_rank())
+        return DataLoader(samples, batch_size=train_cfg.batch_size, sampler=sampler,
+                          num_workers=train_cfg.num_workers, pin_memory=device.type == "cuda")
+
+    return make_loader
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint of the highest iteration in ``RUN/checkpoints``."""
     found = []

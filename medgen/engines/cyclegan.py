@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from medgen.config import OptimConfig, PreprocessConfig, TrainConfig
-from medgen.engines.common import TaskSetup, autocast, average_gradients, grad_scaler, set_requires_grad
+from medgen.engines.common import TaskSetup, autocast, average_gradients, grad_scaler, loader_factory, set_requires_grad
 from medgen.keys import Keys
 
 
@@ -205,10 +204,8 @@ def build_nets(cfg: CycleGANConfig) -> dict[str, torch.nn.Module]:
 
 def setup(cfg: CycleGANConfig, run_dir: Path, device: torch.device) -> TaskSetup:
     """Data, networks, optimizers, the step and validation of a CycleGAN run."""
-    import ignite.distributed as idist
-
     from medgen.data.datalist import list_volumes
-    from medgen.data.patches import IndexStream, RandomPatches, Unpaired
+    from medgen.data.patches import RandomPatches, Unpaired
     from medgen.data.volumes import cached_volumes
     from medgen.evaluation.translation import validation_fn
     from medgen.inference.translate import NORM_FILE, norm_artifact
@@ -232,10 +229,7 @@ def setup(cfg: CycleGANConfig, run_dir: Path, device: torch.device) -> TaskSetup
     samples = Unpaired(RandomPatches(mri, [Keys.MRI], seed=seed * 2 + 1, fg_key=Keys.MRI, **common),
                        RandomPatches(ct, [Keys.CT], seed=seed * 2 + 2, fg_key=Keys.CT, **common))
 
-    def make_loader(start: int) -> DataLoader:
-        sampler = IndexStream(start, idist.get_world_size(), idist.get_rank())
-        return DataLoader(samples, batch_size=cfg.train.batch_size, sampler=sampler,
-                          num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda")
+    make_loader = loader_factory(samples, cfg.train, device)
 
     nets = {k: v.to(device) for k, v in build_nets(cfg).items()}
     betas = tuple(cfg.optim.betas)

@@ -58,7 +58,7 @@ def validation_fn(cfg, generator, device) -> Callable[[], dict]:
     def validate() -> dict:
         generator.eval()
         try:
-            rows = evaluate_pairs(lambda mri, ref: translate_array(generator, cfg, mri, ref, device), pairs,
+            rows = evaluate_pairs(lambda mri, ref: translate_array(generator, cfg, mri, ref, device)[0], pairs,
                                   cfg.preprocess, baseline=False)
             return mean_rows(rows)
         finally:

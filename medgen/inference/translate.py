@@ -57,18 +57,31 @@ def load_weights(run_dir: Path, names: Sequence[str], nets: Sequence[torch.nn.Mo
 
 
 def translate_array(net: torch.nn.Module, cfg, array: np.ndarray, ref, device: torch.device,
-                    source: Modality = Modality.MRI, mri_scale: Sequence[float] | None = None) -> np.ndarray:
-    """Translate one volume with ``net`` and run config ``cfg``; returns float32 on the input's grid
-    (HU when translating to CT; MRI intensities scaled by ``mri_scale`` otherwise)."""
+                    source: Modality = Modality.MRI, mri_scale: Sequence[float] | None = None,
+                    back_net: torch.nn.Module | None = None) -> tuple[np.ndarray, float | None]:
+    """Translate one volume with ``net`` and run config ``cfg``.
+
+    Returns the translation as float32 on the input's grid (HU when translating to CT; MRI intensities
+    scaled by ``mri_scale`` otherwise) and, when the reverse generator ``back_net`` is given, the mean
+    cycle-consistency error: |back_net(net(x)) - x| inside the body, in the networks' [-1, 1] units.
+    """
     target = Modality.CT if source is Modality.MRI else Modality.MRI
     pre_in = Preprocessor.from_config(source, cfg.preprocess)
     pre_out = Preprocessor.from_config(target, cfg.preprocess)
     x, geom = pre_in.forward(array, ref)
     inf = cfg.inference
-    y = infer_volume(net, x, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size, inf.overlap,
-                     getattr(net, "multiple", 4))
+
+    def run(model: torch.nn.Module, volume: torch.Tensor) -> torch.Tensor:
+        return infer_volume(model, volume, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size,
+                            inf.overlap, getattr(model, "multiple", 4))
+
+    y = run(net, x)
+    cycle = None
+    if back_net is not None:
+        body = x > -0.9
+        cycle = float((run(back_net, y) - x).abs()[body].mean()) if body.any() else float("nan")
     values = pre_out.to_intensity(y, geom, scale=tuple(mri_scale) if mri_scale else None)
-    return pre_in.restore(values[0], geom).astype(np.float32)
+    return pre_in.restore(values[0], geom).astype(np.float32), cycle
 
 
 class Translator:
@@ -79,10 +92,11 @@ class Translator:
         direction: ``mri2ct`` (G_ab) or ``ct2mri`` (G_ba).
         device: ``auto`` | ``cpu`` | ``cuda``.
         checkpoint: a specific checkpoint file (default: the run's latest).
+        cycle: also load the reverse generator, so :meth:`translate` reports the cycle-consistency error.
     """
 
     def __init__(self, run_dir: str | Path, direction: str = "mri2ct", device: str = "auto",
-                 checkpoint: str | Path | None = None):
+                 checkpoint: str | Path | None = None, cycle: bool = False):
         from medgen.engines.cyclegan import build_nets
 
         self.run_dir = Path(run_dir)
@@ -90,19 +104,22 @@ class Translator:
         self.direction = Direction(direction)
         self.device = resolve_device(device)
         self.source = Modality.MRI if self.direction is Direction.MRI2CT else Modality.CT
-        name = "G_ab" if self.direction is Direction.MRI2CT else "G_ba"
-        self.net = build_nets(self.cfg)[name].to(self.device)
-        self.checkpoint = load_weights(self.run_dir, [name], [self.net], checkpoint)
+        names = ["G_ab", "G_ba"] if self.direction is Direction.MRI2CT else ["G_ba", "G_ab"]
+        nets = build_nets(self.cfg)
+        self.net = nets[names[0]].to(self.device)
+        self.back_net = nets[names[1]].to(self.device) if cycle else None
+        names, models = (names, [self.net, self.back_net]) if cycle else (names[:1], [self.net])
+        self.checkpoint = load_weights(self.run_dir, names, models, checkpoint)
         norm = self.run_dir / NORM_FILE
         self.mri_scale = tuple(json.loads(norm.read_text())["mri_scale"]) if norm.exists() else None
 
-    def translate(self, array: np.ndarray, ref) -> np.ndarray:
-        """A volume on its own grid -> the translation on the same grid (HU for CT, float32)."""
-        return translate_array(self.net, self.cfg, array, ref, self.device, self.source, self.mri_scale)
+    def translate(self, array: np.ndarray, ref) -> tuple[np.ndarray, float | None]:
+        """A volume on its own grid -> (translation on the same grid, HU for CT, float32; cycle error or None)."""
+        return translate_array(self.net, self.cfg, array, ref, self.device, self.source, self.mri_scale, self.back_net)
 
     def translate_path(self, src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
         array, ref = load_image(src)
-        out = self.translate(array, ref)
+        out, _ = self.translate(array, ref)
         if self.direction is Direction.MRI2CT:
             out = np.clip(np.rint(out), -1024, 3071).astype(np.int16)
         return save_like(out, ref, dst, overwrite=overwrite)

@@ -40,9 +40,8 @@ def infer_volume(
     overlap: float = 0.5,
     multiple: int = 4,
     pad_value: float = -1.0,
-    out_channels: int = 1,
 ) -> torch.Tensor:
-    """Apply ``net`` to a ``(C, X, Y, Z)`` CPU volume; returns ``(out_channels, X, Y, Z)`` float32 on CPU.
+    """Apply ``net`` to a ``(C, X, Y, Z)`` CPU volume; returns its ``(C_out, X, Y, Z)`` float32 output on CPU.
 
     2D: axial slices (last axis) in batches of ``batch_size``, each padded to a multiple of ``multiple``.
     3D: MONAI sliding window with Gaussian blending, ``overlap`` and ``roi_size``; patches go to
@@ -56,12 +55,14 @@ def infer_volume(
         return _crop(y.float(), pads)
 
     if spatial_dims == 2:
-        out = torch.empty((out_channels, *volume.shape[1:]), dtype=torch.float32)
+        out = None
         depth = volume.shape[-1]
         for z0 in range(0, depth, batch_size):
             z1 = min(z0 + batch_size, depth)
-            batch = volume[..., z0:z1].permute(3, 0, 1, 2).float()  # (B, C, X, Y)
-            out[..., z0:z1] = run(batch).permute(1, 2, 3, 0).cpu()
+            y = run(volume[..., z0:z1].permute(3, 0, 1, 2).float())  # (B, C, X, Y) slices
+            if out is None:
+                out = torch.empty((y.shape[1], *volume.shape[1:]), dtype=torch.float32)
+            out[..., z0:z1] = y.permute(1, 2, 3, 0).cpu()
         return out
     result = sliding_window_inference(volume[None].float(), [int(r) for r in roi_size], batch_size, run, overlap=overlap, mode="gaussian",
                                       sw_device=device, device=torch.device("cpu"), padding_mode="constant",

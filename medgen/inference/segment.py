@@ -1,0 +1,246 @@
+"""CT liver segmenters behind one interface: ``predict(array, ref) -> liver probability on ref's grid``.
+
+Backends, chosen from the SEG argument by :func:`load_segmenter`:
+
+- a medgen run directory (``config.yaml`` of a ``segmenter`` run);
+- a TorchScript file (``model.pt``/``.ts``) with a sidecar ``model.json``/``model.yaml`` describing its
+  preprocessing (see :class:`TorchScriptSegmenter`);
+- a MONAI bundle directory (``configs/inference.json`` or ``.yaml`` and ``models/model.pt``), with the
+  output channel of the liver (``liver_index``);
+- ``totalsegmentator``: TotalSegmentator's liver ROI, when that package and its weights are installed.
+
+Every backend returns float32 probabilities on the input's exact grid; :func:`postprocess` turns them
+into a mask (threshold, largest component, holes filled).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from scipy import ndimage
+
+from medgen.engines.common import resolve_device
+from medgen.errors import MedgenError
+from medgen.inference.volume import infer_volume
+from medgen.io import ImageRef, save_like
+from medgen.keys import Modality
+from medgen.transforms import Preprocessor
+
+
+def postprocess(prob: np.ndarray, threshold: float = 0.5, largest_component: bool = True,
+                fill_holes: bool = True) -> np.ndarray:
+    """Probability -> uint8 mask: threshold, keep the largest 3D component, fill holes.
+
+    >>> p = np.zeros((8, 8, 8)); p[1:5, 1:5, 1:5] = 0.9; p[2, 2, 2] = 0.1; p[7, 7, 7] = 0.9
+    >>> m = postprocess(p); int(m.sum()), int(m[2, 2, 2]), int(m[7, 7, 7])
+    (64, 1, 0)
+    """
+    mask = np.asarray(prob) > threshold
+    if largest_component and mask.any():
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = ndimage.sum_labels(mask, labels, range(1, n + 1))
+            mask = labels == int(np.argmax(sizes)) + 1
+    if fill_holes and mask.any():
+        mask = ndimage.binary_fill_holes(mask)
+        for z in range(mask.shape[-1]):
+            mask[..., z] = ndimage.binary_fill_holes(mask[..., z])
+    return mask.astype(np.uint8)
+
+
+def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, device: torch.device) -> np.ndarray:
+    """Softmax probabilities ``(C, *ref.shape)`` of a medgen segmenter run's network on one CT volume."""
+    pre = Preprocessor.from_config(Modality.CT, cfg.preprocess)
+    x, geom = pre.forward(array, ref)
+    inf = cfg.inference
+    logits = infer_volume(net, x, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size, inf.overlap,
+                          2 ** (len(cfg.network.channels) - 1) if cfg.network.name == "unet" else 8)
+    return pre.restore(torch.softmax(logits, 0), geom).astype(np.float32)
+
+
+class RunSegmenter:
+    """A ``medgen train`` segmenter run directory (its config, latest checkpoint and preprocessing)."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", liver_class: int = 1):
+        from medgen.engines.segmenter import build_network
+        from medgen.inference.translate import load_run, load_weights
+
+        self.run_dir = Path(run_dir)
+        self.cfg = load_run(self.run_dir, "segmenter")
+        self.device = resolve_device(device)
+        self.net = build_network(self.cfg).to(self.device)
+        load_weights(self.run_dir, ["net"], [self.net])
+        self.liver_class = liver_class
+        pp = self.cfg.postprocess
+        self.postprocess = {"threshold": pp.threshold, "largest_component": pp.largest_component,
+                            "fill_holes": pp.fill_holes}
+
+    def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
+        return segment_array(self.net, self.cfg, array, ref, self.device)[self.liver_class]
+
+
+class TorchScriptSegmenter:
+    """A TorchScript segmentation network plus a sidecar (JSON or YAML, same stem) like::
+
+        spatial_dims: 3                 # 2: slice-wise along the axial axis; 3: sliding window
+        orientation: RAS                # axis code the network expects
+        spacing: [1.5, 1.5, 1.5]        # mm (null entries keep the volume's own)
+        window: [-175, 250]             # CT HU window ...
+        range: [0.0, 1.0]               # ... mapped linearly to this range (clipped)
+        output: softmax                 # softmax | sigmoid | probabilities
+        liver_index: 1                  # output channel of the liver
+        roi_size: [96, 96, 96]          # sliding-window size (3D)
+        overlap: 0.5
+        batch_size: 4
+        multiple: 16                    # inputs are padded to a multiple of this
+    """
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        self.path = Path(path)
+        sidecar = next((self.path.with_suffix(s) for s in (".json", ".yaml", ".yml") if self.path.with_suffix(s).is_file()), None)
+        if sidecar is None:
+            raise MedgenError(self.path, "TorchScript segmenter needs a sidecar file with the same name and .json/.yaml")
+        try:
+            meta = yaml.safe_load(sidecar.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MedgenError(sidecar, f"unreadable sidecar ({' '.join(str(exc).split())[:100]})") from None
+        self.meta = {"spatial_dims": 3, "orientation": "RAS", "spacing": None, "window": [-1024, 2048],
+                     "range": [-1.0, 1.0], "output": "softmax", "liver_index": 1, "roi_size": [96, 96, 96],
+                     "overlap": 0.5, "batch_size": 4, "multiple": 16, **meta}
+        self.device = resolve_device(device)
+        try:
+            self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
+        except Exception as exc:  # torch raises RuntimeError/ValueError for non-TorchScript files
+            raise MedgenError(self.path, f"not a TorchScript model ({' '.join(str(exc).split())[:100]})") from None
+        self.postprocess: dict = {}
+
+    def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
+        m = self.meta
+        pre = Preprocessor(Modality.CT, m["orientation"], m["spacing"], m["window"])
+        x, geom = pre.forward(array, ref)
+        lo, hi = m["range"]
+        x = (x + 1) / 2 * (hi - lo) + lo
+        out = infer_volume(self.net, x, m["spatial_dims"], self.device, "none", m["batch_size"], m["roi_size"],
+                           m["overlap"], m["multiple"], pad_value=lo)
+        prob = _activate(out, m["output"])[m["liver_index"] if out.shape[0] > 1 else 0]
+        return pre.restore(prob, geom).astype(np.float32)
+
+
+def _activate(out: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "softmax":
+        return torch.softmax(out, 0) if out.shape[0] > 1 else torch.sigmoid(out)
+    if kind == "sigmoid":
+        return torch.sigmoid(out)
+    if kind == "probabilities":
+        return out
+    raise MedgenError(None, f"unknown output activation {kind!r} (softmax | sigmoid | probabilities)")
+
+
+class BundleSegmenter:
+    """A MONAI bundle: its ``network_def``, ``preprocessing`` and ``inferer`` from ``configs/inference.*``,
+    weights from ``models/model.pt``. The prediction is resampled from the bundle's preprocessed grid
+    back onto the input grid through the two affines, so any bundle preprocessing is undone.
+    """
+
+    def __init__(self, bundle: str | Path, liver_index: int = 1, device: str = "auto"):
+        from monai.bundle import ConfigParser
+
+        self.root = Path(bundle)
+        config = next((self.root / "configs" / f"inference.{s}" for s in ("json", "yaml", "yml")
+                       if (self.root / "configs" / f"inference.{s}").is_file()), None)
+        weights = self.root / "models" / "model.pt"
+        if config is None or not weights.is_file():
+            raise MedgenError(self.root, "not a MONAI bundle (needs configs/inference.json|yaml and models/model.pt)")
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        parser["bundle_root"] = str(self.root)
+        self.device = resolve_device(device)
+        try:
+            self.net = parser.get_parsed_content("network_def").to(self.device).eval()
+            self.preprocessing = parser.get_parsed_content("preprocessing")
+            self.inferer = parser.get_parsed_content("inferer")
+        except Exception as exc:  # MONAI raises many types for bad configs
+            raise MedgenError(config, f"bundle config could not be instantiated ({' '.join(str(exc).split())[:120]})") from None
+        state = torch.load(weights, map_location=self.device, weights_only=True)
+        self.net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        self.liver_index = liver_index
+        self.postprocess: dict = {}
+
+    def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
+        from monai.data import MetaTensor
+        from monai.transforms import SpatialResample
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_like(array.astype(np.float32), ref, Path(tmp) / "input.nii.gz")
+            data = self.preprocessing({"image": str(path)})
+        image = data["image"]
+        with torch.inference_mode():
+            out = self.inferer(image[None].to(self.device), self.net)[0].float().cpu()
+        prob = _activate(out, "softmax")
+        prob = prob[self.liver_index if prob.shape[0] > 1 else 0][None]
+        src = MetaTensor(prob, affine=torch.as_tensor(image.affine, dtype=torch.float64))
+        back = SpatialResample(mode="bilinear", padding_mode="zeros")(
+            src, dst_affine=torch.as_tensor(ref.affine, dtype=torch.float64), spatial_size=ref.shape)
+        return np.asarray(back[0], dtype=np.float32)
+
+
+class TotalSegmentatorSegmenter:
+    """TotalSegmentator's ``liver`` (roi_subset) when the package and its weights are installed."""
+
+    def __init__(self, device: str = "auto"):
+        try:
+            from totalsegmentator.python_api import totalsegmentator  # noqa: F401
+        except ImportError:
+            raise MedgenError("totalsegmentator", "TotalSegmentator is not installed: pip install TotalSegmentator "
+                              "and download its weights first (medgen never downloads at run time)") from None
+        self.device = "gpu" if resolve_device(device).type == "cuda" else "cpu"
+        self.postprocess: dict = {}
+
+    def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
+        import nibabel as nib
+        from totalsegmentator.python_api import totalsegmentator
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_like(array.astype(np.float32), ref, Path(tmp) / "ct.nii.gz")
+            try:
+                totalsegmentator(str(path), str(Path(tmp) / "seg"), roi_subset=["liver"], device=self.device, quiet=True)
+            except Exception as exc:  # missing weights surface here
+                raise MedgenError(ref.path, f"TotalSegmentator failed ({' '.join(str(exc).split())[:120]})") from None
+            liver = np.asarray(nib.load(Path(tmp) / "seg" / "liver.nii.gz").dataobj)
+        return (liver > 0).astype(np.float32)
+
+
+def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int = 1):
+    """The backend for SEG: a run directory, a TorchScript file, a MONAI bundle or ``totalsegmentator``."""
+    if str(spec).lower() == "totalsegmentator":
+        return TotalSegmentatorSegmenter(device)
+    path = Path(spec)
+    if not path.exists():
+        raise MedgenError(path, "no such segmenter (a run directory, TorchScript file, MONAI bundle or 'totalsegmentator')")
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return RunSegmenter(path, device, liver_index)
+    if path.is_dir():
+        return BundleSegmenter(path, liver_index, device)
+    return TorchScriptSegmenter(path, device)
+
+
+def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path, device: str = "auto",
+                  liver_index: int = 1, overwrite: bool = False) -> list[Path]:
+    """``medgen segment``: CT file -> mask file, or a folder of CTs -> a folder of masks (uint8, input header)."""
+    from medgen.data.datalist import list_volumes
+    from medgen.io import case_name, load_image
+
+    seg = load_segmenter(segmenter, device, liver_index)
+    pp = {"threshold": 0.5, "largest_component": True, "fill_holes": True, **seg.postprocess}
+    src, out = Path(inputs), Path(output)
+    single = src.is_file() or (src.is_dir() and str(out).endswith((".nii", ".nii.gz")))
+    written = []
+    for path in [src] if single else list_volumes(src):
+        array, ref = load_image(path)
+        dst = out if single else out / f"{case_name(path)}.nii.gz"
+        written.append(save_like(postprocess(seg.predict(array, ref), **pp), ref, dst, overwrite=overwrite))
+    return written

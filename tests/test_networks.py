@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+import torch
+
+from medgen.networks.cyclegan import ResnetGenerator, build_discriminator, build_generator
+
+
+def test_reference_parameter_counts():
+    # pytorch-CycleGAN-and-pix2pix resnet_9blocks ngf 64 (3 channels): 11,378,179; n_layers=3 D: 2,764,737
+    assert sum(p.numel() for p in ResnetGenerator(2, 3, 3).parameters()) == 11_378_179
+    d = build_discriminator(NS(ndf=64, n_layers=3), 2, in_channels=3)
+    assert sum(p.numel() for p in d.parameters()) == 2_764_737
+
+
+@pytest.mark.parametrize(
+    "name,dims,shape",
+    [("resnet", 2, (2, 1, 36, 28)), ("resnet", 3, (1, 1, 16, 20, 12)), ("unet", 2, (2, 1, 32, 24)),
+     ("unet", 3, (1, 1, 16, 16, 16))],
+)
+def test_generators_keep_shape_and_range(name, dims, shape):
+    g = build_generator(NS(name=name, ngf=8, n_blocks=2, n_downsampling=2, dropout=0.0), dims)
+    y = g(torch.randn(shape))
+    assert y.shape == shape and y.abs().max() <= 1
+
+
+@pytest.mark.parametrize("dims,size,out", [(2, 256, 30), (2, 128, 14), (3, 32, 2)])
+def test_patch_discriminator_receptive_layout(dims, size, out):
+    d = build_discriminator(NS(ndf=8, n_layers=3), dims)
+    y = d(torch.randn(1, 1, *([size] * dims)))
+    assert y.shape == (1, 1, *([out] * dims))

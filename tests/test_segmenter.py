@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgen.cli import main
+from medgen.engines.common import latest_checkpoint
+from medgen.engines.train import train
+from medgen.errors import MedgenError
+from medgen.inference.segment import load_segmenter, postprocess
+from medgen.io import load_image
+from medgen.phantoms import make_case
+
+from .conftest import ROOT, oblique_affine, tiny_segmenter, write_nifti
+
+
+class Threshold(torch.nn.Module):
+    """A deterministic 'segmenter': liver logit = 20 * (x - 0.5), background logit 0."""
+
+    def __init__(self, spatial_dims: int = 3):
+        super().__init__()
+        conv = torch.nn.Conv3d if spatial_dims == 3 else torch.nn.Conv2d
+        self.conv = conv(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1] = 20.0
+            self.conv.bias[1] = -10.0
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _phantom_ct(tmp_path: Path, affine: np.ndarray, shape=(48, 44, 20), name="ct.nii.gz") -> tuple[Path, dict]:
+    case = make_case(seed=2, case=1, shape=shape, affine=affine)
+    return write_nifti(tmp_path / name, case["ct"], affine, qform=affine, qcode=1, scode=2), case
+
+
+def _expected(ct: np.ndarray, hu: float) -> np.ndarray:
+    return postprocess((ct > hu).astype(np.float32))
+
+
+def dice(a, b) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_train_segmenter_few_iterations(phantom_dir, tmp_path, segmenter_run, dims):
+    run = segmenter_run if dims == 2 else train(ROOT / "configs" / "segmenter_ct_liver.yaml", tmp_path / "s3",
+                                                tiny_segmenter(phantom_dir, 3, iterations=2))
+    ckpt = torch.load(latest_checkpoint(run), weights_only=True)
+    assert {"net", "opt", "trainer"} <= set(ckpt)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    val = [float(r["value"]) for r in rows if r["phase"] == "val" and r["name"] == "dice_1"]
+    assert len(val) == 1 and 0 <= val[0] <= 1
+    assert any(r["name"] == "loss" for r in rows)
+
+
+def test_segment_cli_keeps_header(segmenter_run, tmp_path):
+    src, _ = _phantom_ct(tmp_path, oblique_affine(spacing=(6.0, 6.5, 7.0)))
+    assert main(["segment", str(segmenter_run), str(src), str(tmp_path / "mask.nii.gz")]) == 0
+    out, ref = nib.load(tmp_path / "mask.nii.gz"), nib.load(src)
+    assert out.shape == ref.shape and out.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(out.affine, ref.affine)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 2)
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1}
+
+
+def test_torchscript_backend_exact(tmp_path):
+    affine = np.diag([-6.0, -6.0, 8.0, 1.0])  # LPS
+    src, case = _phantom_ct(tmp_path, affine)
+    model = tmp_path / "liver.pt"
+    torch.jit.script(Threshold(3)).save(str(model))
+    sidecar = {"spatial_dims": 3, "orientation": "RAS", "spacing": None, "window": [-175, 250], "range": [0, 1],
+               "output": "softmax", "liver_index": 1, "roi_size": [32, 32, 16], "overlap": 0.25, "multiple": 1}
+    model.with_suffix(".json").write_text(json.dumps(sidecar))
+    assert main(["segment", str(model), str(src), str(tmp_path / "m.nii.gz")]) == 0
+    mask = np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj).astype(bool)
+    expected = _expected(case["ct"], 37.5).astype(bool)  # normalised 0.5 <=> -175 + 0.5 * 425 HU
+    assert dice(mask, expected) > 0.99
+
+
+def test_torchscript_needs_sidecar(tmp_path, capsys):
+    model = tmp_path / "liver.pt"
+    torch.jit.script(Threshold(3)).save(str(model))
+    src, _ = _phantom_ct(tmp_path, np.diag([6.0, 6.0, 8.0, 1.0]))
+    assert main(["segment", str(model), str(src), str(tmp_path / "m.nii.gz")]) == 2
+    assert "needs a sidecar" in capsys.readouterr().err and not (tmp_path / "m.nii.gz").exists()
+
+
+def _bundle(root: Path) -> Path:
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = {
+        "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [4.0, 4.0, 4.0], "mode": "bilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -175, "a_max": 250, "b_min": 0.0,
+             "b_max": 1.0, "clip": True}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 1, "overlap": 0.25},
+    }
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    torch.save(Threshold(3).conv.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def test_monai_bundle_backend(tmp_path):
+    affine = oblique_affine(spacing=(5.0, 5.0, 7.0), angle_deg=8)
+    src, case = _phantom_ct(tmp_path, affine)
+    bundle = _bundle(tmp_path / "bundle")
+    assert main(["segment", str(bundle), str(src), str(tmp_path / "m.nii.gz"), "--liver-index", "1"]) == 0
+    out = nib.load(tmp_path / "m.nii.gz")
+    np.testing.assert_array_equal(out.affine, nib.load(src).affine)
+    mask = np.asarray(out.dataobj).astype(bool)
+    expected = _expected(case["ct"], 37.5).astype(bool)
+    assert dice(mask, expected) > 0.85  # through a 4 mm resampling and back
+
+
+def test_backend_errors(tmp_path):
+    with pytest.raises(MedgenError, match="TotalSegmentator is not installed"):
+        load_segmenter("totalsegmentator")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedgenError, match="not a MONAI bundle"):
+        load_segmenter(tmp_path / "empty")
+    with pytest.raises(MedgenError, match="no such segmenter"):
+        load_segmenter(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "shift,expected_dice,expected_hd95",
+    [(0, 1.0, 0.0), (2, 0.8, 4.0)],
+)
+def test_evaluate_segmentation_cli(tmp_path, capsys, shift, expected_dice, expected_hd95):
+    truth = np.zeros((20, 20, 10), np.uint8)
+    truth[5:15, 5:15, 2:8] = 5
+    pred = np.roll((truth == 5).astype(np.uint8), shift, axis=0)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "p").mkdir()
+    nib.save(nib.Nifti1Image(truth, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "t" / "c1.nii.gz")
+    nib.save(nib.Nifti1Image(pred, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "p" / "c1.nii.gz")
+    assert main(["evaluate", "segmentation", "--pred", str(tmp_path / "p"), "--truth", str(tmp_path / "t"),
+                 "--label-map", "5:1", "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["cases"][0]["dice"] == pytest.approx(expected_dice, abs=1e-6)
+    assert report["cases"][0]["hd95"] == pytest.approx(expected_hd95, abs=1e-6)
+    assert (tmp_path / "report.csv").read_text().startswith("case,dice,hd95,assd")
