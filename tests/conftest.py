@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / ".." / "shared" / "data" / "real" / "totalsegmentator_examples"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MEDGEN_PROGRESS", "0")  # no progress bars in test logs
 
 
 def oblique_affine(spacing=(0.8, 1.1, 2.7), angle_deg=17.0, origin=(-101.3, 42.7, -13.9)) -> np.ndarray:
@@ -71,7 +72,7 @@ def config(dims: int) -> Path:
 def tiny(phantom_dir: Path, dims: int = 2, iterations: int = 4, **extra) -> list[str]:
     """Overrides that make the CycleGAN configs train in seconds on the session phantoms."""
     ds = phantom_dir / "dataset.json"
-    patch = "[32, 32]" if dims == 2 else "[16, 16, 16]"
+    patch = "[32, 32]" if dims == 2 else "[32, 32, 32]"
     sets = {
         "data.mri": str(ds), "data.ct": str(ds), "data.val_mri": f"{ds}#cases", "data.val_ct": f"{ds}#cases",
         "data.patch_size": patch, "data.cache_workers": 1, "preprocess.spacing": "null",

@@ -2,8 +2,9 @@
 
 A datalist JSON is either a list of paths, or a MONAI/Decathlon-style mapping with a ``training``
 (or ``cases``/``validation``/``test``) list of ``{"image": ..., "label": ...}`` entries (or phantom
-``{"mri": ..., "ct": ..., "label": ...}`` entries; a ``key`` picks which one). ``file.json#test`` picks
-a section by name. Relative paths are resolved against the JSON file's directory.
+``{"mri": ..., "ct": ..., "label": ...}`` entries; a ``key`` picks which one, and an entry without an
+``image`` gives its ``ct``: segmenters are CT segmenters). ``file.json#test`` picks a section by name.
+Relative paths are resolved against the JSON file's directory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from medgen.errors import MedgenError
 from medgen.io import case_name, is_image_path
 
 _SECTIONS = ("training", "cases", "validation", "test")
+_ALIASES = {"image": ("image", "ct")}
 
 
 def list_volumes(source: str | Path, key: str = "image") -> list[Path]:
@@ -66,7 +68,7 @@ def _from_json(path: Path, key: str, section: str | None = None) -> list[Path]:
         raise MedgenError(path, "datalist must be a list of paths or of {image, label} entries")
     out = []
     for entry in data:
-        rel = entry.get(key) if isinstance(entry, dict) else entry
+        rel = next((entry[k] for k in _ALIASES.get(key, (key,)) if k in entry), None) if isinstance(entry, dict) else entry
         if rel is None:
             raise MedgenError(path, f"datalist entry {entry!r} has no '{key}'")
         p = Path(rel)

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,11 +168,12 @@ def run_pipeline(translator: str | Path, segmenter: str | Path, inputs: str | Pa
         except MedgenError as exc:
             failed += 1
             rows.append({"case": name, "status": "failed", "error": str(exc)})
-            tqdm.write(f"medgen: error: {exc}")
+            tqdm.write(f"medgen: error: {exc}", file=sys.stderr)
         except Exception as exc:  # one broken case must not stop the batch
             failed += 1
             rows.append({"case": name, "status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"})
-            tqdm.write(f"medgen: error: {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
+            tqdm.write(f"medgen: error: {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}",
+                       file=sys.stderr)
         _write_summary(out, rows)
     _write_summary(out, rows)
     return rows, failed
