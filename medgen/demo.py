@@ -84,12 +84,12 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     root = ds.parent
     pairs = [(root / c["mri"], root / c["ct"]) for c in info["test"]]
     translator = Translator(out / "runs" / "cyclegan")
-    rows = evaluate_pairs(lambda mri, ref: translator.translate(mri, ref)[0], pairs, translator.cfg.preprocess)
+    rows = evaluate_pairs(lambda mri, ref: translator.translate(mri, ref)[0], pairs, translator.ct_range)
     means = mean_rows(rows)
     figures["translation"] = means
     print(f"[demo] held-out MRI -> CT ({len(rows)} cases), inside the body: MAE {means['mae']:.1f} HU, "
-          f"PSNR {means['psnr']:.2f} dB, SSIM {means['ssim']:.3f}; identity baseline (MRI rescaled to the CT "
-          f"range): MAE {means['identity_mae']:.1f} HU, PSNR {means['identity_psnr']:.2f} dB, "
+          f"PSNR {means['psnr']:.2f} dB, SSIM {means['ssim']:.3f}; identity baseline (MRI rescaled into the "
+          f"training CTs' range): MAE {means['identity_mae']:.1f} HU, PSNR {means['identity_psnr']:.2f} dB, "
           f"SSIM {means['identity_ssim']:.3f}")
 
     _train("demo_segmenter_ct_liver.yaml", out / "runs" / "segmenter", seg_data)

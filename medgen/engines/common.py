@@ -243,8 +243,9 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
     if idist.get_rank() == 0 and os.environ.get("MEDGEN_PROGRESS", "1") != "0":
         from ignite.handlers import ProgressBar
 
-        ProgressBar(persist=False).attach(
-            trainer, output_transform=lambda out: {k: v for k, v in out.items() if k.startswith("loss")})
+        shown = ("loss", "loss_g", "loss_d_a", "loss_d_b")
+        ProgressBar(persist=False, disable=None).attach(  # disable=None: no bar when stderr is not a terminal
+            trainer, output_transform=lambda out: {k: v for k, v in out.items() if k in shown})
 
     if resume:
         last = latest_checkpoint(run_dir)

@@ -210,7 +210,7 @@ def setup(cfg: CycleGANConfig, run_dir: Path, device: torch.device) -> TaskSetup
     from medgen.evaluation.translation import validation_fn
     from medgen.inference.translate import NORM_FILE, norm_artifact
     from medgen.keys import Modality
-    from medgen.transforms import Preprocessor
+    from medgen.transforms import Preprocessor, unit_to_ct
 
     if len(cfg.data.patch_size) != cfg.spatial_dims:
         from medgen.errors import MedgenError
@@ -243,5 +243,7 @@ def setup(cfg: CycleGANConfig, run_dir: Path, device: torch.device) -> TaskSetup
     to_save = {**nets, "opt_g": opt_g, "opt_d": opt_d, "scaler": scaler, "pool_a": pools["fake_a"],
                "pool_b": pools["fake_b"]}
     validate = validation_fn(cfg, nets["G_ab"], device) if cfg.data.val_mri and cfg.data.val_ct else None
-    norm = norm_artifact([v[f"{Keys.MRI}_{Keys.SCALE}"] for v in mri])
+    ct_ranges = [unit_to_ct(torch.quantile(v[Keys.CT].flatten()[::7].float(), torch.tensor([0.005, 0.995])),
+                            cfg.preprocess.ct_window).tolist() for v in ct]
+    norm = norm_artifact([v[f"{Keys.MRI}_{Keys.SCALE}"] for v in mri], ct_ranges)
     return TaskSetup(step, to_save, make_loader, [opt_g, opt_d], cfg.optim.lr, validate, {NORM_FILE: norm})

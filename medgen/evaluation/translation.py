@@ -1,7 +1,8 @@
 """Evaluating translators on paired volumes (SynthRAD metrics in HU) beside an identity baseline.
 
-The identity baseline is the MRI itself, robustly scaled into the CT range (its 0.5/99.5 percentiles
-mapped to the ends of the CT window): what a segmenter or metric sees with no translation at all.
+The identity baseline is the MRI itself, linearly rescaled into the CT range: its 0.5/99.5 percentiles
+are mapped onto the training CTs' 0.5/99.5 percentiles in HU (``ct_range`` in the run's norm.json). It
+is what a metric or a segmenter sees with no translation at all.
 """
 
 from __future__ import annotations
@@ -13,21 +14,23 @@ import numpy as np
 
 from medgen.evaluation.metrics import body_mask, synthrad_metrics
 from medgen.io import case_name, load_image
-from medgen.keys import Modality
-from medgen.transforms import Preprocessor
+from medgen.transforms import mri_range
 
 
-def identity_baseline(mri: np.ndarray, ref, preprocess) -> np.ndarray:
-    """The MRI rescaled into the CT window (HU), on its own grid."""
-    pre = Preprocessor.from_config(Modality.MRI, preprocess)
-    x, geom = pre.forward(mri, ref)
-    ct_pre = Preprocessor.from_config(Modality.CT, preprocess)
-    return pre.restore(ct_pre.to_intensity(x, geom)[0], geom)
+def identity_baseline(mri: np.ndarray, ct_range: Sequence[float], percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+    """The MRI linearly rescaled (HU, float32): its ``percentiles`` onto ``ct_range``; same grid.
+
+    >>> identity_baseline(np.array([0.0, 50.0, 100.0]), (-1000, 200), (0, 100)).tolist()
+    [-1000.0, -400.0, 200.0]
+    """
+    lo, hi = mri_range(mri, percentiles)
+    return ((np.asarray(mri, np.float32) - lo) / (hi - lo) * (ct_range[1] - ct_range[0]) + ct_range[0]).astype(np.float32)
 
 
 def evaluate_pairs(translate: Callable[[np.ndarray, object], np.ndarray], pairs: Sequence[tuple[Path, Path]],
-                   preprocess, baseline: bool = True) -> list[dict]:
-    """Per-case SynthRAD metrics of ``translate(mri, ref) -> HU`` against the paired CT (body mask from the CT)."""
+                   ct_range: Sequence[float] | None = None) -> list[dict]:
+    """Per-case SynthRAD metrics of ``translate(mri, ref) -> HU`` against the paired CT (body mask from the CT),
+    with the identity baseline's when ``ct_range`` is given."""
     rows = []
     for mri_path, ct_path in pairs:
         mri, ref = load_image(mri_path)
@@ -35,8 +38,8 @@ def evaluate_pairs(translate: Callable[[np.ndarray, object], np.ndarray], pairs:
         mask = body_mask(ct)
         row = {"case": case_name(mri_path)}
         row.update(synthrad_metrics(translate(mri, ref), ct, mask))
-        if baseline:
-            base = synthrad_metrics(identity_baseline(mri, ref, preprocess), ct, mask)
+        if ct_range is not None:
+            base = synthrad_metrics(identity_baseline(mri, ct_range), ct, mask)
             row.update({f"identity_{k}": v for k, v in base.items()})
         rows.append(row)
     return rows
@@ -58,8 +61,7 @@ def validation_fn(cfg, generator, device) -> Callable[[], dict]:
     def validate() -> dict:
         generator.eval()
         try:
-            rows = evaluate_pairs(lambda mri, ref: translate_array(generator, cfg, mri, ref, device)[0], pairs,
-                                  cfg.preprocess, baseline=False)
+            rows = evaluate_pairs(lambda mri, ref: translate_array(generator, cfg, mri, ref, device)[0], pairs)
             return mean_rows(rows)
         finally:
             generator.train()

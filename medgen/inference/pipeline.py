@@ -100,7 +100,7 @@ class MriLiverPipeline:
         if truth is not None:
             row["dice"] = segmentation_metrics(mask > 0, truth, ref.spacing, False)["dice"]
         if baseline_path is not None:
-            direct, _ = self._mask(identity_baseline(mri, ref, self.translator.cfg.preprocess), ref)
+            direct, _ = self._mask(identity_baseline(mri, self.translator.ct_range), ref)
             save_like(direct, ref, baseline_path, overwrite=ow)
             row["baseline_liver_ml"] = round(float(direct.sum()) * voxel_ml, 1)
             if truth is not None:

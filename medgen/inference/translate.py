@@ -24,10 +24,16 @@ from medgen.transforms import Preprocessor
 NORM_FILE = "norm.json"
 
 
-def norm_artifact(mri_scales: Sequence[tuple[float, float]]) -> dict:
-    """The training MRIs' median intensity range: CT -> MRI outputs are scaled back with it."""
+def norm_artifact(mri_scales: Sequence[tuple[float, float]], ct_ranges: Sequence[tuple[float, float]]) -> dict:
+    """Training-set intensity references, saved as ``RUN/norm.json``.
+
+    ``mri_scale``: the training MRIs' median robust range (CT -> MRI outputs are scaled back with it);
+    ``ct_range``: the training CTs' median 0.5/99.5 percentiles in HU (the identity baseline maps each
+    MRI's robust range onto it).
+    """
     lo, hi = np.median(np.asarray(mri_scales, float), axis=0) if len(mri_scales) else (0.0, 1.0)
-    return {"mri_scale": [float(lo), float(hi)]}
+    c_lo, c_hi = np.median(np.asarray(ct_ranges, float), axis=0) if len(ct_ranges) else (-1000.0, 1000.0)
+    return {"mri_scale": [float(lo), float(hi)], "ct_range": [float(c_lo), float(c_hi)]}
 
 
 def load_run(run_dir: str | Path, task: str):
@@ -111,7 +117,9 @@ class Translator:
         names, models = (names, [self.net, self.back_net]) if cycle else (names[:1], [self.net])
         self.checkpoint = load_weights(self.run_dir, names, models, checkpoint)
         norm = self.run_dir / NORM_FILE
-        self.mri_scale = tuple(json.loads(norm.read_text())["mri_scale"]) if norm.exists() else None
+        refs = json.loads(norm.read_text()) if norm.exists() else {}
+        self.mri_scale = tuple(refs["mri_scale"]) if "mri_scale" in refs else None
+        self.ct_range = tuple(refs.get("ct_range", (-1000.0, 1000.0)))
 
     def translate(self, array: np.ndarray, ref) -> tuple[np.ndarray, float | None]:
         """A volume on its own grid -> (translation on the same grid, HU for CT, float32; cycle error or None)."""
