@@ -94,14 +94,57 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medgen.evaluation.segmentation import evaluate_folders, summarize, write_report
+    if args.kind == "segmentation":
+        from medgen.evaluation.segmentation import evaluate_folders, summarize, write_report
 
-    rows = evaluate_folders(args.pred, args.truth, args.label_map, args.pred_label_map)
-    out = args.out or f"{str(args.pred).rstrip('/')}/evaluation"
-    csv_path, _ = write_report(rows, out)
-    summary = summarize(rows)
-    print(f"{len(rows)} cases: Dice {summary['dice_mean']:.4f} +- {summary['dice_sd']:.4f}, "
-          f"HD95 {summary['hd95_mean']:.2f} mm, ASSD {summary['assd_mean']:.2f} mm -> {csv_path}")
+        rows = evaluate_folders(args.pred, args.truth, args.label_map, args.pred_label_map)
+        csv_path, _ = write_report(rows, args.out or f"{str(args.pred).rstrip('/')}/evaluation")
+        summary = summarize(rows)
+        print(f"{len(rows)} cases: Dice {summary['dice_mean']:.4f} +- {summary['dice_sd']:.4f}, "
+              f"HD95 {summary['hd95_mean']:.2f} mm, ASSD {summary['assd_mean']:.2f} mm -> {csv_path}")
+    elif args.kind == "translation":
+        from medgen.data.datalist import list_volumes, pair_by_name
+        from medgen.evaluation.segmentation import write_report
+        from medgen.evaluation.translation import evaluate_pairs, mean_rows
+        from medgen.inference.translate import Translator
+
+        translator = Translator(args.run, device=args.device)
+        pairs = pair_by_name(list_volumes(args.mri, "mri"), list_volumes(args.ct, "ct"), args.mri, args.ct)
+        rows = evaluate_pairs(lambda mri, ref: translator.translate(mri, ref)[0], pairs, translator.ct_range)
+        csv_path, _ = write_report(rows, args.out or f"{str(args.run).rstrip('/')}/translation_eval")
+        m = mean_rows(rows)
+        print(f"{len(rows)} cases, inside the body: MAE {m['mae']:.1f} HU, PSNR {m['psnr']:.2f} dB, SSIM "
+              f"{m['ssim']:.3f}; identity baseline MAE {m['identity_mae']:.1f} HU, PSNR {m['identity_psnr']:.2f} dB, "
+              f"SSIM {m['identity_ssim']:.3f} -> {csv_path}")
+    elif args.kind == "synthesis":
+        from medgen.evaluation.synthesis import evaluate_synthesis, write_synthesis_report
+
+        report = evaluate_synthesis(args.run, args.features, args.n, args.seed, args.device)
+        path = write_synthesis_report(report, args.out or f"{str(args.run).rstrip('/')}/synthesis_eval", args.run)
+        c1 = report.get("class_1", {})
+        print(f"FID {report['fid']:.3f}, KID {report['kid']:.4f}, MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} "
+              f"(real {report['ms_ssim_real']:.3f}); class 1 plausible in {c1.get('plausible_fraction', 0):.0%} "
+              f"of samples -> {path}")
+    else:
+        from medgen.evaluation.augmentation import augmentation_experiment
+
+        report = augmentation_experiment(args.segmenter_config, args.synth_config,
+                                         (args.train_images, args.train_labels or args.train_images),
+                                         (args.test_images, args.test_labels or args.test_images), args.out,
+                                         args.k, args.repeats, args.ratio, args.synthetic, args.set_seg,
+                                         args.set_synth)
+        print(f"k={report['k']}, {report['repeats']} repeats: Dice real-only {report['dice_real_mean']:.4f} +- "
+              f"{report['dice_real_sd']:.4f}, real+synthetic {report['dice_real_synthetic_mean']:.4f} +- "
+              f"{report['dice_real_synthetic_sd']:.4f}, gain {report['gain_mean']:+.4f} +- {report['gain_sd']:.4f} "
+              f"({report['minutes']} min)")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from medgen.data.synthetic import write_synthetic
+
+    info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite)
+    print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}")
     return 0
 
 
@@ -198,14 +241,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--overwrite", action="store_true", help="recompute finished cases and replace outputs")
 
-    p = add("evaluate", _cmd_evaluate, "evaluate predictions; segmentation: Dice, HD95, ASSD (mm) per case and mean",
+    p = add("synth", _cmd_synth, "sample image+label pairs from a VAE/GAN synthesizer run",
+            "medgen synth runs/vae synthetic/ --n 50 --seed 0")
+    p.add_argument("run", help="synthesizer run directory (task vae or gan)")
+    p.add_argument("out", help="output folder: images/, labels/, dataset.json")
+    p.add_argument("--n", type=_positive, default=20, help="number of pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("evaluate", _cmd_evaluate, "evaluate segmentation, translation, synthesis or augmentation",
             "medgen evaluate segmentation --pred out/ --truth labels/ --label-map 5:1")
-    p.add_argument("kind", choices=("segmentation",), help="what to evaluate")
-    p.add_argument("--pred", required=True, help="folder of predicted masks")
-    p.add_argument("--truth", required=True, help="folder of ground-truth label maps (matched by case name)")
-    p.add_argument("--label-map", type=_label_map, default=None, help="truth label -> class, e.g. 5:1")
-    p.add_argument("--pred-label-map", type=_label_map, default=None, help="prediction label -> class")
-    p.add_argument("--out", help="report path without extension (default PRED/evaluation): .csv and .json")
+    ev = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    e = ev.add_parser("segmentation", help="Dice, HD95, ASSD (mm) per case and on average (CSV + JSON)")
+    e.add_argument("--pred", required=True, help="folder of predicted masks")
+    e.add_argument("--truth", required=True, help="folder of ground-truth label maps (matched by case name)")
+    e.add_argument("--label-map", type=_label_map, default=None, help="truth label -> class, e.g. 5:1")
+    e.add_argument("--pred-label-map", type=_label_map, default=None, help="prediction label -> class")
+    e.add_argument("--out", help="report path without extension (default PRED/evaluation)")
+    e = ev.add_parser("translation", help="SynthRAD MAE/PSNR/SSIM in the body beside the identity baseline")
+    e.add_argument("--run", required=True, help="CycleGAN run directory")
+    e.add_argument("--mri", required=True, help="MRIs (folder or datalist JSON)")
+    e.add_argument("--ct", required=True, help="their paired CTs, matched by case name")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--out", help="report path without extension (default RUN/translation_eval)")
+    e = ev.add_parser("synthesis", help="FID/KID, MS-SSIM diversity, label plausibility of a synthesizer")
+    e.add_argument("--run", required=True, help="synthesizer run directory")
+    e.add_argument("--features", required=True, help="segmenter run whose deepest features score FID/KID")
+    e.add_argument("--n", type=_positive, default=200, help="samples of each kind")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--out", help="output folder (default RUN/synthesis_eval)")
+    e = ev.add_parser("augmentation", help="segmenter on k real cases vs k real + synthetic, over repeats")
+    e.add_argument("--segmenter-config", required=True)
+    e.add_argument("--synth-config", required=True)
+    e.add_argument("--train-images", required=True, help="labelled training pool (folder or datalist JSON)")
+    e.add_argument("--train-labels", help="its labels (default: the same JSON)")
+    e.add_argument("--test-images", required=True, help="held-out images")
+    e.add_argument("--test-labels", help="held-out labels (default: the same JSON)")
+    e.add_argument("--k", type=_positive, default=2, help="labelled training cases per repeat")
+    e.add_argument("--repeats", type=_positive, default=3)
+    e.add_argument("--ratio", type=float, default=0.5, help="fraction of synthetic samples in training")
+    e.add_argument("--synthetic", type=_positive, default=200, help="synthetic pairs per repeat")
+    e.add_argument("--set-seg", action="append", default=[], metavar="KEY=VALUE", help="segmenter config override")
+    e.add_argument("--set-synth", action="append", default=[], metavar="KEY=VALUE", help="synthesizer override")
+    e.add_argument("--out", required=True, help="experiment folder")
 
     p = add("demo", _cmd_demo, "run the whole job on the embedded phantoms", "medgen demo demo_out")
     p.add_argument("out", help="output directory")
@@ -225,3 +305,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medgen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `medgen info x | head`
+        sys.stderr.close()
+        return 0

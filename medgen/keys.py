@@ -33,6 +33,7 @@ class Keys(StrEnum):
     NAME = "name"
     REF = "ref"
     SCALE = "scale"
+    SPACING = "spacing"
 
 
 class Modality(StrEnum):

@@ -100,6 +100,11 @@ class Geometry:
     shape: tuple[int, int, int]  # shape handed to the network
     scale: tuple[float, float] | None = None  # MRI (lo, hi) used for intensity scaling
 
+    @property
+    def output_spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) of the grid handed to the network."""
+        return tuple(s * c / n for s, c, n in zip(self.spacing, self.canonical_shape, self.shape))  # type: ignore[return-value]
+
 
 def reorient(array: np.ndarray, affine: np.ndarray, code: str) -> tuple[np.ndarray, np.ndarray]:
     """Permute/flip axes so they point along ``code`` (e.g. ``RAS``); returns array and the transform."""
@@ -224,7 +229,8 @@ class Preprocessor:
 class Preprocessd(MapTransform):
     """Dict wrapper: load-time preprocessing of ``keys`` (arrays with ``{key}_ref`` ImageRefs) to tensors.
 
-    An MRI's intensity range used for scaling is kept as ``{key}_scale``.
+    An MRI's intensity range used for scaling is kept as ``{key}_scale``, the voxel size handed to the
+    network as ``{key}_spacing``.
 
     Args:
         keys: keys of image arrays to preprocess.
@@ -243,4 +249,5 @@ class Preprocessd(MapTransform):
             d[key], geom = self.preprocessors[key].forward(d[key], d[f"{key}_{Keys.REF}"], label=key in self.label_keys)
             if geom.scale is not None:
                 d[f"{key}_{Keys.SCALE}"] = geom.scale
+            d[f"{key}_{Keys.SPACING}"] = geom.output_spacing
         return d

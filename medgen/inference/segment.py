@@ -67,7 +67,7 @@ class RunSegmenter:
 
     def __init__(self, run_dir: str | Path, device: str = "auto", liver_class: int = 1):
         from medgen.engines.segmenter import build_network
-        from medgen.inference.translate import load_run, load_weights
+        from medgen.runs import load_run, load_weights
 
         self.run_dir = Path(run_dir)
         self.cfg = load_run(self.run_dir, "segmenter")

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgen.config import load_config
-from medgen.engines.common import latest_checkpoint, load_checkpoint, resolve_device
-from medgen.errors import MedgenError
+from medgen.engines.common import resolve_device
 from medgen.inference.volume import infer_volume
+from medgen.runs import load_run, load_weights
 from medgen.io import case_name, load_image, save_like
 from medgen.keys import Direction, Modality
 from medgen.transforms import Preprocessor
@@ -34,32 +33,6 @@ def norm_artifact(mri_scales: Sequence[tuple[float, float]], ct_ranges: Sequence
     lo, hi = np.median(np.asarray(mri_scales, float), axis=0) if len(mri_scales) else (0.0, 1.0)
     c_lo, c_hi = np.median(np.asarray(ct_ranges, float), axis=0) if len(ct_ranges) else (-1000.0, 1000.0)
     return {"mri_scale": [float(lo), float(hi)], "ct_range": [float(c_lo), float(c_hi)]}
-
-
-def load_run(run_dir: str | Path, task: str):
-    """The resolved config of a training run directory, checked to be of ``task``."""
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise MedgenError(run, "not a medgen run directory (no config.yaml)")
-    cfg = load_config(run / "config.yaml")
-    if cfg.task != task:
-        raise MedgenError(run, f"is a {cfg.task} run, not a {task} run")
-    return cfg
-
-
-def load_weights(run_dir: Path, names: Sequence[str], nets: Sequence[torch.nn.Module],
-                 checkpoint: str | Path | None = None) -> Path:
-    """Load networks ``names`` from a run's latest (or the given) checkpoint; returns the file used."""
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
-    if path is None:
-        raise MedgenError(run_dir, "run has no checkpoint yet (train it first)")
-    state = load_checkpoint(path)
-    for name, net in zip(names, nets):
-        if name not in state:
-            raise MedgenError(path, f"checkpoint has no '{name}' weights")
-        net.load_state_dict(state[name])
-        net.eval()
-    return path
 
 
 def translate_array(net: torch.nn.Module, cfg, array: np.ndarray, ref, device: torch.device,

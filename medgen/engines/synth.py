@@ -1,0 +1,263 @@
+"""VAE and GAN anatomy synthesizers: configs, training steps, setup and sampling.
+
+Both learn image + label jointly from ``data.images``/``data.labels``/``data.label_map`` (the segmenter's
+keys): samples are ``1 + K`` channels in [-1, 1], the image then one channel per foreground class.
+
+- VAE: L1 image + BCE label reconstruction + KL (weight warmed up linearly), optionally an adversarial
+  term from a PatchGAN discriminator.
+- GAN: latent -> image+label; non-saturating logistic loss, spectrally normalised discriminator, lazy R1
+  penalty, and an exponential moving average (EMA) of the generator, which is what sampling uses.
+
+Every step reseeds torch from ``(train.seed, iteration)``, so a resumed run draws the same noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medgen.config import OptimConfig, PreprocessConfig, TrainConfig
+from medgen.engines.common import TaskSetup, autocast, average_gradients, loader_factory, set_requires_grad
+from medgen.keys import Keys
+
+
+@dataclass
+class SynthDataConfig:
+    images: str = ""  # training images: a folder or a datalist JSON
+    labels: str = ""  # label maps: a folder (matched by file name) or the same JSON
+    label_map: dict[int, int] = field(default_factory=lambda: {1: 1})  # source value -> class (others: 0)
+    modality: str = "ct"  # ct | mri: intensity preset of the image channel
+    patch_size: list[int] = field(default_factory=lambda: [64, 64])  # sample size: 2D (X, Y) or 3D (X, Y, Z)
+    pos_prob: float = 1.0  # fraction of samples centred on a labelled voxel (1.0: the organ is always there)
+    fg_prob: float = 0.9
+    min_foreground: float = 0.05
+    cache_workers: int = 2
+
+
+@dataclass
+class VAEModelConfig:
+    latent_size: int = 64
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # encoder filters (stride 2 each)
+    num_res_units: int = 1
+
+
+@dataclass
+class VAELossConfig:
+    lambda_image: float = 1.0  # L1 on the image channel
+    lambda_label: float = 1.0  # BCE on the label channels
+    beta: float = 0.5  # KL weight (per voxel), reached after the warm-up
+    kl_warmup: float = 0.3  # fraction of train.iterations over which the KL weight grows from 0 to beta
+    lambda_adv: float = 0.0  # optional adversarial term (PatchGAN, LSGAN); 0 disables
+    ndf: int = 32  # discriminator filters (only with lambda_adv > 0)
+
+
+@dataclass
+class VAEConfig:
+    task: str = "vae"
+    spatial_dims: int = 2
+    data: SynthDataConfig = field(default_factory=SynthDataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=[0.9, 0.999], decay_from=0.7))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class GANModelConfig:
+    latent_size: int = 128
+    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])  # generator: from the 1/16 grid up
+    disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # discriminator (stride 2 each)
+    spectral_norm: bool = True  # spectral normalisation of every discriminator layer
+    ema_decay: float = 0.999  # EMA of generator weights (sampling uses it)
+
+
+@dataclass
+class GANLossConfig:
+    r1_gamma: float = 1.0  # R1 gradient penalty on real samples (0 disables)
+    r1_every: int = 4  # lazy regularisation: apply R1 every N steps, scaled by N
+
+
+@dataclass
+class GANConfig:
+    task: str = "gan"
+    spatial_dims: int = 2
+    data: SynthDataConfig = field(default_factory=SynthDataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: GANModelConfig = field(default_factory=GANModelConfig)
+    loss: GANLossConfig = field(default_factory=GANLossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.99], decay_from=1.0))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def n_foreground(cfg) -> int:
+    return max(cfg.data.label_map.values(), default=1)
+
+
+def joint_tensor(batch: Mapping, n_classes: int, device: torch.device) -> torch.Tensor:
+    """``(B, 1 + K, ...)``: the image, then each foreground class as a channel in {-1, 1}."""
+    image = batch[Keys.IMAGE].to(device, non_blocking=True).float()
+    label = batch[Keys.LABEL].to(device, non_blocking=True)
+    classes = torch.arange(1, n_classes + 1, device=device).view(1, -1, *([1] * (label.dim() - 2)))
+    return torch.cat([image, (label == classes).float() * 2 - 1], dim=1)
+
+
+def build_model(cfg) -> torch.nn.Module:
+    from medgen.networks.synth import JointGenerator, JointVAE
+
+    shape = (1 + n_foreground(cfg), *cfg.data.patch_size)
+    if cfg.task == "vae":
+        m = cfg.model
+        return JointVAE(cfg.spatial_dims, shape, m.latent_size, m.channels, [2] * len(m.channels), m.num_res_units)
+    return JointGenerator(cfg.spatial_dims, shape, cfg.model.latent_size, cfg.model.channels)
+
+
+def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=None):
+    """VAE training step: reconstruction + warmed-up KL (+ optional adversarial term)."""
+    from medgen.engines.cyclegan import gan_loss
+
+    k, loss_cfg, amp = n_foreground(cfg), cfg.loss, cfg.train.amp
+    warmup = max(1, int(loss_cfg.kl_warmup * cfg.train.iterations))
+
+    def step(engine, batch: Mapping) -> dict:
+        torch.manual_seed(cfg.train.seed * 1_000_003 + engine.state.iteration)
+        vae.train()
+        x = joint_tensor(batch, k, device)
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            image, logits, mu, logvar = vae(x)
+        voxels = float(np.prod(x.shape[2:]))
+        l_img = F.l1_loss(image.float(), x[:, :1])
+        l_lab = F.binary_cross_entropy_with_logits(logits.float(), (x[:, 1:] > 0).float())
+        kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1)) / voxels
+        beta = loss_cfg.beta * min(1.0, engine.state.iteration / warmup)
+        loss = loss_cfg.lambda_image * l_img + loss_cfg.lambda_label * l_lab + beta * kl
+        out = {"loss": 0.0, "loss_image": l_img.item(), "loss_label": l_lab.item(), "kl": kl.item(), "beta": beta}
+        fake = torch.cat([image, torch.tanh(logits / 2)], dim=1)
+        if disc is not None:
+            set_requires_grad([disc], False)
+            l_adv = gan_loss(disc(fake), True, "lsgan")
+            loss = loss + loss_cfg.lambda_adv * l_adv
+            out["loss_adv"] = l_adv.item()
+        loss.backward()
+        average_gradients([vae])
+        opt.step()
+        if disc is not None:
+            set_requires_grad([disc], True)
+            opt_d.zero_grad(set_to_none=True)
+            logits_d = disc(torch.cat([x, fake.detach()]))
+            n = x.shape[0]
+            loss_d = 0.5 * (gan_loss(logits_d[:n], True, "lsgan") + gan_loss(logits_d[n:], False, "lsgan"))
+            loss_d.backward()
+            average_gradients([disc])
+            opt_d.step()
+            out["loss_d"] = loss_d.item()
+        out["loss"] = loss.item()
+        out["visuals"] = {"real": x[:1, :1].detach(), "real_label": x[:1, 1:2].detach(),
+                          "recon": image[:1].detach(), "recon_label": fake[:1, 1:2].detach()}
+        return out
+
+    return step
+
+
+def gan_step(gen, disc, ema, opt_g, opt_d, cfg: GANConfig, device: torch.device):
+    """GAN training step: logistic losses, lazy R1 on reals, EMA update of the generator."""
+    k, amp, latent = n_foreground(cfg), cfg.train.amp, cfg.model.latent_size
+
+    def step(engine, batch: Mapping) -> dict:
+        it = engine.state.iteration
+        torch.manual_seed(cfg.train.seed * 1_000_003 + it)
+        gen.train()
+        real = joint_tensor(batch, k, device)
+        n = real.shape[0]
+        set_requires_grad([disc], True)
+        opt_d.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            fake = gen(torch.randn(n, latent, device=device)).detach()
+            logits = disc(torch.cat([real, fake])).float()
+        loss_d = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
+        r1 = torch.zeros((), device=device)
+        if cfg.loss.r1_gamma > 0 and it % cfg.loss.r1_every == 0:
+            real_r1 = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(disc(real_r1).sum(), real_r1, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean() * (cfg.loss.r1_gamma / 2) * cfg.loss.r1_every
+        (loss_d + r1).backward()
+        average_gradients([disc])
+        opt_d.step()
+
+        set_requires_grad([disc], False)
+        opt_g.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            fake = gen(torch.randn(n, latent, device=device))
+            loss_g = F.softplus(-disc(fake).float()).mean()
+        loss_g.backward()
+        average_gradients([gen])
+        opt_g.step()
+        ema.update_parameters(gen)
+        return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "r1": r1.item(),
+                "visuals": {"real": real[:1, :1].detach(), "real_label": real[:1, 1:2].detach(),
+                            "fake": fake[:1, :1].detach(), "fake_label": fake[:1, 1:2].detach()}}
+
+    return step
+
+
+def setup(cfg, run_dir: Path, device: torch.device) -> TaskSetup:
+    """Data, model(s), optimizers and step of a VAE or GAN synthesizer run."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from medgen.data.datalist import image_label_pairs
+    from medgen.data.patches import RandomPatches
+    from medgen.data.volumes import cached_volumes
+    from medgen.errors import MedgenError
+    from medgen.keys import Modality
+    from medgen.transforms import Preprocessor
+
+    if len(cfg.data.patch_size) != cfg.spatial_dims:
+        raise MedgenError(None, f"data.patch_size {cfg.data.patch_size} needs {cfg.spatial_dims} values")
+    pre = Preprocessor.from_config(Modality(cfg.data.modality), cfg.preprocess)
+    pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
+    volumes = cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
+                             {Keys.IMAGE: pre, Keys.LABEL: Preprocessor.from_config(None, cfg.preprocess)},
+                             label_key=Keys.LABEL, label_map=cfg.data.label_map, num_workers=cfg.data.cache_workers)
+    samples = RandomPatches(volumes, [Keys.IMAGE, Keys.LABEL], cfg.data.patch_size, cfg.spatial_dims,
+                            cfg.train.seed * 2 + 1, fg_key=Keys.IMAGE, min_foreground=cfg.data.min_foreground,
+                            fg_prob=cfg.data.fg_prob, pos_key=Keys.LABEL, pos_prob=cfg.data.pos_prob,
+                            pad_values={Keys.LABEL: 0})
+    spacing = np.median([v[f"{Keys.IMAGE}_{Keys.SPACING}"] for v in volumes], axis=0)
+    scale = [v[f"{Keys.IMAGE}_{Keys.SCALE}"] for v in volumes if f"{Keys.IMAGE}_{Keys.SCALE}" in v]
+    artifacts = {"synth.json": {"spacing": [float(s) for s in spacing], "n_training_volumes": len(volumes),
+                                "mri_scale": np.median(scale, axis=0).tolist() if scale else None}}
+    make_loader = loader_factory(samples, cfg.train, device)
+    model = build_model(cfg).to(device)
+    betas = tuple(cfg.optim.betas)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=betas, weight_decay=cfg.optim.weight_decay)
+    if cfg.task == "vae":
+        disc = opt_d = None
+        to_save = {"model": model, "opt": opt}
+        if cfg.loss.lambda_adv > 0:
+            from types import SimpleNamespace
+
+            from medgen.networks.cyclegan import build_discriminator as patch_discriminator
+
+            disc = patch_discriminator(SimpleNamespace(ndf=cfg.loss.ndf, n_layers=2), cfg.spatial_dims,
+                                       1 + n_foreground(cfg)).to(device)
+            opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr, betas=betas)
+            to_save |= {"disc": disc, "opt_d": opt_d}
+        step = vae_step(model, opt, cfg, device, disc, opt_d)
+        optimizers = [opt] + ([opt_d] if opt_d is not None else [])
+    else:
+        from medgen.networks.synth import build_discriminator
+
+        disc = build_discriminator((1 + n_foreground(cfg), *cfg.data.patch_size), cfg.model.disc_channels,
+                                   cfg.model.spectral_norm).to(device)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr, betas=betas)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.model.ema_decay))
+        step = gan_step(model, disc, ema, opt, opt_d, cfg, device)
+        to_save = {"model": model, "model_ema": ema, "disc": disc, "opt": opt, "opt_d": opt_d}
+        optimizers = [opt, opt_d]
+    return TaskSetup(step, to_save, make_loader, optimizers, cfg.optim.lr, None, artifacts)

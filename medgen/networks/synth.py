@@ -1,0 +1,78 @@
+"""Anatomy synthesizers that produce image + label jointly, with ``spatial_dims`` 2 or 3.
+
+A sample has ``1 + K`` channels in [-1, 1]: the image, then one channel per foreground class (> 0 means
+that class). Both models are MONAI networks: :class:`JointVAE` wraps ``VarAutoEncoder``; the GAN
+generator is MONAI's ``Generator`` (latent -> image) and its discriminator MONAI's ``Discriminator`` with
+spectral normalisation on every convolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import Discriminator, Generator, VarAutoEncoder
+from torch import nn
+
+
+class JointVAE(nn.Module):
+    """Variational autoencoder of image + label channels (MONAI ``VarAutoEncoder``).
+
+    ``forward`` returns ``(image, label_logits, mu, logvar)``: the image through tanh, labels as logits.
+
+    >>> vae = JointVAE(2, (2, 32, 32), latent_size=8, channels=(8, 16), strides=(2, 2))
+    >>> image, logits, mu, logvar = vae(torch.zeros(3, 2, 32, 32))
+    >>> image.shape, logits.shape, mu.shape
+    (torch.Size([3, 1, 32, 32]), torch.Size([3, 1, 32, 32]), torch.Size([3, 8]))
+    """
+
+    def __init__(self, spatial_dims: int, in_shape: Sequence[int], latent_size: int, channels: Sequence[int],
+                 strides: Sequence[int], num_res_units: int = 1):
+        super().__init__()
+        self.latent_size = latent_size
+        self.vae = VarAutoEncoder(spatial_dims, in_shape, in_shape[0], latent_size, channels, strides,
+                                  num_res_units=num_res_units, use_sigmoid=False)
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tanh(out[:, :1]), out[:, 1:]
+
+    def forward(self, x: torch.Tensor):
+        out, mu, logvar, _ = self.vae(x)
+        image, logits = self._split(out)
+        return image, logits, mu, logvar
+
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> samples in [-1, 1] (label channels as tanh(logit/2), > 0 means the class)."""
+        image, logits = self._split(self.vae.decode_forward(z, use_sigmoid=False))
+        return torch.cat([image, torch.tanh(logits / 2)], dim=1)
+
+
+class JointGenerator(nn.Module):
+    """Latent vector -> ``1 + K`` channels in [-1, 1] (MONAI ``Generator`` then tanh)."""
+
+    def __init__(self, spatial_dims: int, out_shape: Sequence[int], latent_size: int, channels: Sequence[int]):
+        super().__init__()
+        self.latent_size = latent_size
+        up = len(channels)
+        start = [int(s) // 2**up for s in out_shape[1:]]
+        if any(s < 1 or s * 2**up != int(n) for s, n in zip(start, out_shape[1:])):
+            raise ValueError(f"sample shape {list(out_shape[1:])} must be divisible by 2**{up}")
+        self.net = Generator((latent_size,), (channels[0], *start), [*channels[1:], out_shape[0]], [2] * up,
+                             num_res_units=1, norm="BATCH")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(z))
+
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        return self(z)
+
+
+def build_discriminator(in_shape: Sequence[int], channels: Sequence[int], spectral: bool = True) -> nn.Module:
+    """MONAI ``Discriminator`` (logits, no final sigmoid), spectrally normalised when ``spectral``."""
+    net = Discriminator(in_shape, channels, [2] * len(channels), num_res_units=0, norm=None, dropout=None,
+                        act=("LEAKYRELU", {"negative_slope": 0.2}), last_act=None)
+    if spectral:
+        for module in list(net.modules()):
+            if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+                nn.utils.parametrizations.spectral_norm(module)
+    return net
