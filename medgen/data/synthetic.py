@@ -120,6 +120,35 @@ def write_synthetic(run_dir: str | Path, out: str | Path, n: int, seed: int = 0,
     return info
 
 
+def _segmenter_volumes(pairs, seg_cfg, label_map) -> list[dict]:
+    from medgen.data.volumes import cached_volumes
+    from medgen.transforms import Preprocessor
+
+    return cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
+                          {Keys.IMAGE: Preprocessor.from_config(Modality.CT, seg_cfg.preprocess),
+                           Keys.LABEL: Preprocessor.from_config(None, seg_cfg.preprocess)},
+                          label_key=Keys.LABEL, label_map=label_map, num_workers=1)
+
+
+def cycled_volumes(translator_run: str | Path, pairs, seg_cfg) -> list[dict]:
+    """Training CTs passed CT -> MRI -> CT through a CycleGAN run, with their own labels.
+
+    The cycled CTs carry the translator's artifacts (noise, intensity bias, blur) on exactly known
+    anatomy, so a segmenter trained with them is ready for the synthetic CTs of the MRI pipeline.
+    """
+    from medgen.inference.translate import Translator
+    from medgen.io import load_image, save_like
+
+    to_mri, to_ct = Translator(translator_run, "ct2mri"), Translator(translator_run, "mri2ct")
+    with tempfile.TemporaryDirectory() as tmp:
+        cycled = []
+        for i, (image, label) in enumerate(pairs):
+            ct, ref = load_image(image)
+            out = save_like(to_ct.translate(to_mri.translate(ct, ref)[0], ref)[0], ref, Path(tmp) / f"c{i:04d}.nii.gz")
+            cycled.append((out, label))
+        return _segmenter_volumes(cycled, seg_cfg, seg_cfg.data.label_map)
+
+
 def synthetic_volumes(syn_cfg, seg_cfg) -> list[dict]:
     """Synthetic pairs for segmenter training, preprocessed like the real ones and cached in memory.
 
@@ -127,8 +156,6 @@ def synthetic_volumes(syn_cfg, seg_cfg) -> list[dict]:
     ``labels/``), or a synthesizer run, sampled once (``syn_cfg.cases`` pairs, seeded by train.seed).
     """
     from medgen.data.datalist import image_label_pairs
-    from medgen.data.volumes import cached_volumes
-    from medgen.transforms import Preprocessor
 
     src = Path(syn_cfg.source)
     classes = {c: c for c in seg_cfg.data.label_map.values()}
@@ -138,10 +165,7 @@ def synthetic_volumes(syn_cfg, seg_cfg) -> list[dict]:
             pairs = image_label_pairs(folder / "dataset.json", folder / "dataset.json")
         else:
             pairs = image_label_pairs(folder / "images", folder / "labels")
-        return cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
-                              {Keys.IMAGE: Preprocessor.from_config(Modality.CT, seg_cfg.preprocess),
-                               Keys.LABEL: Preprocessor.from_config(None, seg_cfg.preprocess)},
-                              label_key=Keys.LABEL, label_map=classes, num_workers=1)
+        return _segmenter_volumes(pairs, seg_cfg, classes)
 
     if (src / "config.yaml").is_file():
         with tempfile.TemporaryDirectory() as tmp:

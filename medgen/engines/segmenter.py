@@ -52,6 +52,8 @@ class SyntheticAugmentConfig:
 class AugmentConfig:
     intensity: bool = True  # random intensity scale/shift/contrast/noise (robustness to synthetic CT)
     synthetic: SyntheticAugmentConfig = field(default_factory=SyntheticAugmentConfig)
+    translator: str | None = None  # CycleGAN run: training CTs also go CT -> MRI -> CT through it (labels kept)
+    translator_ratio: float = 0.5  # fraction of samples drawn from those cycled CTs
 
 
 @dataclass
@@ -108,16 +110,36 @@ def build_network(cfg: SegmenterConfig) -> torch.nn.Module:
 
 
 def intensity_augmentation():
-    """MONAI random intensity transforms on the image of a patch (inputs in [-1, 1])."""
-    from monai.transforms import (Compose, RandAdjustContrastd, RandGaussianNoised, RandScaleIntensityd,
+    """MONAI random intensity transforms on the image of a patch (inputs in [-1, 1]).
+
+    Strong on purpose: a segmenter applied to synthetic CT must not depend on exact HU values, so the
+    patches get scale/shift, gamma, non-linear histogram shifts, a smooth multiplicative field (applied
+    to intensities shifted to [0, 2]), blur and noise.
+    """
+    from monai.transforms import (Compose, Lambdad, RandAdjustContrastd, RandBiasFieldd, RandGaussianNoised,
+                                  RandGaussianSmoothd, RandHistogramShiftd, RandScaleIntensityd,
                                   RandShiftIntensityd)
 
+    k = Keys.IMAGE
     return Compose([
-        RandScaleIntensityd(Keys.IMAGE, factors=0.15, prob=0.5),
-        RandShiftIntensityd(Keys.IMAGE, offsets=0.1, prob=0.5),
-        RandAdjustContrastd(Keys.IMAGE, gamma=(0.8, 1.25), prob=0.3),
-        RandGaussianNoised(Keys.IMAGE, std=0.03, prob=0.3),
+        RandScaleIntensityd(k, factors=0.15, prob=0.5),
+        RandShiftIntensityd(k, offsets=0.15, prob=0.5),
+        RandAdjustContrastd(k, gamma=(0.7, 1.4), prob=0.3),
+        RandHistogramShiftd(k, num_control_points=(5, 10), prob=0.3),
+        Lambdad(k, _shift_up),
+        RandBiasFieldd(k, degree=3, coeff_range=(0.0, 0.15), prob=0.3),
+        Lambdad(k, _shift_down),
+        RandGaussianSmoothd(k, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=0.2),
+        RandGaussianNoised(k, std=0.2, prob=0.5),  # std drawn in [0, 0.2]: up to about 40 HU
     ])
+
+
+def _shift_up(x):
+    return x + 1.0
+
+
+def _shift_down(x):
+    return x - 1.0
 
 
 def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, device: torch.device,
@@ -166,13 +188,17 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
                              pos_key=Keys.LABEL, pos_prob=cfg.data.pos_prob, pad_values={Keys.LABEL: 0},
                              transform=transform)
 
-    real = patches(volumes, seed)
-    syn = cfg.augment.synthetic
-    if not syn.source or syn.ratio <= 0:
-        return real
-    from medgen.data.synthetic import MixedSamples, synthetic_volumes
+    from medgen.data.synthetic import MixedSamples, cycled_volumes, synthetic_volumes
 
-    return MixedSamples(real, patches(synthetic_volumes(syn, cfg), seed + 7), syn.ratio, seed + 8)
+    samples = patches(volumes, seed)
+    aug = cfg.augment
+    if aug.translator and aug.translator_ratio > 0:
+        samples = MixedSamples(samples, patches(cycled_volumes(aug.translator, pairs, cfg), seed + 5),
+                               aug.translator_ratio, seed + 6)
+    if aug.synthetic.source and aug.synthetic.ratio > 0:
+        samples = MixedSamples(samples, patches(synthetic_volumes(aug.synthetic, cfg), seed + 7),
+                               aug.synthetic.ratio, seed + 8)
+    return samples
 
 
 def setup(cfg: SegmenterConfig, run_dir: Path, device: torch.device) -> TaskSetup:

@@ -66,6 +66,19 @@ def case_figure(path: Path, mri: Path, ct: Path, sct: Path, truth: Path, mask: P
     return path
 
 
+def _synthesis_section(report: Mapping | None) -> str:
+    if not report:
+        return ""
+    c1 = report.get("class_1", {})
+    return f"""<h2>Anatomy synthesizer (VAE)</h2>
+<p>FID {report['fid']:.3f}, KID {report['kid']:.4f} (features of the demo segmenter);
+MS-SSIM between samples {report['ms_ssim_synthetic']:.3f} (real: {report['ms_ssim_real']:.3f});
+a single liver component of plausible size in {c1.get('plausible_fraction', 0):.0%} of samples;
+liver area {c1.get('size_synthetic_mean', 0):.1f} +- {c1.get('size_synthetic_sd', 0):.1f} {report['size_unit']}
+(real {c1.get('size_real_mean', 0):.1f} +- {c1.get('size_real_sd', 0):.1f}).</p>
+<img src="synthesis/samples.png" width="100%">"""
+
+
 def write_demo_report(out: Path, translation_rows: Sequence[Mapping], pipeline_rows: Sequence[Mapping],
                       figures: Mapping) -> Path:
     """``OUT/report.html``: headline figures, per-case tables and one figure per held-out case."""
@@ -95,6 +108,7 @@ MAE {t.get('identity_mae', float('nan')):.1f} HU.</p>
 <p>Mean liver Dice: pipeline (MRI &rarr; synthetic CT &rarr; CT segmenter) {figures.get('pipeline_dice', float('nan')):.4f};
 direct baseline (the CT segmenter on the MRI itself) {figures.get('baseline_dice', float('nan')):.4f}.</p>
 {_table(pipeline_rows)}
+{_synthesis_section(figures.get("synthesis"))}
 <h2>Held-out cases</h2>
 <p>Contours: green truth, red pipeline, cyan direct baseline.</p>
 {''.join(images)}

@@ -7,14 +7,24 @@ PatchGAN with ndf 64, instance norm, N(0, 0.02) initialisation); ``spatial_dims`
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import UNet
 from monai.networks.nets.patchgan_discriminator import PatchDiscriminator
 from torch import nn
 
 
-def _reflection_pad(spatial_dims: int) -> type[nn.Module]:
-    return nn.ReflectionPad2d if spatial_dims == 2 else nn.ReflectionPad3d
+class ReflectionPad(nn.Module):
+    """Reflection padding that keeps its input's dtype: CPU autocast would run it in fp32 and make every
+    bf16 activation take a round trip through fp32 around each convolution."""
+
+    def __init__(self, pad: int, spatial_dims: int):
+        super().__init__()
+        self.pad = (int(pad),) * (2 * spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.pad(x, self.pad, mode="reflect")
 
 
 def _norm(spatial_dims: int, channels: int) -> nn.Module:
@@ -24,11 +34,11 @@ def _norm(spatial_dims: int, channels: int) -> nn.Module:
 class _ResBlock(nn.Module):
     def __init__(self, spatial_dims: int, channels: int, dropout: float):
         super().__init__()
-        conv, pad = Conv[Conv.CONV, spatial_dims], _reflection_pad(spatial_dims)
-        layers = [pad(1), conv(channels, channels, 3, bias=True), _norm(spatial_dims, channels), nn.ReLU(True)]
+        conv, d = Conv[Conv.CONV, spatial_dims], spatial_dims
+        layers = [ReflectionPad(1, d), conv(channels, channels, 3, bias=True), _norm(d, channels), nn.ReLU(True)]
         if dropout:
             layers.append(nn.Dropout(dropout))
-        layers += [pad(1), conv(channels, channels, 3, bias=True), _norm(spatial_dims, channels)]
+        layers += [ReflectionPad(1, d), conv(channels, channels, 3, bias=True), _norm(d, channels)]
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,9 +65,9 @@ class ResnetGenerator(nn.Module):
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1, ngf: int = 64,
                  n_blocks: int = 9, n_downsampling: int = 2, dropout: float = 0.0):
         super().__init__()
-        conv, pad = Conv[Conv.CONV, spatial_dims], _reflection_pad(spatial_dims)
-        convt = Conv[Conv.CONVTRANS, spatial_dims]
-        layers: list[nn.Module] = [pad(3), conv(in_channels, ngf, 7, bias=True), _norm(spatial_dims, ngf), nn.ReLU(True)]
+        conv, convt = Conv[Conv.CONV, spatial_dims], Conv[Conv.CONVTRANS, spatial_dims]
+        layers: list[nn.Module] = [ReflectionPad(3, spatial_dims), conv(in_channels, ngf, 7, bias=True),
+                                   _norm(spatial_dims, ngf), nn.ReLU(True)]
         ch = ngf
         for _ in range(n_downsampling):
             layers += [conv(ch, ch * 2, 3, stride=2, padding=1, bias=True), _norm(spatial_dims, ch * 2), nn.ReLU(True)]
@@ -67,7 +77,7 @@ class ResnetGenerator(nn.Module):
             layers += [convt(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=True),
                        _norm(spatial_dims, ch // 2), nn.ReLU(True)]
             ch //= 2
-        layers += [pad(3), conv(ch, out_channels, 7), nn.Tanh()]
+        layers += [ReflectionPad(3, spatial_dims), conv(ch, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         self.multiple = 2**n_downsampling
         init_weights(self)
