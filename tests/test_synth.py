@@ -75,7 +75,8 @@ def test_segmenter_with_synthetic_pairs(phantom_dir, vae_run, tmp_path):
     assert main(["synth", str(vae_run), str(tmp_path / "syn"), "--n", "4"]) == 0
     for source in (tmp_path / "syn", vae_run):
         run = train(ROOT / "configs" / "demo_segmenter_ct_liver.yaml", tmp_path / f"seg_{source.name}",
-                    tiny_segmenter(phantom_dir, iterations=2, **{"augment.synthetic.source": str(source),
+                    tiny_segmenter(phantom_dir, iterations=2, **{"augment.translator": "null",
+                                                                 "augment.synthetic.source": str(source),
                                                                  "augment.synthetic.ratio": 0.5,
                                                                  "augment.synthetic.cases": 3}))
         assert latest_checkpoint(run).name == "checkpoint_2.pt"
@@ -107,7 +108,7 @@ def test_evaluate_synthesis_cli(vae_run, segmenter_run, tmp_path):
 
 def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
     ds = phantom_dir / "dataset.json"
-    seg_sets = ["data.patch_size=[32, 32]", "preprocess.spacing=null", "network.channels=[4, 8]",
+    seg_sets = ["augment.translator=null", "data.patch_size=[32, 32]", "preprocess.spacing=null", "network.channels=[4, 8]",
                 "network.num_res_units=0", "train.iterations=2", "train.checkpoint_every=2", "train.batch_size=2"]
     synth_sets = [s for s in tiny_synth(phantom_dir, "vae", 2, iterations=2) if not s.startswith("data.images")
                   and not s.startswith("data.labels")]

@@ -7,6 +7,7 @@ background.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,7 @@ def intensity_augmentation():
                                   RandGaussianSmoothd, RandHistogramShiftd, RandScaleIntensityd,
                                   RandShiftIntensityd)
 
+    warnings.filterwarnings("ignore", message="torch.searchsorted")  # inside MONAI's histogram shift
     k = Keys.IMAGE
     return Compose([
         RandScaleIntensityd(k, factors=0.15, prob=0.5),

@@ -138,7 +138,7 @@ def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=No
         beta = loss_cfg.beta * min(1.0, engine.state.iteration / warmup)
         loss = loss_cfg.lambda_image * l_img + loss_cfg.lambda_label * l_lab + beta * kl
         out = {"loss": 0.0, "loss_image": l_img.item(), "loss_label": l_lab.item(), "kl": kl.item(), "beta": beta}
-        fake = torch.cat([image, torch.tanh(logits / 2)], dim=1)
+        fake = torch.cat([image.clamp(-1, 1), torch.tanh(logits / 2)], dim=1)
         if disc is not None:
             set_requires_grad([disc], False)
             l_adv = gan_loss(disc(fake), True, "lsgan")

@@ -139,13 +139,17 @@ def run_pipeline(translator: str | Path, segmenter: str | Path, inputs: str | Pa
     opts = options or PipelineOptions()
     pipe = MriLiverPipeline(translator, segmenter, device, liver_index, opts)
     src, out = Path(inputs), Path(output)
-    truths = {case_name(p): p for p in list_volumes(truth)} if truth else {}
+    single = src.is_file() or (src.is_dir() and str(out).endswith((".nii", ".nii.gz")))
+    if truth and single and Path(truth).is_file():
+        truths = {case_name(src): Path(truth)}  # one input, one ground-truth file
+    else:
+        truths = {case_name(p): p for p in list_volumes(truth)} if truth else {}
 
     def truth_mask(path: Path):
         t = truths.get(case_name(path))
         return None if t is None else remap_labels(load_image(t)[0], label_map or {1: 1}) == 1
 
-    if src.is_file() or (src.is_dir() and str(out).endswith((".nii", ".nii.gz"))):
+    if single:
         stem = case_name(out)
         row = pipe.run_case(src, out, out.with_name(f"{stem}_sct.nii.gz") if opts.save_sct else None,
                             out.with_name(f"{stem}_baseline.nii.gz") if opts.baseline else None, truth_mask(src))

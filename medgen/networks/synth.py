@@ -18,7 +18,8 @@ from torch import nn
 class JointVAE(nn.Module):
     """Variational autoencoder of image + label channels (MONAI ``VarAutoEncoder``).
 
-    ``forward`` returns ``(image, label_logits, mu, logvar)``: the image through tanh, labels as logits.
+    ``forward`` returns ``(image, label_logits, mu, logvar)``: the image channel is linear (a tanh would
+    saturate where the shared last layer drives the label logits high), labels are logits.
 
     >>> vae = JointVAE(2, (2, 32, 32), latent_size=8, channels=(8, 16), strides=(2, 2))
     >>> image, logits, mu, logvar = vae(torch.zeros(3, 2, 32, 32))
@@ -34,7 +35,7 @@ class JointVAE(nn.Module):
                                   num_res_units=num_res_units, use_sigmoid=False)
 
     def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tanh(out[:, :1]), out[:, 1:]
+        return out[:, :1], out[:, 1:]
 
     def forward(self, x: torch.Tensor):
         out, mu, logvar, _ = self.vae(x)
@@ -44,7 +45,7 @@ class JointVAE(nn.Module):
     def sample(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> samples in [-1, 1] (label channels as tanh(logit/2), > 0 means the class)."""
         image, logits = self._split(self.vae.decode_forward(z, use_sigmoid=False))
-        return torch.cat([image, torch.tanh(logits / 2)], dim=1)
+        return torch.cat([image.clamp(-1, 1), torch.tanh(logits / 2)], dim=1)
 
 
 class JointGenerator(nn.Module):
