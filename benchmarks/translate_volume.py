@@ -64,8 +64,9 @@ def _big_volume(queue) -> None:
     from medgen.io import ImageRef, header_from_affine
 
     shape = (512, 512, 300)
-    cfg = NS(spatial_dims=3, preprocess=NS(orientation="RAS", spacing=None, ct_window=[-1024, 2048],
-                                           mri_percentiles=[0.5, 99.5]),
+    from medgen.config import PreprocessConfig
+
+    cfg = NS(spatial_dims=3, preprocess=PreprocessConfig(orientation="RAS", spacing=None),
              inference=NS(amp="bf16", batch_size=4, roi_size=[96, 96, 96], overlap=0.25))
     net = ResnetGenerator(3, 1, 1, ngf=4, n_blocks=1).eval()
     mri = (np.random.default_rng(0).random(shape, dtype=np.float32) * 1000).astype(np.int16)

@@ -77,6 +77,33 @@ class PreprocessConfig:
     mri_bias_correction: bool = True  # N4 bias-field correction of MRIs before intensity scaling
 
 
+@dataclass
+class InferenceConfig:
+    """Whole-volume inference: slice batches (2D) or a Gaussian-blended sliding window (3D)."""
+
+    batch_size: int = 8  # 2D: slices per forward pass; 3D: windows per forward pass
+    roi_size: list[int] = field(default_factory=lambda: [96, 96, 96])  # 3D sliding-window size
+    overlap: float = 0.5  # 3D sliding-window overlap
+    amp: str = "bf16"  # none | bf16 | fp16 (CUDA)
+
+
+@dataclass
+class LabelledDataConfig:
+    """Image + label data (segmenters and synthesizers)."""
+
+    images: str = ""  # images: a folder or a datalist JSON ({image, label} entries)
+    labels: str = ""  # label maps: a folder (matched to images by file name) or the same JSON
+    label_map: dict[int, int] = field(default_factory=lambda: {1: 1})  # source value -> class (others: 0)
+    modality: str = "ct"  # ct | mri: intensity preset of the images
+    val_images: str | None = None  # segmenter: validation volumes (Dice at the end / every val_every)
+    val_labels: str | None = None
+    patch_size: list[int] = field(default_factory=lambda: [192, 192])  # 2D (X, Y) or 3D (X, Y, Z)
+    pos_prob: float = 0.5  # probability that a patch is centred on a labelled voxel
+    fg_prob: float = 0.9  # else, probability that it is centred inside the body
+    min_foreground: float = 0.05  # 2D: slices with a smaller body fraction are never drawn
+    cache_workers: int = 2  # threads loading/preprocessing volumes into the in-memory cache
+
+
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check/convert ``value`` to the annotated type ``tp``, recursing into dataclasses."""
     origin = typing.get_origin(tp)

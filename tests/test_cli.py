@@ -11,7 +11,7 @@ from medgen.cli import main
 def test_help_lists_subcommands_with_examples():
     proc = subprocess.run([sys.executable, "-m", "medgen", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for name in ("info", "phantoms", "demo"):
+    for name in ("info", "phantoms", "train", "translate", "segment", "pipeline", "synth", "evaluate", "demo"):
         assert f"    {name} " in proc.stdout
         assert f"medgen {name} " in proc.stdout
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,13 @@ def test_dotted_overrides():
     assert data == {"train": {"iterations": 12}, "data": {"label_map": {6: 1}}, "preprocess": {"spacing": None}}
     with pytest.raises(MedgenError, match="not of the form"):
         _set_dotted(data, "train.iterations", "x")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    from medgen.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.task in ("cyclegan", "segmenter", "vae", "gan") and cfg.train.iterations > 0
+    patch = cfg.data.patch_size
+    assert len(patch) == cfg.spatial_dims

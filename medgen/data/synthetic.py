@@ -125,7 +125,7 @@ def _segmenter_volumes(pairs, seg_cfg, label_map) -> list[dict]:
     from medgen.transforms import Preprocessor
 
     return cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
-                          {Keys.IMAGE: Preprocessor.from_config(Modality.CT, seg_cfg.preprocess),
+                          {Keys.IMAGE: Preprocessor.from_config(Modality(seg_cfg.data.modality), seg_cfg.preprocess),
                            Keys.LABEL: Preprocessor.from_config(None, seg_cfg.preprocess)},
                           label_key=Keys.LABEL, label_map=label_map, num_workers=1)
 

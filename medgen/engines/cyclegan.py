@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from medgen.config import OptimConfig, PreprocessConfig, TrainConfig
+from medgen.config import InferenceConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.engines.common import TaskSetup, autocast, average_gradients, grad_scaler, loader_factory, set_requires_grad
 from medgen.keys import Keys
 
@@ -53,14 +53,6 @@ class CycleLossConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5  # identity weight, relative to lambda_cycle
     pool_size: int = 50  # generated images kept for discriminator updates (0: no pool)
-
-
-@dataclass
-class InferenceConfig:
-    batch_size: int = 8  # 2D: slices per forward pass; 3D: windows per forward pass
-    roi_size: list[int] = field(default_factory=lambda: [64, 64, 64])  # 3D sliding-window size
-    overlap: float = 0.5  # 3D sliding-window overlap (Gaussian blending)
-    amp: str = "bf16"  # none | bf16 | fp16 (CUDA) for inference
 
 
 @dataclass

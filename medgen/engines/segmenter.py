@@ -14,23 +14,9 @@ from pathlib import Path
 
 import torch
 
-from medgen.config import OptimConfig, PreprocessConfig, TrainConfig
+from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.engines.common import TaskSetup, autocast, average_gradients, grad_scaler, loader_factory
 from medgen.keys import Keys
-
-
-@dataclass
-class SegDataConfig:
-    images: str = ""  # CT volumes: a folder or a datalist JSON ({image, label} entries)
-    labels: str = ""  # label maps: a folder (matched to images by file name) or the same JSON
-    label_map: dict[int, int] = field(default_factory=lambda: {1: 1})  # source value -> class (others: 0)
-    val_images: str | None = None  # optional validation volumes (Dice at the end / every val_every)
-    val_labels: str | None = None
-    patch_size: list[int] = field(default_factory=lambda: [192, 192])  # 2D (X, Y) or 3D (X, Y, Z)
-    pos_prob: float = 0.5  # probability that a patch is centred on a labelled (liver) voxel
-    fg_prob: float = 0.9  # else, probability that it is centred inside the body
-    min_foreground: float = 0.05  # 2D: slices with a smaller body fraction are never drawn
-    cache_workers: int = 2
 
 
 @dataclass
@@ -64,14 +50,6 @@ class SegLossConfig:
 
 
 @dataclass
-class SegInferenceConfig:
-    batch_size: int = 16  # 2D: slices per pass; 3D: windows per pass
-    roi_size: list[int] = field(default_factory=lambda: [96, 96, 96])  # 3D sliding window
-    overlap: float = 0.5
-    amp: str = "bf16"
-
-
-@dataclass
 class PostprocessConfig:
     threshold: float = 0.5  # liver probability threshold
     largest_component: bool = True  # keep the largest connected component
@@ -82,14 +60,14 @@ class PostprocessConfig:
 class SegmenterConfig:
     task: str = "segmenter"
     spatial_dims: int = 2
-    data: SegDataConfig = field(default_factory=SegDataConfig)
+    data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     network: SegNetworkConfig = field(default_factory=SegNetworkConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: SegLossConfig = field(default_factory=SegLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    inference: SegInferenceConfig = field(default_factory=SegInferenceConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
@@ -176,7 +154,7 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
     from medgen.keys import Modality
     from medgen.transforms import Preprocessor
 
-    pre = Preprocessor.from_config(Modality.CT, cfg.preprocess)
+    pre = Preprocessor.from_config(Modality(cfg.data.modality), cfg.preprocess)
     label_pre = Preprocessor.from_config(None, cfg.preprocess)
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
     volumes = cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],

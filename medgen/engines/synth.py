@@ -21,22 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medgen.config import OptimConfig, PreprocessConfig, TrainConfig
+from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.engines.common import TaskSetup, autocast, average_gradients, loader_factory, set_requires_grad
 from medgen.keys import Keys
-
-
-@dataclass
-class SynthDataConfig:
-    images: str = ""  # training images: a folder or a datalist JSON
-    labels: str = ""  # label maps: a folder (matched by file name) or the same JSON
-    label_map: dict[int, int] = field(default_factory=lambda: {1: 1})  # source value -> class (others: 0)
-    modality: str = "ct"  # ct | mri: intensity preset of the image channel
-    patch_size: list[int] = field(default_factory=lambda: [64, 64])  # sample size: 2D (X, Y) or 3D (X, Y, Z)
-    pos_prob: float = 1.0  # fraction of samples centred on a labelled voxel (1.0: the organ is always there)
-    fg_prob: float = 0.9
-    min_foreground: float = 0.05
-    cache_workers: int = 2
 
 
 @dataclass
@@ -60,7 +47,7 @@ class VAELossConfig:
 class VAEConfig:
     task: str = "vae"
     spatial_dims: int = 2
-    data: SynthDataConfig = field(default_factory=SynthDataConfig)
+    data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[64, 64], pos_prob=1.0))
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
@@ -87,7 +74,7 @@ class GANLossConfig:
 class GANConfig:
     task: str = "gan"
     spatial_dims: int = 2
-    data: SynthDataConfig = field(default_factory=SynthDataConfig)
+    data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[64, 64], pos_prob=1.0))
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: GANModelConfig = field(default_factory=GANModelConfig)
     loss: GANLossConfig = field(default_factory=GANLossConfig)

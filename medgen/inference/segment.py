@@ -53,8 +53,8 @@ def postprocess(prob: np.ndarray, threshold: float = 0.5, largest_component: boo
 
 
 def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, device: torch.device) -> np.ndarray:
-    """Softmax probabilities ``(C, *ref.shape)`` of a medgen segmenter run's network on one CT volume."""
-    pre = Preprocessor.from_config(Modality.CT, cfg.preprocess)
+    """Softmax probabilities ``(C, *ref.shape)`` of a medgen segmenter run's network on one volume."""
+    pre = Preprocessor.from_config(Modality(cfg.data.modality), cfg.preprocess)
     x, geom = pre.forward(array, ref)
     inf = cfg.inference
     logits = infer_volume(net, x, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size, inf.overlap,
