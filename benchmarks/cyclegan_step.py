@@ -1,9 +1,10 @@
 """CycleGAN training-step time: medgen's step against a plain fp32 eager reference, same networks.
 
-The reference is the pytorch-CycleGAN-and-pix2pix step written plainly: six separate generator
-passes, separate real/fake discriminator passes, fp32. medgen's step batches each generator's
-passes on real images, batches real and pooled-fake discriminator passes, and runs under the
-configured mixed precision (bf16 autocast on CPU by default here).
+The reference is the pytorch-CycleGAN-and-pix2pix step written plainly: the same networks in their
+plain form (contiguous memory, ``nn.InstanceNorm2d``), separate real/fake discriminator passes, fp32.
+medgen's step runs its generators channels-last with a layout-keeping instance norm, batches each
+discriminator's real and pooled-fake passes, and runs under the configured mixed precision (bf16
+autocast on CPU by default here).
 
     python benchmarks/cyclegan_step.py                 # 2D 256^2, ngf 64, ResNet-9 (the reference setting)
     python benchmarks/cyclegan_step.py --size 128 --ngf 32 --steps 5
@@ -18,6 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from reference import plain
 
 from medgen.engines.common import set_requires_grad
 from medgen.engines.cyclegan import CycleGANConfig, CycleLossConfig, DiscriminatorConfig, GeneratorConfig, ImagePool
@@ -44,7 +46,7 @@ def reference_step(nets, opt_g, opt_d, pools):
         opt_g.step()
         set_requires_grad([d_a, d_b], True)
         opt_d.zero_grad()
-        for d, real, fake in ((d_a, real_b, pools["fake_b"].query(fake_b)), (d_b, real_a, pools["fake_a"].query(fake_a))):
+        for d, real, fake in ((d_b, real_b, pools["fake_b"].query(fake_b)), (d_a, real_a, pools["fake_a"].query(fake_a))):
             pr, pf = d(real), d(fake.detach())
             (0.5 * (mse(pr, torch.ones_like(pr)) + mse(pf, torch.zeros_like(pf)))).backward()
         opt_d.step()
@@ -52,10 +54,12 @@ def reference_step(nets, opt_g, opt_d, pools):
     return step
 
 
-def setup(size: int, ngf: int, blocks: int):
+def setup(size: int, ngf: int, blocks: int, reference: bool = False):
     torch.manual_seed(0)
     cfg = CycleGANConfig(generator=GeneratorConfig(ngf=ngf, n_blocks=blocks), discriminator=DiscriminatorConfig(ndf=ngf))
     nets = build_nets(cfg)
+    if reference:
+        nets = {k: plain(v) for k, v in nets.items()}
     opt_g = torch.optim.Adam(itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters()), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(itertools.chain(nets["D_a"].parameters(), nets["D_b"].parameters()), 2e-4, betas=(0.5, 0.999))
     pools = {"fake_a": ImagePool(50), "fake_b": ImagePool(50)}
@@ -86,7 +90,7 @@ def main() -> None:
     print(f"2D CycleGAN step, {args.size}^2, ResNet-{args.blocks} ngf {args.ngf}, PatchGAN ndf {args.ngf}, "
           f"batch 1, {torch.get_num_threads()} threads, median of {args.steps}")
 
-    nets, opt_g, opt_d, pools, a, b = setup(args.size, args.ngf, args.blocks)
+    nets, opt_g, opt_d, pools, a, b = setup(args.size, args.ngf, args.blocks, reference=True)
     ref = reference_step(nets, opt_g, opt_d, pools)
     t_ref = timed(lambda: ref(a, b), args.steps)
     print(f"reference (plain fp32 eager):   {t_ref:.3f} s/step")
@@ -95,7 +99,7 @@ def main() -> None:
     step = cyclegan_step(nets, opt_g, opt_d, pools, CycleLossConfig(), device, args.amp)
     batch = {"mri": a, "ct": b}
     t_med = timed(lambda: step(None, batch), args.steps)
-    print(f"medgen (amp={args.amp}, batched): {t_med:.3f} s/step")
+    print(f"medgen (amp={args.amp}):          {t_med:.3f} s/step")
     print(f"speed-up: {t_ref / t_med:.2f}x")
 
 

@@ -21,8 +21,11 @@ import numpy as np
 import torch
 from monai.inferers import SliceInferer, sliding_window_inference
 
+from reference import plain
+
+from medgen.engines.cyclegan import GeneratorConfig
 from medgen.inference.volume import infer_volume
-from medgen.networks.cyclegan import ResnetGenerator
+from medgen.networks.cyclegan import build_generator
 
 
 def _timed(fn) -> float:
@@ -31,13 +34,22 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def generators(spatial_dims: int, ngf: int, n_blocks: int):
+    """medgen's generator (as built for training and translation) and its plain reference form, same weights."""
+    torch.manual_seed(0)
+    net = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims).eval()
+    ref = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims)
+    ref.load_state_dict(net.state_dict())
+    return net, plain(ref).eval()
+
+
 def bench_2d(slices: int, size: int, ngf: int) -> None:
-    net = ResnetGenerator(2, 1, 1, ngf=ngf, n_blocks=9).eval()
+    net, ref = generators(2, ngf, 9)
     volume = torch.rand(1, size, size, slices) * 2 - 1
     inferer = SliceInferer(roi_size=(size, size), sw_batch_size=1, spatial_dim=2, progress=False)
     with torch.no_grad():
-        inferer(volume[None, :, :, :, :2], net)  # warm-up
-        t_ref = _timed(lambda: inferer(volume[None], net))
+        inferer(volume[None, :, :, :, :2], ref)  # warm-up
+        t_ref = _timed(lambda: inferer(volume[None], ref))
     infer_volume(net, volume[..., :2], 2, torch.device("cpu"), "bf16", 16)
     t_med = _timed(lambda: infer_volume(net, volume, 2, torch.device("cpu"), "bf16", 16))
     print(f"2D {slices} slices of {size}^2, ResNet-9 ngf {ngf}:")
@@ -46,11 +58,11 @@ def bench_2d(slices: int, size: int, ngf: int) -> None:
 
 
 def bench_3d(shape: tuple[int, int, int], roi: int, ngf: int) -> None:
-    net = ResnetGenerator(3, 1, 1, ngf=ngf, n_blocks=6).eval()
+    net, ref = generators(3, ngf, 6)
     volume = torch.rand(1, *shape) * 2 - 1
     rois = (roi,) * 3
     with torch.no_grad():
-        t_ref = _timed(lambda: sliding_window_inference(volume[None], rois, 1, net, overlap=0.5, mode="gaussian"))
+        t_ref = _timed(lambda: sliding_window_inference(volume[None], rois, 1, ref, overlap=0.5, mode="gaussian"))
     t_med = _timed(lambda: infer_volume(net, volume, 3, torch.device("cpu"), "bf16", 4, rois, 0.5))
     print(f"3D {shape} volume, {roi}^3 windows, overlap 0.5, ResNet-6 ngf {ngf}:")
     print(f"  reference MONAI sliding_window_inference fp32: {t_ref:7.2f} s")
@@ -68,7 +80,7 @@ def _big_volume(queue) -> None:
 
     cfg = NS(spatial_dims=3, preprocess=PreprocessConfig(orientation="RAS", spacing=None),
              inference=NS(amp="bf16", batch_size=4, roi_size=[96, 96, 96], overlap=0.25))
-    net = ResnetGenerator(3, 1, 1, ngf=4, n_blocks=1).eval()
+    net = build_generator(GeneratorConfig(ngf=4, n_blocks=1), 3).eval()
     mri = (np.random.default_rng(0).random(shape, dtype=np.float32) * 1000).astype(np.int16)
     ref = ImageRef("big.nii.gz", header_from_affine(np.diag([-0.8, -0.8, 1.5, 1.0]), shape), "nifti")
     t0 = time.perf_counter()

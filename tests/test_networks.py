@@ -5,7 +5,9 @@ from types import SimpleNamespace as NS
 import pytest
 import torch
 
-from medgen.networks.cyclegan import ResnetGenerator, build_discriminator, build_generator
+import torch.nn.functional as F
+
+from medgen.networks.cyclegan import InstanceNorm, ResnetGenerator, build_discriminator, build_generator, channels_last
 
 
 def test_reference_parameter_counts():
@@ -24,6 +26,27 @@ def test_generators_keep_shape_and_range(name, dims, shape):
     g = build_generator(NS(name=name, ngf=8, n_blocks=2, n_downsampling=2, dropout=0.0), dims)
     y = g(torch.randn(shape))
     assert y.shape == shape and y.abs().max() <= 1
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_instance_norm_matches_torch_and_keeps_channels_last(dims, batch):
+    x = torch.randn(batch, 5, *([9] * dims)) * 3 + 2
+    ref = F.instance_norm(x)
+    torch.testing.assert_close(InstanceNorm()(x), ref, atol=1e-5, rtol=1e-5)
+    y = InstanceNorm()(x.contiguous(memory_format=channels_last(dims)))
+    assert y.is_contiguous(memory_format=channels_last(dims))
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_generator_is_channels_last_and_checkpoints_load_into_plain_layout():
+    g = build_generator(NS(name="resnet", ngf=4, n_blocks=1, n_downsampling=2, dropout=0.0), 2)
+    assert g.model[1].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = ResnetGenerator(2, 1, 1, ngf=4, n_blocks=1)
+    plain.load_state_dict(g.state_dict())
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), g(x), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dims,size,out", [(2, 256, 30), (2, 128, 14), (3, 32, 2)])

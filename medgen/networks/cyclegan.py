@@ -27,8 +27,32 @@ class ReflectionPad(nn.Module):
             return F.pad(x, self.pad, mode="reflect")
 
 
+class InstanceNorm(nn.Module):
+    """Instance normalisation without affine parameters or running statistics (the CycleGAN setting).
+
+    Computed as batch normalisation for a batch of one and as group normalisation with one group per
+    channel otherwise: the same arithmetic, but both keep a channels-last input channels-last, where
+    ``F.instance_norm`` copies it to contiguous and back (measured 20-30% slower in bf16 on CPU). Holds
+    no state, so checkpoints are those of ``nn.InstanceNorm2d/3d(affine=False)``.
+    """
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return F.batch_norm(x, None, None, training=True, eps=self.eps)
+        return F.group_norm(x, x.shape[1], eps=self.eps)
+
+
+def channels_last(spatial_dims: int) -> torch.memory_format:
+    """Channels-last format of ``spatial_dims``: faster oneDNN/cuDNN convolutions in bf16/fp16."""
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+
 def _norm(spatial_dims: int, channels: int) -> nn.Module:
-    return (nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d)(channels)
+    return InstanceNorm()
 
 
 class _ResBlock(nn.Module):
@@ -122,8 +146,9 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
 def build_generator(cfg, spatial_dims: int, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
     """Generator from a ``GeneratorConfig`` (``name``: ``resnet`` or ``unet``)."""
     if cfg.name == "resnet":
-        return ResnetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, cfg.n_blocks, cfg.n_downsampling,
-                               cfg.dropout)
+        net = ResnetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, cfg.n_blocks, cfg.n_downsampling,
+                              cfg.dropout)
+        return net.to(memory_format=channels_last(spatial_dims))
     if cfg.name == "unet":
         return _TanhUNet(spatial_dims, in_channels, out_channels, cfg.ngf)
     raise ValueError(f"unknown generator {cfg.name!r} (resnet | unet)")
