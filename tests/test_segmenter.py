@@ -142,6 +142,60 @@ def test_monai_bundle_backend(tmp_path):
     assert dice(mask, expected) > 0.85  # through a 4 mm resampling and back
 
 
+FAKE_TOTALSEG = {
+    "__init__.py": "",
+    "config.py": "import os\ndef get_weights_dir():\n    return os.environ['TOTALSEG_WEIGHTS_PATH']\n",
+    "python_api.py": (
+        "import os, pathlib, nibabel as nib, numpy as np\n"
+        "def totalsegmentator(input, output, roi_subset=None, device='cpu', quiet=False):\n"
+        "    assert roi_subset == ['liver']\n"
+        "    img = nib.load(input)\n"
+        "    liver = np.zeros(img.shape, np.uint8)\n"
+        "    liver[10:30, 12:30, 4:14] = 1\n"
+        "    os.makedirs(output, exist_ok=True)\n"
+        "    out = nib.Nifti1Image(liver, img.affine, img.header)\n"
+        "    out.set_data_dtype(np.uint8)\n"
+        "    nib.save(out, pathlib.Path(output) / 'liver.nii.gz')\n"
+        "    np.save(pathlib.Path(os.environ['TOTALSEG_WEIGHTS_PATH']) / 'seen_affine.npy', img.affine)\n"),
+}
+
+
+@pytest.fixture
+def fake_totalsegmentator(tmp_path, monkeypatch):
+    """A stand-in ``totalsegmentator`` package (same API surface: config.get_weights_dir, python_api)."""
+    import sys
+
+    pkg = tmp_path / "site" / "totalsegmentator"
+    pkg.mkdir(parents=True)
+    for name, text in FAKE_TOTALSEG.items():
+        (pkg / name).write_text(text)
+    monkeypatch.syspath_prepend(str(pkg.parent))
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(tmp_path / "weights"))
+    (tmp_path / "weights").mkdir()
+    yield tmp_path / "weights"
+    for mod in [m for m in sys.modules if m.split(".")[0] == "totalsegmentator"]:
+        del sys.modules[mod]
+
+
+def test_totalsegmentator_backend_refuses_to_download_then_runs(fake_totalsegmentator, tmp_path, capsys):
+    affine = oblique_affine(spacing=(3.0, 3.5, 5.0), angle_deg=10)
+    src, _ = _phantom_ct(tmp_path, affine)
+    out = tmp_path / "liver.nii.gz"
+    assert main(["segment", "totalsegmentator", str(src), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "totalseg_download_weights -t total" in err and "Dataset291_*" in err
+    assert not out.exists()
+    for task in (291, 292, 293, 294, 295):
+        (fake_totalsegmentator / f"Dataset{task}_TotalSegmentator_part").mkdir()
+    assert main(["segment", "totalsegmentator", str(src), str(out)]) == 0
+    mask, ref = nib.load(out), nib.load(src)
+    np.testing.assert_array_equal(mask.affine, ref.affine)
+    np.testing.assert_allclose(np.load(fake_totalsegmentator / "seen_affine.npy"), ref.affine, atol=1e-5)
+    expected = np.zeros(ref.shape, np.uint8)
+    expected[10:30, 12:30, 4:14] = 1
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), expected)
+
+
 def test_backend_errors(tmp_path):
     with pytest.raises(MedgenError, match="TotalSegmentator is not installed"):
         load_segmenter("totalsegmentator")

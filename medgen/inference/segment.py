@@ -189,14 +189,25 @@ class BundleSegmenter:
 
 
 class TotalSegmentatorSegmenter:
-    """TotalSegmentator's ``liver`` (roi_subset) when the package and its weights are installed."""
+    """TotalSegmentator's ``liver`` (``task="total"``, ``roi_subset``) when the package and its weights are
+    installed. The weights must already be in TotalSegmentator's weights folder (``TOTALSEG_WEIGHTS_PATH``
+    or ``~/.totalsegmentator/nnunet/results``): medgen refuses to let it download them at run time."""
+
+    TASK_IDS = (291, 292, 293, 294, 295)  # the "total" task's five sub-models (liver is in 291)
 
     def __init__(self, device: str = "auto"):
         try:
+            from totalsegmentator.config import get_weights_dir
             from totalsegmentator.python_api import totalsegmentator  # noqa: F401
         except ImportError:
             raise MedgenError("totalsegmentator", "TotalSegmentator is not installed: pip install TotalSegmentator "
                               "and download its weights first (medgen never downloads at run time)") from None
+        weights = Path(get_weights_dir())
+        missing = [t for t in self.TASK_IDS if not any(weights.glob(f"Dataset{t}_*"))]
+        if missing:
+            raise MedgenError(weights, f"TotalSegmentator weights missing (Dataset{missing[0]}_* and "
+                              f"{len(missing) - 1} more): run 'totalseg_download_weights -t total' first "
+                              "(medgen never downloads at run time)")
         self.device = "gpu" if resolve_device(device).type == "cuda" else "cpu"
         self.postprocess: dict = {}
 
@@ -208,9 +219,11 @@ class TotalSegmentatorSegmenter:
             path = save_like(array.astype(np.float32), ref, Path(tmp) / "ct.nii.gz")
             try:
                 totalsegmentator(str(path), str(Path(tmp) / "seg"), roi_subset=["liver"], device=self.device, quiet=True)
-            except Exception as exc:  # missing weights surface here
+                liver = np.asarray(nib.load(Path(tmp) / "seg" / "liver.nii.gz").dataobj)
+            except Exception as exc:
                 raise MedgenError(ref.path, f"TotalSegmentator failed ({' '.join(str(exc).split())[:120]})") from None
-            liver = np.asarray(nib.load(Path(tmp) / "seg" / "liver.nii.gz").dataobj)
+        if liver.shape != array.shape:
+            raise MedgenError(ref.path, f"TotalSegmentator returned a {liver.shape} mask for a {array.shape} image")
         return (liver > 0).astype(np.float32)
 
 
