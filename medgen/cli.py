@@ -132,11 +132,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                          (args.train_images, args.train_labels or args.train_images),
                                          (args.test_images, args.test_labels or args.test_images), args.out,
                                          args.k, args.repeats, args.ratio, args.synthetic, args.set_seg,
-                                         args.set_synth)
+                                         args.set_synth, args.reference)
         print(f"k={report['k']}, {report['repeats']} repeats: Dice real-only {report['dice_real_mean']:.4f} +- "
               f"{report['dice_real_sd']:.4f}, real+synthetic {report['dice_real_synthetic_mean']:.4f} +- "
               f"{report['dice_real_synthetic_sd']:.4f}, gain {report['gain_mean']:+.4f} +- {report['gain_sd']:.4f} "
               f"({report['minutes']} min)")
+        if args.reference:
+            print(f"reference, all {report['training_pool']} real training cases: Dice {report['dice_real_all_mean']:.4f} "
+                  f"+- {report['dice_real_all_sd']:.4f}, gain {report['gain_real_all_mean']:+.4f} over k={report['k']}")
     return 0
 
 
@@ -283,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--repeats", type=_positive, default=3)
     e.add_argument("--ratio", type=float, default=0.5, help="fraction of synthetic samples in training")
     e.add_argument("--synthetic", type=_positive, default=200, help="synthetic pairs per repeat")
+    e.add_argument("--reference", action="store_true",
+                   help="add an arm trained on every labelled training case: the gain more real data gives")
     e.add_argument("--set-seg", action="append", default=[], metavar="KEY=VALUE", help="segmenter config override")
     e.add_argument("--set-synth", action="append", default=[], metavar="KEY=VALUE", help="synthesizer override")
     e.add_argument("--out", required=True, help="experiment folder")

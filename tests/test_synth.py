@@ -114,7 +114,7 @@ def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
                   and not s.startswith("data.labels")]
     args = ["evaluate", "augmentation", "--segmenter-config", str(ROOT / "configs" / "demo_segmenter_ct_liver.yaml"),
             "--synth-config", str(ROOT / "configs" / "demo_vae_2d.yaml"), "--train-images", f"{ds}#cases",
-            "--test-images", f"{ds}#cases", "--k", "2", "--repeats", "1", "--synthetic", "4", "--out", str(tmp_path)]
+            "--test-images", f"{ds}#cases", "--k", "2", "--repeats", "1", "--synthetic", "4", "--reference", "--out", str(tmp_path)]
     for s in seg_sets:
         args += ["--set-seg", s]
     for s in synth_sets:
@@ -125,4 +125,9 @@ def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
     assert 0 <= row["dice_real"] <= 1 and 0 <= row["dice_real_synthetic"] <= 1
     assert report["gain_mean"] == pytest.approx(row["dice_real_synthetic"] - row["dice_real"])
     assert len(json.loads((tmp_path / "repeat_0" / "train.json").read_text())["training"]) == 2
-    assert "gain" in capsys.readouterr().out
+    pool = len(json.loads(ds.read_text())["cases"])
+    assert report["training_pool"] == pool > 2
+    assert len(json.loads((tmp_path / "repeat_0" / "train_all.json").read_text())["training"]) == pool
+    assert report["gain_real_all_mean"] == pytest.approx(row["dice_real_all"] - row["dice_real"])
+    printed = capsys.readouterr().out
+    assert "gain" in printed and f"all {pool} real training cases" in printed

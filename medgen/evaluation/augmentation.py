@@ -4,6 +4,9 @@ For each repeat r: draw k labelled training cases (seed r); train the synthesize
 sample synthetic pairs; train the segmenter on the k cases alone and again with the synthetic pairs mixed
 in at ``ratio`` (same config, seed and iterations); score both on the held-out set (liver Dice after
 post-processing). The report gives per-repeat Dice and mean +- sd of both arms and of the gain.
+
+With ``reference=True`` a third arm trains on every labelled training case (same seed and budget): the
+gain that more *real* data buys, the yardstick for the synthetic gain.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def held_out_dice(seg_run: Path, test_pairs, label_map) -> list[float]:
 
 def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, train: tuple[str, str],
                             test: tuple[str, str], out: str | Path, k: int = 2, repeats: int = 3, ratio: float = 0.5,
-                            synthetic: int = 200, seg_sets: list[str] = (), synth_sets: list[str] = ()) -> dict:
+                            synthetic: int = 200, seg_sets: list[str] = (), synth_sets: list[str] = (),
+                            reference: bool = False) -> dict:
     """Run the experiment into ``out``; returns (and writes ``augmentation.json``) the report.
 
     ``train``/``test``: (images, labels) sources as in configs (folders or datalist JSONs; for one JSON
@@ -73,6 +77,9 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         seg = [*data, "data.val_images=null", "data.val_labels=null", *seg_sets]
         arms = {"real": [], "real_synthetic": [f"augment.synthetic.source={rep / 'synthetic'}",
                                                  f"augment.synthetic.ratio={ratio}"]}
+        if reference:
+            everything = str(_subset_datalist(pairs, len(pairs), r, rep / "train_all.json"))
+            arms["real_all"] = [f"data.images={everything}", f"data.labels={everything}"]
         row = {"repeat": r, "cases": k}
         for arm, extra in arms.items():
             run = rep / f"segmenter_{arm}"
@@ -80,14 +87,20 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
                 train_run(seg_config, run, [*seg, *extra])
             row[f"dice_{arm}"] = float(np.mean(held_out_dice(run, test_pairs, label_map)))
         row["gain"] = row["dice_real_synthetic"] - row["dice_real"]
+        if reference:
+            row["gain_real_all"] = row["dice_real_all"] - row["dice_real"]
         rows.append(row)
         print(f"[augmentation] repeat {r}: Dice real-only {row['dice_real']:.4f}, "
-              f"real+synthetic {row['dice_real_synthetic']:.4f}, gain {row['gain']:+.4f}", flush=True)
+              f"real+synthetic {row['dice_real_synthetic']:.4f}, gain {row['gain']:+.4f}"
+              + (f"; all {len(pairs)} real cases {row['dice_real_all']:.4f}" if reference else ""), flush=True)
     report = {"k": k, "repeats": repeats, "ratio": ratio, "synthetic_pairs": synthetic, "test_cases": len(test_pairs),
+              "training_pool": len(pairs),
               "segmenter_config": str(seg_config), "synthesizer_config": str(synth_config), "rows": rows,
               "minutes": round((time.perf_counter() - t0) / 60, 1)}
-    for key in ("dice_real", "dice_real_synthetic", "gain"):
-        values = [row[key] for row in rows]
+    for key in ("dice_real", "dice_real_synthetic", "gain", "dice_real_all", "gain_real_all"):
+        values = [row[key] for row in rows if key in row]
+        if not values:
+            continue
         report[f"{key}_mean"], report[f"{key}_sd"] = float(np.mean(values)), float(np.std(values))
     atomic_write(out / "augmentation.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     return report
