@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 from medgen.config import PreprocessConfig, TrainConfig, _set_dotted, from_dict
 from medgen.errors import MedgenError
@@ -62,3 +64,27 @@ def test_shipped_configs_load(name):
     assert cfg.task in ("cyclegan", "segmenter", "vae", "gan") and cfg.train.iterations > 0
     patch = cfg.data.patch_size
     assert len(patch) == cfg.spatial_dims
+
+
+@pytest.mark.parametrize("native, amp, device, expect", [
+    (False, "bf16", "cpu", "none"),  # emulated bf16 is ~10x slower than fp32: fall back
+    (True, "bf16", "cpu", "bf16"),
+    (False, "none", "cpu", "none"),
+    (False, "bf16", "cuda", "bf16"),  # the CPU's abilities do not matter on a GPU
+    (False, "fp16", "cuda", "fp16"),
+])
+def test_effective_amp(monkeypatch, native, amp, device, expect):
+    from medgen.engines import common
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert common.effective_amp(torch.device(device), amp) == expect
+
+
+@pytest.mark.parametrize("amp, device, message", [("fp16", "cpu", "fp16 needs CUDA"), ("fp8", "cpu", "none, bf16 or fp16")])
+def test_effective_amp_rejects(amp, device, message):
+    from medgen.engines.common import effective_amp
+
+    with pytest.raises(MedgenError, match=message):
+        effective_amp(torch.device(device), amp)

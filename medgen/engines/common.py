@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import os
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +41,39 @@ def resolve_device(name: str) -> torch.device:
     return idist.device() if idist.get_world_size() > 1 else torch.device("cuda")
 
 
-def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` = ``bf16`` | ``fp16`` (CUDA only); a no-op for ``none``."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp not in ("bf16", "fp16"):
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 or AMX). On AVX2-only CPUs bf16 is emulated:
+    a 2D UNet training step measured 0.52 s under bf16 autocast against 0.05 s in fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def effective_amp(device: torch.device, amp: str) -> str:
+    """The precision that ``amp`` really runs at on ``device``: ``bf16`` on a CPU without native bf16
+    falls back to ``none`` (fp32, with a one-time warning), since emulated bf16 is ten times slower."""
+    if amp not in ("none", "bf16", "fp16"):
         raise MedgenError(None, f"amp must be none, bf16 or fp16, not {amp!r}")
     if amp == "fp16" and device.type != "cuda":
         raise MedgenError(None, "amp fp16 needs CUDA; use bf16 on CPU")
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        _warn_once("bf16 autocast requested, but this CPU has no native bf16 (AVX-512/AMX): running in fp32")
+        return "none"
+    return amp
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def autocast(device: torch.device, amp: str):
+    """``torch.autocast`` for ``amp`` = ``bf16`` | ``fp16`` (CUDA only); a no-op for ``none`` (see :func:`effective_amp`)."""
+    amp = effective_amp(device, amp)
+    if amp == "none":
+        return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
