@@ -54,3 +54,13 @@ def test_patch_discriminator_receptive_layout(dims, size, out):
     d = build_discriminator(NS(ndf=8, n_layers=3), dims)
     y = d(torch.randn(1, 1, *([size] * dims)))
     assert y.shape == (1, 1, *([out] * dims))
+
+
+def test_joint_vae_bounds_the_posterior_log_variance():
+    from medgen.networks.synth import LOGVAR_RANGE, JointVAE
+
+    vae = JointVAE(2, (2, 16, 16), latent_size=4, channels=(4, 8), strides=(2, 2))
+    torch.nn.init.constant_(vae.vae.logvar.bias, 500.0)  # exp(500) overflows float32
+    image, logits, mu, logvar = vae(torch.zeros(2, 2, 16, 16))
+    assert float(logvar.max()) == LOGVAR_RANGE[1]
+    assert torch.isfinite(logvar.exp()).all() and torch.isfinite(image).all() and torch.isfinite(logits).all()

@@ -21,7 +21,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, PiecewiseLinear, TerminateOnNan
+from ignite.handlers import Checkpoint, DiskSaver, PiecewiseLinear
 from torch.utils.data import DataLoader
 
 from medgen.errors import MedgenError
@@ -215,8 +215,15 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
     """Run ``setup.step`` for ``cfg.train.iterations`` on an Ignite Engine with medgen's handlers."""
     t = cfg.train
     trainer = Engine(setup.step)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(
-        output_transform=lambda out: {k: v for k, v in out.items() if isinstance(v, float)}))
+    trainer.state.diverged = None
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _stop_on_non_finite(engine: Engine) -> None:  # checked first: a diverged state is never saved
+        bad = {k: v for k, v in engine.state.output.items() if isinstance(v, float) and not np.isfinite(v)}
+        if bad:
+            engine.state.diverged = bad
+            engine.terminate()
+
     decay_start = int(t.iterations * cfg.optim.decay_from)
     for opt in setup.optimizers:
         milestones = [(0, setup.lr), (max(decay_start, 1), setup.lr), (max(t.iterations, decay_start + 1), 0.0)]
@@ -231,9 +238,10 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
         filename_pattern="{filename_prefix}_{global_step}.{ext}",
     )
     if t.checkpoint_every > 0:
-        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=t.checkpoint_every), checkpoint)
-    trainer.add_event_handler(Events.COMPLETED, lambda e: None if e.state.iteration % max(t.checkpoint_every, 1) == 0
-                              and t.checkpoint_every > 0 else checkpoint(e))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=t.checkpoint_every),
+                                  lambda e: None if e.state.diverged else checkpoint(e))
+    trainer.add_event_handler(Events.COMPLETED, lambda e: None if e.state.diverged or (
+        e.state.iteration % max(t.checkpoint_every, 1) == 0 and t.checkpoint_every > 0) else checkpoint(e))
 
     writer = None
     if idist.get_rank() == 0:
@@ -286,4 +294,10 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
         trainer.run(loader, max_epochs=1, epoch_length=t.iterations)
     if writer is not None:
         writer.close()
+    if trainer.state.diverged:
+        shown = ", ".join(f"{k}={v}" for k, v in trainer.state.diverged.items())
+        last = latest_checkpoint(run_dir)
+        raise MedgenError(run_dir, f"training diverged at iteration {trainer.state.iteration} ({shown}); "
+                                   f"last good checkpoint: {last.name if last else 'none'} (lower optim.lr, or try "
+                                   "train.amp=none, then --resume or start again)")
     return trainer

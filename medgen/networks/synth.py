@@ -15,6 +15,9 @@ from monai.networks.nets import Discriminator, Generator, VarAutoEncoder
 from torch import nn
 
 
+LOGVAR_RANGE = (-30.0, 20.0)  # posterior log-variance bounds: std from 3e-7 to 2e4
+
+
 class JointVAE(nn.Module):
     """Variational autoencoder of image + label channels (MONAI ``VarAutoEncoder``).
 
@@ -38,8 +41,10 @@ class JointVAE(nn.Module):
         return out[:, :1], out[:, 1:]
 
     def forward(self, x: torch.Tensor):
-        out, mu, logvar, _ = self.vae(x)
-        image, logits = self._split(out)
+        mu, logvar = self.vae.encode_forward(x)
+        logvar = logvar.clamp(*LOGVAR_RANGE)  # exp(logvar) overflowed (KL = inf) on 128^2 slices at lr 1e-3
+        z = self.vae.reparameterize(mu, logvar)
+        image, logits = self._split(self.vae.decode_forward(z, use_sigmoid=False))
         return image, logits, mu, logvar
 
     def sample(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""The shared Ignite trainer: a non-finite loss stops training with a clear error and saves nothing diverged."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from medgen.config import OptimConfig, TrainConfig
+from medgen.engines.common import TaskSetup, fit, latest_checkpoint
+from medgen.errors import MedgenError
+
+
+def _setup(diverge_at: int) -> TaskSetup:
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def step(engine, batch):
+        loss = net(batch).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        value = float("inf") if engine.state.iteration >= diverge_at else loss.item()
+        return {"loss": value}
+
+    return TaskSetup(step=step, to_save={"net": net, "opt": opt},
+                     make_loader=lambda start: torch.utils.data.DataLoader(torch.ones(64, 2), batch_size=1),
+                     optimizers=[opt], lr=0.1)
+
+
+def _cfg(iterations: int) -> SimpleNamespace:
+    return SimpleNamespace(train=TrainConfig(iterations=iterations, checkpoint_every=2, log_every=1, image_every=0),
+                           optim=OptimConfig(lr=0.1))
+
+
+def test_divergence_is_an_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGEN_PROGRESS", "0")
+    with pytest.raises(MedgenError, match=r"training diverged at iteration 4 \(loss=inf\); last good checkpoint: "
+                                          r"checkpoint_2.pt"):
+        fit(_cfg(10), tmp_path, _setup(diverge_at=4), resume=False)
+    assert latest_checkpoint(tmp_path).name == "checkpoint_2.pt"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_2.pt"]
+
+
+def test_finite_run_completes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGEN_PROGRESS", "0")
+    trainer = fit(_cfg(5), tmp_path, _setup(diverge_at=99), resume=False)
+    assert trainer.state.iteration == 5 and latest_checkpoint(tmp_path).name == "checkpoint_5.pt"
