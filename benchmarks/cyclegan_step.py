@@ -2,9 +2,9 @@
 
 The reference is the pytorch-CycleGAN-and-pix2pix step written plainly: the same networks in their
 plain form (contiguous memory, ``nn.InstanceNorm2d``), separate real/fake discriminator passes, fp32.
-medgen's step runs its generators channels-last with a layout-keeping instance norm, batches each
-discriminator's real and pooled-fake passes, and runs under the configured mixed precision (bf16
-autocast on CPU by default here).
+medgen's step batches each discriminator's real and pooled-fake passes and runs under the configured
+mixed precision (bf16 autocast by default here; fp32 on a CPU without native bf16), its generators
+channels-last with a layout-keeping instance norm where that pays (reduced precision, CUDA).
 
     python benchmarks/cyclegan_step.py                 # 2D 256^2, ngf 64, ResNet-9 (the reference setting)
     python benchmarks/cyclegan_step.py --size 128 --ngf 32 --steps 5
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from reference import plain
 
-from medgen.engines.common import set_requires_grad
+from medgen.engines.common import prefers_channels_last, set_requires_grad
 from medgen.engines.cyclegan import CycleGANConfig, CycleLossConfig, DiscriminatorConfig, GeneratorConfig, ImagePool
 from medgen.engines.cyclegan import build_nets, cyclegan_step
 
@@ -54,10 +54,10 @@ def reference_step(nets, opt_g, opt_d, pools):
     return step
 
 
-def setup(size: int, ngf: int, blocks: int, reference: bool = False):
+def setup(size: int, ngf: int, blocks: int, reference: bool = False, amp: str = "none"):
     torch.manual_seed(0)
     cfg = CycleGANConfig(generator=GeneratorConfig(ngf=ngf, n_blocks=blocks), discriminator=DiscriminatorConfig(ndf=ngf))
-    nets = build_nets(cfg)
+    nets = build_nets(cfg, prefers_channels_last(torch.device("cpu"), amp))  # the layout medgen trains with
     if reference:
         nets = {k: plain(v) for k, v in nets.items()}
     opt_g = torch.optim.Adam(itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters()), 2e-4, betas=(0.5, 0.999))
@@ -95,7 +95,7 @@ def main() -> None:
     t_ref = timed(lambda: ref(a, b), args.steps)
     print(f"reference (plain fp32 eager):   {t_ref:.3f} s/step")
 
-    nets, opt_g, opt_d, pools, a, b = setup(args.size, args.ngf, args.blocks)
+    nets, opt_g, opt_d, pools, a, b = setup(args.size, args.ngf, args.blocks, amp=args.amp)
     step = cyclegan_step(nets, opt_g, opt_d, pools, CycleLossConfig(), device, args.amp)
     batch = {"mri": a, "ct": b}
     t_med = timed(lambda: step(None, batch), args.steps)

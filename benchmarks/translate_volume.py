@@ -23,6 +23,7 @@ from monai.inferers import SliceInferer, sliding_window_inference
 
 from reference import plain
 
+from medgen.engines.common import prefers_channels_last
 from medgen.engines.cyclegan import GeneratorConfig
 from medgen.inference.volume import infer_volume
 from medgen.networks.cyclegan import build_generator
@@ -37,7 +38,8 @@ def _timed(fn) -> float:
 def generators(spatial_dims: int, ngf: int, n_blocks: int):
     """medgen's generator (as built for training and translation) and its plain reference form, same weights."""
     torch.manual_seed(0)
-    net = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims).eval()
+    layout = prefers_channels_last(torch.device("cpu"), "bf16")  # the inference config's amp
+    net = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims, channels_last_layout=layout).eval()
     ref = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims)
     ref.load_state_dict(net.state_dict())
     return net, plain(ref).eval()

@@ -64,6 +64,13 @@ def effective_amp(device: torch.device, amp: str) -> str:
     return amp
 
 
+def prefers_channels_last(device: torch.device, amp: str) -> bool:
+    """Whether generators should run channels-last: on CUDA and in reduced precision, where it is faster
+    (bf16 CycleGAN step 2.09x the plain fp32 step on an AVX-512 CPU). In fp32 on a CPU it is slower at the
+    reference size (ResNet-9 ngf 64 step at 256^2 on AVX2: 17.3 s channels-last, 14.1 s contiguous)."""
+    return device.type == "cuda" or effective_amp(device, amp) != "none"
+
+
 @functools.cache
 def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from medgen.config import InferenceConfig, OptimConfig, PreprocessConfig, TrainConfig
-from medgen.engines.common import TaskSetup, autocast, average_gradients, grad_scaler, loader_factory, set_requires_grad
+from medgen.engines.common import (TaskSetup, autocast, average_gradients, grad_scaler, loader_factory,
+                                   prefers_channels_last, set_requires_grad)
 from medgen.keys import Keys
 
 
@@ -184,10 +185,11 @@ def cyclegan_step(nets: Mapping[str, torch.nn.Module], opt_g: torch.optim.Optimi
     return step
 
 
-def build_nets(cfg: CycleGANConfig) -> dict[str, torch.nn.Module]:
+def build_nets(cfg: CycleGANConfig, channels_last_layout: bool = True) -> dict[str, torch.nn.Module]:
     from medgen.networks.cyclegan import build_discriminator, build_generator
 
-    return {"G_ab": build_generator(cfg.generator, cfg.spatial_dims), "G_ba": build_generator(cfg.generator, cfg.spatial_dims),
+    gen = [build_generator(cfg.generator, cfg.spatial_dims, channels_last_layout=channels_last_layout) for _ in "ab"]
+    return {"G_ab": gen[0], "G_ba": gen[1],
             "D_a": build_discriminator(cfg.discriminator, cfg.spatial_dims),
             "D_b": build_discriminator(cfg.discriminator, cfg.spatial_dims)}
 
@@ -221,7 +223,7 @@ def setup(cfg: CycleGANConfig, run_dir: Path, device: torch.device) -> TaskSetup
 
     make_loader = loader_factory(samples, cfg.train, device)
 
-    nets = {k: v.to(device) for k, v in build_nets(cfg).items()}
+    nets = {k: v.to(device) for k, v in build_nets(cfg, prefers_channels_last(device, cfg.train.amp)).items()}
     betas = tuple(cfg.optim.betas)
     opt_g = torch.optim.Adam(itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters()),
                              lr=cfg.optim.lr, betas=betas, weight_decay=cfg.optim.weight_decay)
