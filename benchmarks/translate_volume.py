@@ -1,8 +1,9 @@
 """Whole-volume translation speed (and peak memory) against plain MONAI inferers, same networks.
 
-2D: medgen slice-wise inference (inference mode, batched slices, bf16 autocast) against MONAI's
-SliceInferer in fp32 (reference measured here before: 281 ms per 256^2 slice, ngf 64).
-3D: medgen sliding window (Gaussian blending, bf16 autocast) against MONAI sliding_window_inference
+2D: medgen slice-wise inference (inference mode, channels-last, slice batches, the configs' amp bf16, which
+runs fp32 on CPUs without native bf16) against MONAI's SliceInferer in fp32 (reference measured on the
+issue's machine: 281 ms per 256^2 slice, ngf 64).
+3D: medgen sliding window (Gaussian blending, same settings) against MONAI sliding_window_inference
 in fp32 with the same window and overlap.
 --memory: peak RSS of translating a 512 x 512 x 300 volume with the 3D path (a child process).
 
@@ -23,10 +24,13 @@ from monai.inferers import SliceInferer, sliding_window_inference
 
 from reference import plain
 
-from medgen.engines.common import prefers_channels_last
+from medgen.engines.common import effective_amp
 from medgen.engines.cyclegan import GeneratorConfig
 from medgen.inference.volume import infer_volume
 from medgen.networks.cyclegan import build_generator
+
+
+AMP = {"bf16": "bf16", "none": "fp32"}[effective_amp(torch.device("cpu"), "bf16")]
 
 
 def _timed(fn) -> float:
@@ -38,8 +42,7 @@ def _timed(fn) -> float:
 def generators(spatial_dims: int, ngf: int, n_blocks: int):
     """medgen's generator (as built for training and translation) and its plain reference form, same weights."""
     torch.manual_seed(0)
-    layout = prefers_channels_last(torch.device("cpu"), "bf16")  # the inference config's amp
-    net = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims, channels_last_layout=layout).eval()
+    net = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims).eval()  # as Translator builds it
     ref = build_generator(GeneratorConfig(ngf=ngf, n_blocks=n_blocks), spatial_dims)
     ref.load_state_dict(net.state_dict())
     return net, plain(ref).eval()
@@ -56,7 +59,7 @@ def bench_2d(slices: int, size: int, ngf: int) -> None:
     t_med = _timed(lambda: infer_volume(net, volume, 2, torch.device("cpu"), "bf16", 16))
     print(f"2D {slices} slices of {size}^2, ResNet-9 ngf {ngf}:")
     print(f"  reference MONAI SliceInferer fp32: {1000 * t_ref / slices:7.1f} ms/slice")
-    print(f"  medgen slice batches, bf16:        {1000 * t_med / slices:7.1f} ms/slice   speed-up {t_ref / t_med:.2f}x")
+    print(f"  medgen slice batches, {AMP:<11}  {1000 * t_med / slices:7.1f} ms/slice   speed-up {t_ref / t_med:.2f}x")
 
 
 def bench_3d(shape: tuple[int, int, int], roi: int, ngf: int) -> None:
@@ -68,7 +71,7 @@ def bench_3d(shape: tuple[int, int, int], roi: int, ngf: int) -> None:
     t_med = _timed(lambda: infer_volume(net, volume, 3, torch.device("cpu"), "bf16", 4, rois, 0.5))
     print(f"3D {shape} volume, {roi}^3 windows, overlap 0.5, ResNet-6 ngf {ngf}:")
     print(f"  reference MONAI sliding_window_inference fp32: {t_ref:7.2f} s")
-    print(f"  medgen sliding window, bf16:                   {t_med:7.2f} s   speed-up {t_ref / t_med:.2f}x")
+    print(f"  medgen sliding window, {AMP:<23} {t_med:7.2f} s   speed-up {t_ref / t_med:.2f}x")
 
 
 def _big_volume(queue) -> None:

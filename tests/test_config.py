@@ -108,3 +108,23 @@ def test_generator_layout_follows_the_effective_precision(monkeypatch, native, a
     g = build_nets(CycleGANConfig(generator=GeneratorConfig(ngf=4, n_blocks=1)), layout)["G_ab"]
     conv = next(m for m in g.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expect
+
+
+@pytest.mark.parametrize("device, batch, voxels, expect", [
+    ("cpu", 16, 256 * 256, 1), ("cpu", 16, 128 * 128, 4), ("cpu", 2, 64 * 64, 2), ("cpu", 4, 96 ** 3, 1),
+    ("cuda", 16, 512 * 512, 16),
+])
+def test_inference_pass_size_is_capped_on_a_cpu(device, batch, voxels, expect):
+    from medgen.inference.volume import pass_size
+
+    assert pass_size(batch, torch.device(device), voxels) == expect
+
+
+def test_translation_runs_channels_last(cyclegan_run):
+    """Translators keep their generators channels-last (faster in inference at every precision)."""
+    from medgen.inference.translate import Translator
+
+    t = Translator(cyclegan_run, cycle=True, device="cpu")
+    for net in (t.net, t.back_net):
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgen.engines.common import prefers_channels_last, resolve_device
+from medgen.engines.common import resolve_device
 from medgen.inference.volume import infer_volume
 from medgen.runs import load_run, load_weights
 from medgen.io import case_name, load_image, save_like
@@ -84,7 +84,7 @@ class Translator:
         self.device = resolve_device(device)
         self.source = Modality.MRI if self.direction is Direction.MRI2CT else Modality.CT
         names = ["G_ab", "G_ba"] if self.direction is Direction.MRI2CT else ["G_ba", "G_ab"]
-        nets = build_nets(self.cfg, prefers_channels_last(self.device, self.cfg.inference.amp))
+        nets = build_nets(self.cfg)  # channels-last: faster in inference at every precision (see prefers_channels_last)
         self.net = nets[names[0]].to(self.device)
         self.back_net = nets[names[1]].to(self.device) if cycle else None
         names, models = (names, [self.net, self.back_net]) if cycle else (names[:1], [self.net])
