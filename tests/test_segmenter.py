@@ -79,6 +79,34 @@ def test_translator_cycled_augmentation(phantom_dir, cyclegan_run, tmp_path):
     assert latest_checkpoint(run).name == "checkpoint_2.pt"
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_organ_intensity_augmentation_moves_each_organ_on_its_own(dims):
+    from medgen.data.augment import RandOrganIntensityd, intensity_augmentation
+
+    shape = (1,) + (24,) * dims
+    label = torch.zeros(shape)
+    label[(0, slice(2, 10)) + (slice(2, 22),) * (dims - 1)] = 1
+    label[(0, slice(14, 22)) + (slice(2, 22),) * (dims - 1)] = 2
+    image = torch.full(shape, 0.3)
+    t = RandOrganIntensityd("image", "label", (-0.4, 0.2), prob=1.0)
+    shifts = []
+    for seed in range(20):
+        t.set_random_state(seed)
+        out = t({"image": image, "label": label})["image"] - image
+        assert out[:, 11:13].abs().max() == 0  # background two voxels from every organ: untouched
+        shifts.append([float(out[label == v].mean()) for v in (1, 2)])
+        assert -0.4 <= float(out.min()) and float(out.max()) <= 0.2
+    shifts = np.array(shifts)
+    assert shifts.min() < -0.1 and shifts.max() > 0.02  # both directions within the range
+    assert np.abs(shifts[:, 0] - shifts[:, 1]).max() > 0.05  # organs get their own offsets
+    t.set_random_state(3)
+    again = t({"image": image, "label": label})["image"] - image
+    t.set_random_state(3)
+    assert torch.equal(again, t({"image": image, "label": label})["image"] - image)  # seeded
+    assert intensity_augmentation(False, None) is None
+    assert intensity_augmentation(False, [-0.3, 0.1]).transforms[0].offsets == (-0.3, 0.1)
+
+
 def test_segment_cli_keeps_header(segmenter_run, tmp_path):
     src, _ = _phantom_ct(tmp_path, oblique_affine(spacing=(6.0, 6.5, 7.0)))
     assert main(["segment", str(segmenter_run), str(src), str(tmp_path / "mask.nii.gz")]) == 0

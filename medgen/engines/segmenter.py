@@ -7,7 +7,6 @@ background.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,9 @@ class SyntheticAugmentConfig:
 @dataclass
 class AugmentConfig:
     intensity: bool = True  # random intensity scale/shift/contrast/noise (robustness to synthetic CT)
+    # each labelled organ's intensity shifted by a random offset in this range (normalised units, 0.1 = 21 HU
+    # in the demo's [-175, 250] window), varying smoothly across it, in half the patches; [] or null: off
+    organ_intensity: list[float] | None = field(default_factory=lambda: [-0.7, 0.2])
     synthetic: SyntheticAugmentConfig = field(default_factory=SyntheticAugmentConfig)
     translator: str | None = None  # CycleGAN run: training CTs also go CT -> MRI -> CT through it (labels kept)
     translator_ratio: float = 0.5  # fraction of samples drawn from those cycled CTs
@@ -88,40 +90,6 @@ def build_network(cfg: SegmenterConfig) -> torch.nn.Module:
     raise ValueError(f"unknown network {net.name!r} (unet | segresnet)")
 
 
-def intensity_augmentation():
-    """MONAI random intensity transforms on the image of a patch (inputs in [-1, 1]).
-
-    Strong on purpose: a segmenter applied to synthetic CT must not depend on exact HU values, so the
-    patches get scale/shift, gamma, non-linear histogram shifts, a smooth multiplicative field (applied
-    to intensities shifted to [0, 2]), blur and noise.
-    """
-    from monai.transforms import (Compose, Lambdad, RandAdjustContrastd, RandBiasFieldd, RandGaussianNoised,
-                                  RandGaussianSmoothd, RandHistogramShiftd, RandScaleIntensityd,
-                                  RandShiftIntensityd)
-
-    warnings.filterwarnings("ignore", message="torch.searchsorted")  # inside MONAI's histogram shift
-    k = Keys.IMAGE
-    return Compose([
-        RandScaleIntensityd(k, factors=0.15, prob=0.5),
-        RandShiftIntensityd(k, offsets=0.15, prob=0.5),
-        RandAdjustContrastd(k, gamma=(0.7, 1.4), prob=0.3),
-        RandHistogramShiftd(k, num_control_points=(5, 10), prob=0.3),
-        Lambdad(k, _shift_up),
-        RandBiasFieldd(k, degree=3, coeff_range=(0.0, 0.15), prob=0.3),
-        Lambdad(k, _shift_down),
-        RandGaussianSmoothd(k, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=0.2),
-        RandGaussianNoised(k, std=0.2, prob=0.5),  # std drawn in [0, 0.2]: up to about 40 HU
-    ])
-
-
-def _shift_up(x):
-    return x + 1.0
-
-
-def _shift_down(x):
-    return x - 1.0
-
-
 def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, device: torch.device,
                     amp: str = "none", scaler: torch.amp.GradScaler | None = None):
     """Training step ``(engine, batch) -> {"loss": ...}`` for image -> label networks."""
@@ -148,6 +116,7 @@ def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, d
 
 def segmentation_samples(cfg: SegmenterConfig, seed: int):
     """The training sample stream: real pairs, mixed with synthetic pairs when configured."""
+    from medgen.data.augment import intensity_augmentation
     from medgen.data.datalist import image_label_pairs
     from medgen.data.patches import RandomPatches
     from medgen.data.volumes import cached_volumes
@@ -160,7 +129,7 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
     volumes = cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
                              {Keys.IMAGE: pre, Keys.LABEL: label_pre}, label_key=Keys.LABEL,
                              label_map=cfg.data.label_map, num_workers=cfg.data.cache_workers)
-    transform = intensity_augmentation() if cfg.augment.intensity else None
+    transform = intensity_augmentation(cfg.augment.intensity, cfg.augment.organ_intensity)
 
     def patches(vols, stream_seed):
         return RandomPatches(vols, [Keys.IMAGE, Keys.LABEL], cfg.data.patch_size, cfg.spatial_dims, stream_seed,

@@ -1,0 +1,88 @@
+"""Random intensity augmentation of segmentation patches (images in [-1, 1]), MONAI transforms.
+
+A segmenter applied to synthetic CT must not depend on exact HU values: the translator can render a
+whole organ, or a part of it, tens of HU off. Global transforms (scale/shift, gamma, histogram shifts, a
+smooth multiplicative field, blur, noise) cover scanner-wide differences; :class:`RandOrganIntensityd`
+shifts each labelled organ by its own smoothly varying offset (SynthSeg-style contrast randomisation
+restricted to the labelled structures), so the network learns shape and context, not one HU value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform, RandomizableTransform
+
+from medgen.keys import Keys
+
+
+class RandOrganIntensityd(RandomizableTransform, MapTransform):
+    """Add to each labelled structure of ``label_key`` (every value > 0) a random offset drawn from
+    ``offsets``, scaled by a smooth random field in [0, 1] (a ``grid``-point lattice, interpolated) and by
+    the structure's mask softened over one voxel, so parts of an organ move more than others and its
+    border stays a partial-volume edge. Images are ``(C, *spatial)``; labels ``(1, *spatial)``.
+    """
+
+    def __init__(self, image_key: str, label_key: str, offsets: Sequence[float], prob: float = 0.5, grid: int = 3):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, [image_key])
+        self.label_key, self.offsets, self.grid = label_key, (float(offsets[0]), float(offsets[1])), grid
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        image, label = d[self.keys[0]], torch.as_tensor(d[self.label_key])
+        spatial = tuple(image.shape[1:])
+        mode = "bilinear" if len(spatial) == 2 else "trilinear"
+        pool = F.avg_pool2d if len(spatial) == 2 else F.avg_pool3d
+        for value in torch.unique(label).tolist():
+            if value <= 0:
+                continue
+            mask = pool((label == value).float()[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+            coarse = torch.as_tensor(self.R.uniform(0.0, 1.0, (1, 1) + (self.grid,) * len(spatial)), dtype=torch.float32)
+            smooth = F.interpolate(coarse, size=spatial, mode=mode, align_corners=True)[0]
+            image = image + float(self.R.uniform(*self.offsets)) * smooth * mask
+        d[self.keys[0]] = image
+        return d
+
+
+def _shift_up(x):
+    return x + 1.0
+
+
+def _shift_down(x):
+    return x - 1.0
+
+
+def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequence[float] | None = None):
+    """The random intensity transforms of a segmenter's training patches, or None when all are off.
+
+    ``global_intensity``: scale/shift, gamma, non-linear histogram shifts, a smooth multiplicative field
+    (applied to intensities shifted to [0, 2]), blur and noise. ``organ_offsets``: the range of
+    :class:`RandOrganIntensityd` (applied first, to half the patches).
+    """
+    from monai.transforms import (Compose, Lambdad, RandAdjustContrastd, RandBiasFieldd, RandGaussianNoised,
+                                  RandGaussianSmoothd, RandHistogramShiftd, RandScaleIntensityd,
+                                  RandShiftIntensityd)
+
+    k = Keys.IMAGE
+    transforms = [RandOrganIntensityd(k, Keys.LABEL, organ_offsets)] if organ_offsets else []
+    if global_intensity:
+        warnings.filterwarnings("ignore", message="torch.searchsorted")  # inside MONAI's histogram shift
+        transforms += [
+            RandScaleIntensityd(k, factors=0.15, prob=0.5),
+            RandShiftIntensityd(k, offsets=0.15, prob=0.5),
+            RandAdjustContrastd(k, gamma=(0.7, 1.4), prob=0.3),
+            RandHistogramShiftd(k, num_control_points=(5, 10), prob=0.3),
+            Lambdad(k, _shift_up),
+            RandBiasFieldd(k, degree=3, coeff_range=(0.0, 0.15), prob=0.3),
+            Lambdad(k, _shift_down),
+            RandGaussianSmoothd(k, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=0.2),
+            RandGaussianNoised(k, std=0.2, prob=0.5),  # std drawn in [0, 0.2]: up to about 40 HU in the demo window
+        ]
+    return Compose(transforms) if transforms else None
