@@ -8,6 +8,8 @@ channels-last with a layout-keeping instance norm where that pays (reduced preci
 
     python benchmarks/cyclegan_step.py                 # 2D 256^2, ngf 64, ResNet-9 (the reference setting)
     python benchmarks/cyclegan_step.py --size 128 --ngf 32 --steps 5
+    python benchmarks/cyclegan_step.py --layout channels-last   # medgen's step with another memory layout
+    python benchmarks/cyclegan_step.py --flops         # also: the reference step's FLOPs and FLOP rate
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ def reference_step(nets, opt_g, opt_d, pools):
     return step
 
 
-def setup(size: int, ngf: int, blocks: int, reference: bool = False, amp: str = "none"):
+def setup(size: int, ngf: int, blocks: int, reference: bool = False, amp: str = "none", layout: str = "auto"):
     torch.manual_seed(0)
     cfg = CycleGANConfig(generator=GeneratorConfig(ngf=ngf, n_blocks=blocks), discriminator=DiscriminatorConfig(ndf=ngf))
-    nets = build_nets(cfg, prefers_channels_last(torch.device("cpu"), amp))  # the layout medgen trains with
+    channels_last = prefers_channels_last(torch.device("cpu"), amp) if layout == "auto" else layout == "channels-last"
+    nets = build_nets(cfg, channels_last)  # auto: the layout medgen trains with
     if reference:
         nets = {k: plain(v) for k, v in nets.items()}
     opt_g = torch.optim.Adam(itertools.chain(nets["G_ab"].parameters(), nets["G_ba"].parameters()), 2e-4, betas=(0.5, 0.999))
@@ -78,6 +81,24 @@ def timed(fn, steps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def flop_rate(step, a, b) -> None:
+    """FLOPs of one step (torch's FlopCounterMode, a multiply-add = 2), their rate, and the share of the
+    step's CPU time spent in convolutions (forward and backward, torch.profiler)."""
+    from torch.profiler import profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(a, b)
+    t = timed(lambda: step(a, b), 1, warmup=0)
+    with profile() as prof:
+        step(a, b)
+    ops = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in ops if "convolution" in e.key)
+    total = counter.get_total_flops()
+    print(f"reference step: {total / 1e12:.3f} TFLOP at {total / t / 1e9:.0f} GFLOP/s, "
+          f"{100 * conv / sum(e.self_cpu_time_total for e in ops):.0f} % of its CPU time in convolutions")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -85,6 +106,9 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--amp", default="bf16", choices=("none", "bf16", "fp16"))
+    parser.add_argument("--layout", default="auto", choices=("auto", "channels-last", "contiguous"),
+                        help="medgen's generator layout (auto: as medgen trains for this amp on this CPU)")
+    parser.add_argument("--flops", action="store_true", help="also count the reference step's FLOPs")
     args = parser.parse_args()
     device = torch.device("cpu")
     print(f"2D CycleGAN step, {args.size}^2, ResNet-{args.blocks} ngf {args.ngf}, PatchGAN ndf {args.ngf}, "
@@ -94,12 +118,14 @@ def main() -> None:
     ref = reference_step(nets, opt_g, opt_d, pools)
     t_ref = timed(lambda: ref(a, b), args.steps)
     print(f"reference (plain fp32 eager):   {t_ref:.3f} s/step")
+    if args.flops:
+        flop_rate(ref, a, b)
 
-    nets, opt_g, opt_d, pools, a, b = setup(args.size, args.ngf, args.blocks, amp=args.amp)
+    nets, opt_g, opt_d, pools, a, b = setup(args.size, args.ngf, args.blocks, amp=args.amp, layout=args.layout)
     step = cyclegan_step(nets, opt_g, opt_d, pools, CycleLossConfig(), device, args.amp)
     batch = {"mri": a, "ct": b}
     t_med = timed(lambda: step(None, batch), args.steps)
-    print(f"medgen (amp={args.amp}):          {t_med:.3f} s/step")
+    print(f"medgen (amp={args.amp}, layout {args.layout}): {t_med:.3f} s/step")
     print(f"speed-up: {t_ref / t_med:.2f}x")
 
 

@@ -67,9 +67,10 @@ def effective_amp(device: torch.device, amp: str) -> str:
 def prefers_channels_last(device: torch.device, amp: str) -> bool:
     """Whether generators should *train* channels-last: on CUDA and in reduced precision, where it is faster
     (bf16 CycleGAN step 2.09x the plain fp32 step on an AVX-512 CPU). fp32 training on a CPU is slower
-    channels-last (ResNet-9 ngf 64 step at 256^2 on AVX2: 17.3 s against 14.1 s contiguous: the backward
-    convolutions), while fp32 inference is faster (577 against 732 ms a 256^2 slice; 3D windows 2.5 against
-    4.2 s), so translation always runs channels-last."""
+    channels-last (ResNet-9 ngf 64 step at 256^2 on AVX2: 15.9 s against 14.0 s contiguous,
+    ``benchmarks/cyclegan_step.py --layout``), while fp32 inference is faster (580 against 665 ms a 256^2
+    slice; 3D windows 2.4 against 4.3 s, ``benchmarks/translate_volume.py --layouts``), so translation
+    always runs channels-last."""
     return device.type == "cuda" or effective_amp(device, amp) != "none"
 
 

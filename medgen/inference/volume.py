@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -11,8 +12,9 @@ from monai.inferers import sliding_window_inference
 from medgen.engines.common import autocast
 
 # On a CPU, passes larger than this many voxels ran slower per slice (caches overflow): ResNet-9 ngf 64 on
-# 256^2 slices, 2 AVX2 cores: 577 ms a slice one at a time, 620 ms in fours, 754 ms in sixteens; at 128^2
-# fours were fastest (146 ms against 156 ms singly). GPUs keep the configured batch size.
+# 256^2 slices, 2 AVX2 cores: 580 ms a slice one at a time, 625 ms in fours, 710 ms in sixteens; at 128^2
+# fours were fastest (143 ms against 155 ms singly). GPUs keep the configured batch size.
+# Measured by `python benchmarks/translate_volume.py --layouts [--size 128]`.
 CPU_PASS_VOXELS = 2**16
 
 
@@ -79,7 +81,7 @@ def infer_volume(
             out[..., z0:z1] = y.permute(1, 2, 3, 0).cpu()
         return out
     roi = [int(r) for r in roi_size]
-    batch_size = pass_size(batch_size, device, int(torch.tensor(roi).prod()))
+    batch_size = pass_size(batch_size, device, math.prod(roi))
     result = sliding_window_inference(volume[None].float(), roi, batch_size, run, overlap=overlap, mode="gaussian",
                                       sw_device=device, device=torch.device("cpu"), padding_mode="constant",
                                       cval=pad_value)
