@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from reference import plain
 
-from medgen.engines.common import prefers_channels_last, set_requires_grad
-from medgen.engines.cyclegan import CycleGANConfig, CycleLossConfig, DiscriminatorConfig, GeneratorConfig, ImagePool
-from medgen.engines.cyclegan import build_nets, cyclegan_step
+from medgen.engines.common import set_requires_grad
+from medgen.engines.cyclegan import ImagePool, cyclegan_step
+from medgen.models.cyclegan import CycleGANConfig, CycleLossConfig, DiscriminatorConfig, GeneratorConfig, build_nets
+from medgen.runtime import prefers_channels_last
 
 
 def reference_step(nets, opt_g, opt_d, pools):

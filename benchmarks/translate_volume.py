@@ -27,10 +27,10 @@ from monai.inferers import SliceInferer, sliding_window_inference
 
 from reference import plain
 
-from medgen.engines.common import effective_amp
-from medgen.engines.cyclegan import GeneratorConfig
+from medgen.models.cyclegan import GeneratorConfig
 from medgen.inference.volume import infer_volume
 from medgen.networks.cyclegan import build_generator
+from medgen.runtime import effective_amp
 
 
 CPU = torch.device("cpu")

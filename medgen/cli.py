@@ -8,8 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from medgen.errors import MedgenError
+from medgen.info import describe
+from medgen.phantoms import DEFAULT_SHAPE, DEFAULT_SPACING, write_dataset
+
+LIVER_INDEX_HELP = ("output channel / class of the liver (default: the backend's own: 1, or a TorchScript "
+                    "sidecar's liver_index)")
 
 EXAMPLES = """\
 examples:
@@ -25,17 +31,17 @@ examples:
 """
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from medgen.info import describe
+# The commands below `info` and `phantoms` import their library modules when they run: those pull in torch
+# and MONAI (3.5 s to import, measured), which `medgen --help`, `info` and `phantoms` (0.2-0.4 s) never need.
 
+
+def _cmd_info(args: argparse.Namespace) -> int:
     for i, path in enumerate(args.paths):
         print(("\n" if i else "") + describe(path))
     return 0
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from medgen.phantoms import write_dataset
-
     info = write_dataset(args.out, args.cases, args.seed, tuple(args.shape), tuple(args.spacing),
                          args.weighting, args.overwrite, args.test)
     print(f"wrote {len(info['cases'])} phantom cases ({info['mri_weighting']} MRI, CT in HU, labels) "
@@ -44,7 +50,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medgen.engines.train import train
+    from medgen.engines.train import train  # torch: see the note above
 
     out = args.out or (args.resume if isinstance(args.resume, str) else None)
     if out is None:
@@ -54,14 +60,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    from medgen.inference.translate import translate_files
+    from medgen.inference.translate import translate_files  # torch: see the note above
 
     translate_files(args.run, args.input, args.output, args.direction, args.device, args.overwrite)
     return 0
 
 
 def _label_map(text: str | None) -> dict[int, int] | None:
-    """``"5:1,6:2"`` -> ``{5: 1, 6: 2}``."""
+    """``"5:1,6:2"`` -> ``{5: 1, 6: 2}``.
+
+    >>> _label_map("5:1,6:2")
+    {5: 1, 6: 2}
+    """
     if not text:
         return None
     try:
@@ -71,14 +81,14 @@ def _label_map(text: str | None) -> dict[int, int] | None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from medgen.inference.segment import segment_files
+    from medgen.inference.segment import segment_files  # torch: see the note above
 
     segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index, args.overwrite)
     return 0
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from medgen.inference.pipeline import PipelineOptions, run_pipeline
+    from medgen.inference.pipeline import PipelineOptions, run_pipeline  # torch: see the note above
 
     options = PipelineOptions(args.threshold, args.largest_component, args.fill_holes, args.save_sct, args.baseline,
                               args.overwrite)
@@ -94,45 +104,30 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.kind == "segmentation":
-        from medgen.evaluation.segmentation import evaluate_folders, summarize, write_report
+    from medgen.evaluation import augmentation, segmentation, synthesis, translation  # torch: see the note above
 
-        rows = evaluate_folders(args.pred, args.truth, args.label_map, args.pred_label_map)
-        csv_path, _ = write_report(rows, args.out or f"{str(args.pred).rstrip('/')}/evaluation")
-        summary = summarize(rows)
+    if args.kind == "segmentation":
+        rows, summary, csv_path = segmentation.evaluate_segmentation(args.pred, args.truth, args.label_map,
+                                                                     args.pred_label_map, args.out)
         print(f"{len(rows)} cases: Dice {summary['dice_mean']:.4f} +- {summary['dice_sd']:.4f}, "
               f"HD95 {summary['hd95_mean']:.2f} mm, ASSD {summary['assd_mean']:.2f} mm -> {csv_path}")
     elif args.kind == "translation":
-        from medgen.data.datalist import list_volumes, pair_by_name
-        from medgen.evaluation.segmentation import write_report
-        from medgen.evaluation.translation import evaluate_pairs, mean_rows
-        from medgen.inference.translate import Translator
-
-        translator = Translator(args.run, device=args.device)
-        pairs = pair_by_name(list_volumes(args.mri, "mri"), list_volumes(args.ct, "ct"), args.mri, args.ct)
-        rows = evaluate_pairs(lambda mri, ref: translator.translate(mri, ref)[0], pairs, translator.ct_range)
-        csv_path, _ = write_report(rows, args.out or f"{str(args.run).rstrip('/')}/translation_eval")
-        m = mean_rows(rows)
+        rows, m, csv_path = translation.evaluate_translation(args.run, args.mri, args.ct, args.device, args.out)
         print(f"{len(rows)} cases, inside the body: MAE {m['mae']:.1f} HU, PSNR {m['psnr']:.2f} dB, SSIM "
               f"{m['ssim']:.3f}; identity baseline MAE {m['identity_mae']:.1f} HU, PSNR {m['identity_psnr']:.2f} dB, "
               f"SSIM {m['identity_ssim']:.3f} -> {csv_path}")
     elif args.kind == "synthesis":
-        from medgen.evaluation.synthesis import evaluate_synthesis, write_synthesis_report
-
-        report = evaluate_synthesis(args.run, args.features, args.n, args.seed, args.device)
-        path = write_synthesis_report(report, args.out or f"{str(args.run).rstrip('/')}/synthesis_eval", args.run)
+        report = synthesis.evaluate_synthesis(args.run, args.features, args.n, args.seed, args.device)
+        path = synthesis.write_synthesis_report(report, args.out or Path(args.run) / "synthesis_eval", args.run)
         c1 = report.get("class_1", {})
         print(f"FID {report['fid']:.3f}, KID {report['kid']:.4f}, MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} "
               f"(real {report['ms_ssim_real']:.3f}); class 1 plausible in {c1.get('plausible_fraction', 0):.0%} "
               f"of samples -> {path}")
     else:
-        from medgen.evaluation.augmentation import augmentation_experiment
-
-        report = augmentation_experiment(args.segmenter_config, args.synth_config,
-                                         (args.train_images, args.train_labels or args.train_images),
-                                         (args.test_images, args.test_labels or args.test_images), args.out,
-                                         args.k, args.repeats, args.ratio, args.synthetic, args.set_seg,
-                                         args.set_synth, args.reference)
+        report = augmentation.augmentation_experiment(
+            args.segmenter_config, args.synth_config, (args.train_images, args.train_labels or args.train_images),
+            (args.test_images, args.test_labels or args.test_images), args.out, args.k, args.repeats, args.ratio,
+            args.synthetic, args.set_seg, args.set_synth, args.reference)
         print(f"k={report['k']}, {report['repeats']} repeats: Dice real-only {report['dice_real_mean']:.4f} +- "
               f"{report['dice_real_sd']:.4f}, real+synthetic {report['dice_real_synthetic_mean']:.4f} +- "
               f"{report['dice_real_synthetic_sd']:.4f}, gain {report['gain_mean']:+.4f} +- {report['gain_sd']:.4f} "
@@ -144,7 +139,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from medgen.data.synthetic import write_synthetic
+    from medgen.inference.synthesize import write_synthetic  # torch: see the note above
 
     info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite)
     print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}")
@@ -152,7 +147,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from medgen.demo import run_demo
+    from medgen.demo import run_demo  # torch: see the note above
 
     run_demo(args.out, quick=args.quick)
     return 0
@@ -165,9 +160,16 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from medgen.phantoms import DEFAULT_SHAPE, DEFAULT_SPACING
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where networks run (auto: CUDA when available)")
 
+
+def _add_overwrite(p: argparse.ArgumentParser, help_text: str = "replace existing outputs") -> None:
+    p.add_argument("--overwrite", action="store_true", help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen",
         description="MRI <-> CT translation, anatomy synthesis and the MRI liver pipeline.",
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", choices=("T1", "T2"), default="T1", help="MRI weighting")
     p.add_argument("--test", type=int, default=0, metavar="K",
                    help="hold out the last K cases: dataset.json gets 'training' and 'test' sections")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    _add_overwrite(p, "replace an existing data set")
 
     p = add("train", _cmd_train, "train a model described by a YAML config (any task)",
             "medgen train configs/demo_cyclegan_2d.yaml --out runs/t --set train.iterations=500")
@@ -213,17 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="a volume or a folder of volumes")
     p.add_argument("output", help="an output .nii.gz (for a single input) or a folder")
     p.add_argument("--direction", choices=("mri2ct", "ct2mri"), default="mri2ct")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_device(p)
+    _add_overwrite(p)
 
     p = add("segment", _cmd_segment, "segment the liver on CT volumes with any segmenter backend",
             "medgen segment runs/seg ct.nii.gz liver.nii.gz")
     p.add_argument("segmenter", help="segmenter run dir, TorchScript file (+ sidecar), MONAI bundle dir or 'totalsegmentator'")
     p.add_argument("input", help="a CT volume or a folder of volumes")
     p.add_argument("output", help="an output mask .nii.gz (single input) or a folder")
-    p.add_argument("--liver-index", type=int, default=1, help="output channel / class of the liver")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--liver-index", type=int, default=None, help=LIVER_INDEX_HELP)
+    _add_device(p)
+    _add_overwrite(p)
 
     p = add("pipeline", _cmd_pipeline, "run a pipeline; mri-liver: MRI -> synthetic CT -> liver mask on the MRI grid",
             "medgen pipeline mri-liver --translator runs/t --segmenter runs/seg mri/ out/ --baseline")
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="mask .nii.gz for a single input, or an output folder (masks + summary.csv/json)")
     p.add_argument("--translator", required=True, help="CycleGAN run directory (MRI -> CT)")
     p.add_argument("--segmenter", required=True, help="run dir, TorchScript file, MONAI bundle or 'totalsegmentator'")
-    p.add_argument("--liver-index", type=int, default=1, help="output channel / class of the liver")
+    p.add_argument("--liver-index", type=int, default=None, help=LIVER_INDEX_HELP)
     p.add_argument("--save-sct", action="store_true", help="also write the synthetic CTs (OUT/sct/)")
     p.add_argument("--baseline", action="store_true",
                    help="also run the direct baseline: the segmenter on the MRI rescaled into the CT window")
@@ -241,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="liver probability threshold (default 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--overwrite", action="store_true", help="recompute finished cases and replace outputs")
+    _add_device(p)
+    _add_overwrite(p, "recompute finished cases and replace outputs")
 
     p = add("synth", _cmd_synth, "sample image+label pairs from a VAE/GAN synthesizer run",
             "medgen synth runs/vae synthetic/ --n 50 --seed 0")
@@ -250,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder: images/, labels/, dataset.json")
     p.add_argument("--n", type=_positive, default=20, help="number of pairs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--overwrite", action="store_true")
+    _add_device(p)
+    _add_overwrite(p)
 
     p = add("evaluate", _cmd_evaluate, "evaluate segmentation, translation, synthesis or augmentation",
             "medgen evaluate segmentation --pred out/ --truth labels/ --label-map 5:1")
@@ -266,14 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="CycleGAN run directory")
     e.add_argument("--mri", required=True, help="MRIs (folder or datalist JSON)")
     e.add_argument("--ct", required=True, help="their paired CTs, matched by case name")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device(e)
     e.add_argument("--out", help="report path without extension (default RUN/translation_eval)")
     e = ev.add_parser("synthesis", help="FID/KID, MS-SSIM diversity, label plausibility of a synthesizer")
     e.add_argument("--run", required=True, help="synthesizer run directory")
     e.add_argument("--features", required=True, help="segmenter run whose deepest features score FID/KID")
     e.add_argument("--n", type=_positive, default=200, help="samples of each kind")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device(e)
     e.add_argument("--out", help="output folder (default RUN/synthesis_eval)")
     e = ev.add_parser("augmentation", help="segmenter on k real cases vs k real + synthetic, over repeats")
     e.add_argument("--segmenter-config", required=True)

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medgen.engines.common import latest_checkpoint
+from medgen.engines.train import train
+from medgen.evaluation.report import write_demo_report
+from medgen.evaluation.synthesis import evaluate_synthesis, write_synthesis_report
+from medgen.inference.pipeline import PipelineOptions, run_pipeline
+from medgen.inference.synthesize import write_synthetic
+from medgen.inference.translate import load_translator
+from medgen.metrics import evaluate_pairs, mean_rows
+from medgen.models.registry import load_config
+from medgen.models.run import latest_checkpoint
 from medgen.phantoms import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +53,6 @@ def _phantoms(out: Path, cases: int, test: int, shape=None, spacing=None) -> dic
 
 
 def _train(config: str, run: Path, sets: list[str]) -> float:
-    from medgen.config import load_config
-    from medgen.engines.train import train
-
     cfg = load_config(_configs_dir() / config, sets)
     last = latest_checkpoint(run)
     if last is not None and last.name == f"checkpoint_{cfg.train.iterations}.pt":
@@ -60,11 +65,6 @@ def _train(config: str, run: Path, sets: list[str]) -> float:
 
 def run_demo(out: str | Path, quick: bool = False) -> dict:
     """Run every stage of medgen on phantoms; returns the headline figures."""
-    from medgen.evaluation.report import write_demo_report
-    from medgen.evaluation.translation import evaluate_pairs, mean_rows
-    from medgen.inference.pipeline import PipelineOptions, run_pipeline
-    from medgen.inference.translate import Translator
-
     out = Path(out)
     ds = out / "phantoms" / "dataset.json"
     if quick:  # the wiring in about a minute: small phantoms, a few iterations
@@ -86,8 +86,8 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     info = json.loads(ds.read_text())
     root = ds.parent
     pairs = [(root / c["mri"], root / c["ct"]) for c in info["test"]]
-    translator = Translator(out / "runs" / "cyclegan")
-    rows = evaluate_pairs(lambda mri, ref: translator.translate(mri, ref)[0], pairs, translator.ct_range)
+    translator = load_translator(out / "runs" / "cyclegan")
+    rows = evaluate_pairs(lambda mri, ref: translator.translate(mri, ref)[0], pairs, translator.identity)
     means = mean_rows(rows)
     figures["translation"] = means
     print(f"[demo] held-out MRI -> CT ({len(rows)} cases), inside the body: MAE {means['mae']:.1f} HU, "
@@ -109,9 +109,6 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     figures["baseline_dice"] = float(np.mean([r["baseline_dice"] for r in ok]))
     print(f"[demo] MRI liver pipeline on {len(ok)} held-out MRIs: mean liver Dice {figures['pipeline_dice']:.4f} "
           f"(direct baseline, segmenter on the MRI itself: {figures['baseline_dice']:.4f}); masks in {out / 'liver'}")
-
-    from medgen.data.synthetic import write_synthetic
-    from medgen.evaluation.synthesis import evaluate_synthesis, write_synthesis_report
 
     synth_data = [f"data.images={ds}#training", f"data.labels={ds}#training"]
     if quick:

@@ -22,3 +22,13 @@ class MedgenError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.problem = " ".join(str(problem).split())  # always one line
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+
+def short(exc: BaseException | str, limit: int = 160) -> str:
+    """An exception's message on one line, at most ``limit`` characters, for the ``(...)`` of a ``MedgenError``.
+
+    >>> short(ValueError("bad\\n   header   field"))
+    'bad header field'
+    """
+    text = " ".join(str(exc).split())[:limit]
+    return text or type(exc).__name__

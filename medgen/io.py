@@ -29,13 +29,14 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from medgen.errors import MedgenError
+from medgen.errors import MedgenError, short
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 OUTPUT_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".mha")  # single-file formats only, so writes stay atomic
 SUPPORTED = NIFTI_SUFFIXES + ITK_SUFFIXES + ("<DICOM series directory>",)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+HU_RANGE = (-1024, 3071)  # CT on disk: int16 Hounsfield units
 
 
 def suffix_of(path: str | os.PathLike) -> str:
@@ -133,6 +134,24 @@ def header_from_affine(affine: np.ndarray, shape: tuple[int, ...], code: int = 1
     return header
 
 
+def ref_from_affine(affine: np.ndarray, shape: tuple[int, ...], path: str = "<memory>") -> ImageRef:
+    """An :class:`ImageRef` for a new grid (qform = sform = ``affine``, code 1), for :func:`save_like`.
+
+    >>> ref_from_affine(np.diag([3.0, 3.0, 3.0, 1.0]), (4, 4, 2)).spacing
+    (3.0, 3.0, 3.0)
+    """
+    return ImageRef(path, header_from_affine(affine, shape), "nifti")
+
+
+def hu_int16(hu: np.ndarray) -> np.ndarray:
+    """HU as medgen writes CT: rounded, clipped to :data:`HU_RANGE`, int16.
+
+    >>> hu_int16(np.array([-2000.0, 39.6, 5000.0])).tolist()
+    [-1024, 40, 3071]
+    """
+    return np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
+
+
 def _looks_like_dicom(path: Path) -> bool:
     if path.suffix.lower() in (".dcm", ".ima"):
         return True
@@ -192,13 +211,13 @@ def _load_nifti(p: Path) -> tuple[np.ndarray, ImageRef]:
     try:
         img = nib.load(p)
     except Exception as exc:  # nibabel raises many types for bad headers
-        raise MedgenError(p, f"not a readable NIfTI file ({_short(exc)})") from None
+        raise MedgenError(p, f"not a readable NIfTI file ({short(exc)})") from None
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
         raise MedgenError(p, f"not a NIfTI-1/2 image ({type(img).__name__})")
     try:
         array = np.asanyarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        raise MedgenError(p, f"corrupt or truncated image data ({_short(exc)})") from None
+        raise MedgenError(p, f"corrupt or truncated image data ({short(exc)})") from None
     header = img.header.copy()
     return array, ImageRef(str(p), header, "nifti")
 
@@ -224,7 +243,7 @@ def _load_itk(p: Path) -> tuple[np.ndarray, ImageRef]:
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        raise MedgenError(p, f"not a readable image or truncated ({_short(exc)})") from None
+        raise MedgenError(p, f"not a readable image or truncated ({short(exc)})") from None
     return _itk_to_ref(image, p, "nrrd" if suffix_of(p) in (".nrrd", ".nhdr") else "metaimage")
 
 
@@ -242,7 +261,7 @@ def _load_dicom_series(p: Path) -> tuple[np.ndarray, ImageRef]:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise MedgenError(p, f"unreadable DICOM series ({_short(exc)})") from None
+        raise MedgenError(p, f"unreadable DICOM series ({short(exc)})") from None
     if image.GetDimension() == 3 and image.GetSize()[2] < 2:
         raise MedgenError(p, "DICOM series has a single slice: not a 3D volume")
     modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
@@ -277,10 +296,6 @@ def _handle_nonfinite(array: np.ndarray, p: Path, policy: str) -> np.ndarray:
     array = np.array(array, copy=True)
     array[bad] = array[~bad].min()
     return array
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
 def _output_dtype(array: np.ndarray) -> np.dtype:
@@ -336,6 +351,11 @@ def save_like(
             _write_itk(array, ref.affine, tmp)
 
     return atomic_write(out, write)
+
+
+def save_hu(hu: np.ndarray, ref: ImageRef, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """:func:`save_like` of a CT in HU as int16 (:func:`hu_int16`)."""
+    return save_like(hu_int16(hu), ref, path, overwrite=overwrite)
 
 
 def _write_itk(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

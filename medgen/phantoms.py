@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medgen.io import atomic_write, header_from_affine
+from medgen.errors import MedgenError
+from medgen.io import atomic_write, hu_int16, ref_from_affine, save_like
 
 GENERATOR_VERSION = "1.0"
 DEFAULT_SHAPE = (128, 128, 64)
@@ -223,7 +224,7 @@ def make_case(
 
     ct = ndimage.gaussian_filter(_render(labels, parts, _tissue_value(rng, 0)), blur)
     ct += ndimage.gaussian_filter(rng.normal(0, 18, shape).astype(np.float32), 0.6)
-    ct = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
+    ct = hu_int16(ct)
 
     mri = ndimage.gaussian_filter(_render(labels, parts, _tissue_value(rng, 2 if weighting == "T1" else 3)), blur)
     mri *= np.exp(_Smooth(rng, 4, (300, 600), 0.25).on_grid(affine, shape))  # smooth bias field, about +-25 %
@@ -252,17 +253,13 @@ def write_dataset(
     >>> info["cases"][0]["ct"]  # doctest: +SKIP
     'ct/case_000.nii.gz'
     """
-    import nibabel as nib
-
-    from medgen.errors import MedgenError
-
     if not 0 <= test < cases:
         raise MedgenError(out, f"--test {test} must leave at least one training case out of {cases}")
     out = Path(out)
     if (out / "dataset.json").exists() and not overwrite:
         raise MedgenError(out, "already holds a dataset.json (pass --overwrite to replace it)")
     affine = default_affine(shape, spacing)
-    header = header_from_affine(affine, shape)
+    ref = ref_from_affine(affine, shape)
     entries, t0 = [], time.perf_counter()
     for i in range(cases):
         data = make_case(seed, i, shape, affine, weighting)
@@ -270,9 +267,7 @@ def write_dataset(
         entry = {"name": name}
         for key, folder in (("ct", "ct"), ("mri", "mri"), ("labels", "labels")):
             rel = f"{folder}/{name}.nii.gz"
-            img = nib.Nifti1Image(data[key], None, header=header.copy())
-            img.set_data_dtype(data[key].dtype)
-            atomic_write(out / rel, lambda tmp, img=img: nib.save(img, tmp))
+            save_like(data[key], ref, out / rel, overwrite=True)
             entry["label" if key == "labels" else key] = rel
         entries.append(entry)
     info = {

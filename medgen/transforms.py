@@ -79,6 +79,29 @@ def n4_bias_correction(array: np.ndarray, shrink: int = 4, iterations: Sequence[
     return (data - shift + 1.0) / np.exp(log_field) + shift - 1.0
 
 
+def mri_preset(array: np.ndarray, percentiles: Sequence[float],
+               bias_correction: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """The MRI intensity preset up to scaling: N4 bias correction (when asked), then the robust range
+    (``percentiles``) that :func:`mri_to_unit` maps to [-1, 1]. Returns the (corrected) array and the range."""
+    if bias_correction:
+        array = n4_bias_correction(array)
+    return array, mri_range(array, percentiles)
+
+
+def identity_baseline(mri: np.ndarray, ct_range: Sequence[float], percentiles: Sequence[float] = (0.5, 99.5),
+                      bias_correction: bool = False) -> np.ndarray:
+    """The no-translation baseline: the MRI through the translator's own MRI preset (:func:`mri_preset`),
+    its robust range mapped linearly onto ``ct_range`` (HU, float32, not clipped); same grid. It is what a
+    metric or a segmenter sees with no translation at all.
+
+    >>> identity_baseline(np.array([0.0, 50.0, 100.0]), (-1000, 200), (0, 100)).tolist()
+    [-1000.0, -400.0, 200.0]
+    """
+    corrected, (lo, hi) = mri_preset(np.asarray(mri, np.float32), percentiles, bias_correction)
+    scaled = (corrected - lo) / (hi - lo) * (ct_range[1] - ct_range[0]) + ct_range[0]
+    return scaled.astype(np.float32)
+
+
 def mri_to_unit(x, lo: float, hi: float):
     """Map MRI intensities in ``[lo, hi]`` linearly to [-1, 1], clipping outside."""
     y = (x - lo) / (hi - lo) * 2 - 1
@@ -193,8 +216,8 @@ class Preprocessor:
     def forward(self, array: np.ndarray, ref: ImageRef, label: bool = False) -> tuple[torch.Tensor, Geometry]:
         """``(1, X, Y, Z)`` float tensor in [-1, 1] (or a label tensor) on the canonical grid."""
         canonical, geom = self.geometry(array, ref)
-        if self.modality is Modality.MRI and self.mri_bias_correction and not label:
-            canonical = n4_bias_correction(canonical)
+        if self.modality is Modality.MRI and not label:
+            canonical, geom.scale = mri_preset(canonical, self.mri_percentiles, self.mri_bias_correction)
         volume = torch.from_numpy(np.ascontiguousarray(canonical))[None]
         if label:
             return resample(volume, geom.shape, "nearest-exact"), geom
@@ -202,9 +225,12 @@ class Preprocessor:
         if self.modality is Modality.CT:
             volume = ct_to_unit(volume, self.ct_window)
         elif self.modality is Modality.MRI:
-            geom.scale = mri_range(canonical, self.mri_percentiles)
             volume = mri_to_unit(volume, *geom.scale)
         return volume, geom
+
+    def identity_baseline(self, mri: np.ndarray, ct_range: Sequence[float]) -> np.ndarray:
+        """:func:`identity_baseline` with this preset's MRI percentiles and bias correction."""
+        return identity_baseline(mri, ct_range, self.mri_percentiles, self.mri_bias_correction)
 
     def to_intensity(self, x: torch.Tensor, geom: Geometry, scale: tuple[float, float] | None = None) -> torch.Tensor:
         """Network output in [-1, 1] -> HU (CT) or MRI intensities (``scale`` or the input's own)."""

@@ -58,7 +58,7 @@ def test_dotted_overrides():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
-    from medgen.config import load_config
+    from medgen.models.registry import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.task in ("cyclegan", "segmenter", "vae", "gan") and cfg.train.iterations > 0
@@ -74,17 +74,17 @@ def test_shipped_configs_load(name):
     (False, "fp16", "cuda", "fp16"),
 ])
 def test_effective_amp(monkeypatch, native, amp, device, expect):
-    from medgen.engines import common
+    from medgen import runtime
 
-    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert common.effective_amp(torch.device(device), amp) == expect
+        assert runtime.effective_amp(torch.device(device), amp) == expect
 
 
 @pytest.mark.parametrize("amp, device, message", [("fp16", "cpu", "fp16 needs CUDA"), ("fp8", "cpu", "none, bf16 or fp16")])
 def test_effective_amp_rejects(amp, device, message):
-    from medgen.engines.common import effective_amp
+    from medgen.runtime import effective_amp
 
     with pytest.raises(MedgenError, match=message):
         effective_amp(torch.device(device), amp)
@@ -97,13 +97,13 @@ def test_effective_amp_rejects(amp, device, message):
     (False, "none", "cuda", True),
 ])
 def test_generator_layout_follows_the_effective_precision(monkeypatch, native, amp, device, expect):
-    from medgen.engines import common
-    from medgen.engines.cyclegan import CycleGANConfig, GeneratorConfig, build_nets
+    from medgen import runtime
+    from medgen.models.cyclegan import CycleGANConfig, GeneratorConfig, build_nets
 
-    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layout = common.prefers_channels_last(torch.device(device), amp)
+        layout = runtime.prefers_channels_last(torch.device(device), amp)
     assert layout is expect
     g = build_nets(CycleGANConfig(generator=GeneratorConfig(ngf=4, n_blocks=1)), layout)["G_ab"]
     conv = next(m for m in g.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
@@ -122,9 +122,9 @@ def test_inference_pass_size_is_capped_on_a_cpu(device, batch, voxels, expect):
 
 def test_translation_runs_channels_last(cyclegan_run):
     """Translators keep their generators channels-last (faster in inference at every precision)."""
-    from medgen.inference.translate import Translator
+    from medgen.inference.translate import load_translator
 
-    t = Translator(cyclegan_run, cycle=True, device="cpu")
+    t = load_translator(cyclegan_run, cycle=True, device="cpu")
     for net in (t.net, t.back_net):
         conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -13,11 +13,11 @@ import torch
 
 import medgen.engines.cyclegan as cyclegan_module
 from medgen.cli import main
-from medgen.engines.common import latest_checkpoint
 from medgen.engines.cyclegan import ImagePool
 from medgen.engines.train import train
 from medgen.errors import MedgenError
 from medgen.io import load_image
+from medgen.models.run import latest_checkpoint
 from medgen.phantoms import make_case
 
 from .conftest import config, oblique_affine, tiny, write_nifti

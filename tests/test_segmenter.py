@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.engines.common import latest_checkpoint
 from medgen.engines.train import train
 from medgen.errors import MedgenError
 from medgen.inference.segment import load_segmenter, postprocess
 from medgen.io import load_image
+from medgen.models.run import latest_checkpoint
 from medgen.phantoms import make_case
 
 from .conftest import ROOT, oblique_affine, tiny_segmenter, write_nifti
@@ -65,8 +65,8 @@ def test_train_segmenter_few_iterations(phantom_dir, tmp_path, segmenter_run, di
 
 def test_translator_cycled_augmentation(phantom_dir, cyclegan_run, tmp_path):
     from medgen.data.datalist import image_label_pairs
-    from medgen.data.synthetic import cycled_volumes
-    from medgen.config import load_config
+    from medgen.engines.segmenter import cycled_volumes
+    from medgen.models.registry import load_config
 
     cfg = load_config(ROOT / "configs" / "segmenter_ct_liver.yaml", tiny_segmenter(phantom_dir))
     pairs = image_label_pairs(phantom_dir / "dataset.json", phantom_dir / "dataset.json")[:2]

@@ -10,9 +10,9 @@ import torch
 
 from medgen.cli import main
 from medgen.data.synthetic import MixedSamples
-from medgen.engines.common import latest_checkpoint
 from medgen.engines.train import train
 from medgen.evaluation.synthesis import kid, label_stats
+from medgen.models.run import latest_checkpoint
 
 from .conftest import ROOT
 

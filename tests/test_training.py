@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from medgen.config import OptimConfig, TrainConfig
-from medgen.engines.common import TaskSetup, fit, latest_checkpoint
+from medgen.engines.common import TaskSetup, fit
 from medgen.errors import MedgenError
+from medgen.models.run import latest_checkpoint
 
 
 def _setup(diverge_at: int) -> TaskSetup:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medgen.errors import MedgenError
-from medgen.io import case_name, is_image_path
+from medgen.errors import MedgenError, short
+from medgen.io import OUTPUT_SUFFIXES, case_name, is_image_path, suffix_of
 
 _SECTIONS = ("training", "cases", "validation", "test")
 _ALIASES = {"image": ("image", "ct")}
@@ -57,7 +57,7 @@ def _from_json(path: Path, key: str, section: str | None = None) -> list[Path]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise MedgenError(path, f"unreadable datalist JSON ({' '.join(str(exc).split())[:100]})") from None
+        raise MedgenError(path, f"unreadable datalist JSON ({short(exc, 100)})") from None
     if isinstance(data, dict):
         names = [section] if section else list(_SECTIONS)
         found = next((data[s] for s in names if s in data), None)
@@ -101,3 +101,18 @@ def image_label_pairs(images: str | Path, labels: str | Path, image_key: str = "
     if ".json" in str(images) and (not str(labels) or str(labels) == str(images)):
         return list(zip(list_volumes(images, image_key), list_volumes(images, label_key)))
     return pair_by_name(list_volumes(images, image_key), list_volumes(labels, label_key), str(images), str(labels))
+
+
+def input_output_pairs(inputs: str | Path, output: str | Path, suffix: str = ".nii.gz") -> tuple[bool, list[tuple[Path, Path]]]:
+    """The file-or-folder rule of medgen's commands: ``(single, [(input, output), ...])``.
+
+    A file (or a DICOM series folder with an image file as ``output``) gives one pair; a folder gives
+    ``output/<case><suffix>`` for each of its volumes.
+
+    >>> input_output_pairs("mri/", "sct/")  # doctest: +SKIP
+    (False, [(PosixPath('mri/case_000.nii.gz'), PosixPath('sct/case_000.nii.gz')), ...])
+    """
+    src, out = Path(inputs), Path(output)
+    if src.is_file() or (src.is_dir() and suffix_of(out) in OUTPUT_SUFFIXES):
+        return True, [(src, out)]
+    return False, [(p, out / f"{case_name(p)}{suffix}") for p in list_volumes(src)]

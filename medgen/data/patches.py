@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from medgen.keys import Keys
+
 
 def crop_or_pad(volume: torch.Tensor, start: Sequence[int], size: Sequence[int], value: float) -> torch.Tensor:
     """Crop ``(C, *spatial)`` at ``start`` with ``size``, padding with ``value`` where it leaves the volume."""
@@ -136,6 +138,15 @@ class Unpaired(Dataset):
         for d in self.datasets:
             out.update(d[n])
         return out
+
+
+def labelled_patches(volumes: Sequence[Mapping[Hashable, torch.Tensor]], data, spatial_dims: int, seed: int,
+                     transform=None) -> RandomPatches:
+    """Image + label patches of :func:`medgen.data.volumes.labelled_volumes` as a ``LabelledDataConfig``
+    (``data``) describes them: its patch size and foreground/positive sampling, labels padded with 0."""
+    return RandomPatches(volumes, [Keys.IMAGE, Keys.LABEL], data.patch_size, spatial_dims, seed, fg_key=Keys.IMAGE,
+                         min_foreground=data.min_foreground, fg_prob=data.fg_prob, pos_key=Keys.LABEL,
+                         pos_prob=data.pos_prob, pad_values={Keys.LABEL: 0}, transform=transform)
 
 
 class IndexStream(Sampler[int]):

@@ -11,9 +11,9 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, MapTransform
 
 from medgen.io import load_image
-from medgen.keys import Keys
+from medgen.keys import Keys, Modality
 from medgen.transforms import Preprocessd, Preprocessor
-from medgen.validate import check_labels, check_same_grid
+from medgen.validate import check_same_grid
 
 
 def remap_labels(labels: np.ndarray, label_map: Mapping[int, int] | None) -> np.ndarray:
@@ -37,13 +37,11 @@ class LoadVolumed(MapTransform):
         keys: image keys to load.
         label_key: the label map's key (checked against the first image's grid, then remapped).
         label_map: source label value -> class; ``None`` keeps the values.
-        allowed_labels: values a label file may hold (before remapping); ``None`` skips the check.
     """
 
-    def __init__(self, keys, label_key: Hashable | None = None, label_map: Mapping[int, int] | None = None,
-                 allowed_labels: Sequence[int] | None = None):
+    def __init__(self, keys, label_key: Hashable | None = None, label_map: Mapping[int, int] | None = None):
         super().__init__(keys)
-        self.label_key, self.label_map, self.allowed = label_key, label_map, allowed_labels
+        self.label_key, self.label_map = label_key, label_map
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -52,8 +50,6 @@ class LoadVolumed(MapTransform):
             path = d[key]
             array, ref = load_image(path)
             if key == self.label_key:
-                if self.allowed is not None:
-                    check_labels(array, self.allowed, str(path))
                 if first_ref is not None:
                     check_same_grid(first_ref, ref)
                 array = remap_labels(array, self.label_map)
@@ -92,3 +88,21 @@ def cached_volumes(
     dataset = CacheDataset([dict(i) for i in items], transform, cache_rate=1.0, num_workers=num_workers,
                            progress=False, copy_cache=False)
     return [dataset[i] for i in range(len(dataset))]
+
+
+def labelled_volumes(pairs: Sequence[tuple[str | Path, str | Path]], data, preprocess,
+                     label_map: Mapping[int, int] | None = None) -> list[dict[Hashable, torch.Tensor]]:
+    """Image/label path pairs -> cached ``{image, label}`` volumes, as segmenters and synthesizers train on.
+
+    Args:
+        pairs: ``(image, label)`` paths.
+        data: a ``LabelledDataConfig``: ``modality`` picks the image preset, ``label_map`` remaps the labels,
+            ``cache_workers`` loads in parallel.
+        preprocess: a ``PreprocessConfig`` (labels get its geometry, nearest-neighbour).
+        label_map: overrides ``data.label_map`` (e.g. identity for pairs already in class values).
+    """
+    return cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
+                          {Keys.IMAGE: Preprocessor.from_config(Modality(data.modality), preprocess),
+                           Keys.LABEL: Preprocessor.from_config(None, preprocess)},
+                          label_key=Keys.LABEL, label_map=data.label_map if label_map is None else label_map,
+                          num_workers=data.cache_workers)

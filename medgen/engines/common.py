@@ -1,18 +1,14 @@
-"""What every training task shares: device and mixed precision, seeding, the Ignite trainer and its
-handlers (checkpoint/resume from one ``to_save`` dict, metrics.csv, TensorBoard, progress, validation,
-learning-rate schedule), and distributed gradient averaging.
+"""What every training task shares: the Ignite trainer and its handlers (checkpoint/resume from one
+``to_save`` dict, metrics.csv, TensorBoard, progress, validation, learning-rate schedule), distributed
+gradient averaging, the sample loader and the GAN loss. Device, precision and seeding are in
+:mod:`medgen.runtime`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import functools
 import os
-import random
-import re
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,88 +16,32 @@ from pathlib import Path
 import ignite.distributed as idist
 import numpy as np
 import torch
+import torch.nn.functional as F
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, PiecewiseLinear
+from ignite.handlers import Checkpoint, DiskSaver, PiecewiseLinear, ProgressBar
 from torch.utils.data import DataLoader
 
+from medgen.data.patches import IndexStream
 from medgen.errors import MedgenError
-
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PREFIX = "checkpoint"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's CUDA device when available, else CPU."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise MedgenError(None, f"train.device must be auto, cpu or cuda, not {name!r}")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise MedgenError(None, "train.device is cuda but no CUDA device is available")
-    return idist.device() if idist.get_world_size() > 1 else torch.device("cuda")
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 or AMX). On AVX2-only CPUs bf16 is emulated:
-    a 2D UNet training step measured 0.52 s under bf16 autocast against 0.05 s in fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def effective_amp(device: torch.device, amp: str) -> str:
-    """The precision that ``amp`` really runs at on ``device``: ``bf16`` on a CPU without native bf16
-    falls back to ``none`` (fp32, with a one-time warning), since emulated bf16 is ten times slower."""
-    if amp not in ("none", "bf16", "fp16"):
-        raise MedgenError(None, f"amp must be none, bf16 or fp16, not {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise MedgenError(None, "amp fp16 needs CUDA; use bf16 on CPU")
-    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        _warn_once("bf16 autocast requested, but this CPU has no native bf16 (AVX-512/AMX): running in fp32")
-        return "none"
-    return amp
-
-
-def prefers_channels_last(device: torch.device, amp: str) -> bool:
-    """Whether generators should *train* channels-last: on CUDA and in reduced precision, where it is faster
-    (bf16 CycleGAN step 2.09x the plain fp32 step on an AVX-512 CPU). fp32 training on a CPU is slower
-    channels-last (ResNet-9 ngf 64 step at 256^2 on AVX2: 15.9 s against 14.0 s contiguous,
-    ``benchmarks/cyclegan_step.py --layout``), while fp32 inference is faster (580 against 665 ms a 256^2
-    slice; 3D windows 2.4 against 4.3 s, ``benchmarks/translate_volume.py --layouts``), so translation
-    always runs channels-last."""
-    return device.type == "cuda" or effective_amp(device, amp) != "none"
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` = ``bf16`` | ``fp16`` (CUDA only); a no-op for ``none`` (see :func:`effective_amp`)."""
-    amp = effective_amp(device, amp)
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """A GradScaler, active for mixed precision on CUDA (a pass-through otherwise)."""
-    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp != "none")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from medgen.models.run import CHECKPOINT_DIR, CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint
 
 
 def set_requires_grad(nets: Iterable[torch.nn.Module], flag: bool) -> None:
     for net in nets:
         for p in net.parameters():
             p.requires_grad_(flag)
+
+
+def gan_loss(logits: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
+    """LSGAN (``lsgan``: MSE) or ``vanilla`` (BCE with logits) loss of discriminator ``logits`` against real/fake.
+
+    >>> float(gan_loss(torch.ones(2, 1), True, "lsgan")), float(gan_loss(torch.ones(2, 1), False, "lsgan"))
+    (0.0, 1.0)
+    """
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    if mode == "lsgan":
+        return F.mse_loss(logits.float(), target.float())
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
 def average_gradients(nets: Iterable[torch.nn.Module]) -> None:
@@ -122,7 +62,6 @@ def average_gradients(nets: Iterable[torch.nn.Module]) -> None:
 
 def loader_factory(samples, train_cfg, device: torch.device) -> Callable[[int], DataLoader]:
     """``start -> DataLoader`` over an endless, index-determined sample stream, sharded over ranks."""
-    from medgen.data.patches import IndexStream
 
     def make_loader(start: int) -> DataLoader:
         sampler = IndexStream(start, idist.get_world_size(), idist.get_rank())
@@ -130,24 +69,6 @@ def loader_factory(samples, train_cfg, device: torch.device) -> Callable[[int], 
                           num_workers=train_cfg.num_workers, pin_memory=device.type == "cuda")
 
     return make_loader
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of the highest iteration in ``RUN/checkpoints``."""
-    found = []
-    for p in (run_dir / CHECKPOINT_DIR).glob(f"{CHECKPOINT_PREFIX}_*.pt"):
-        m = re.fullmatch(rf"{CHECKPOINT_PREFIX}_(\d+)\.pt", p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True`` (no code is unpickled)."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
-        raise MedgenError(path, f"unreadable checkpoint ({' '.join(str(exc).split())[:120]})") from None
 
 
 @dataclass
@@ -255,7 +176,7 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
 
     writer = None
     if idist.get_rank() == 0:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when training
 
         writer = SummaryWriter(str(run_dir / "tb"))
     metrics = MetricsCSV(run_dir, writer)
@@ -286,8 +207,6 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
                                   e.state.iteration % t.val_every == 0 else _validate(e))
 
     if idist.get_rank() == 0 and os.environ.get("MEDGEN_PROGRESS", "1") != "0":
-        from ignite.handlers import ProgressBar
-
         shown = ("loss", "loss_g", "loss_d_a", "loss_d_b")
         ProgressBar(persist=False, disable=None).attach(  # disable=None: no bar when stderr is not a terminal
             trainer, output_transform=lambda out: {k: v for k, v in out.items() if k in shown})

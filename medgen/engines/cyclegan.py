@@ -1,4 +1,5 @@
-"""Unpaired MRI <-> CT CycleGAN: config, image pool, the training step and its setup.
+"""Training the unpaired MRI <-> CT CycleGAN: image pool, the training step, validation and the setup.
+Its config and networks are in :mod:`medgen.models.cyclegan`.
 
 Domain A is MRI, domain B is CT; ``G_ab`` translates MRI -> CT. Losses follow Zhu et al. 2017 and
 pytorch-CycleGAN-and-pix2pix: LSGAN, cycle L1 (``lambda_cycle`` 10), identity L1 (``lambda_identity``
@@ -8,66 +9,23 @@ pytorch-CycleGAN-and-pix2pix: LSGAN, cycle L1 (``lambda_cycle`` 10), identity L1
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from medgen.config import InferenceConfig, OptimConfig, PreprocessConfig, TrainConfig
-from medgen.engines.common import (TaskSetup, autocast, average_gradients, grad_scaler, loader_factory,
-                                   prefers_channels_last, set_requires_grad)
-from medgen.keys import Keys
-
-
-@dataclass
-class TranslationDataConfig:
-    mri: str = ""  # MRI volumes: a folder or a datalist JSON (domain A)
-    ct: str = ""  # CT volumes: a folder or a datalist JSON (domain B), unpaired with the MRIs
-    val_mri: str | None = None  # optional paired validation MRIs (matched to val_ct by file name)
-    val_ct: str | None = None  # their CTs; validation reports MAE/PSNR/SSIM in HU inside the body
-    patch_size: list[int] = field(default_factory=lambda: [256, 256])  # 2D (X, Y) slice crop or 3D (X, Y, Z)
-    min_foreground: float = 0.1  # 2D: slices with a smaller body fraction are skipped
-    fg_prob: float = 0.9  # probability that a patch is centred inside the body
-    cache_workers: int = 2  # threads loading/preprocessing volumes into the in-memory cache
-
-
-@dataclass
-class GeneratorConfig:
-    name: str = "resnet"  # resnet (Johnson et al.) | unet (MONAI UNet + tanh)
-    ngf: int = 64  # filters of the first layer
-    n_blocks: int = 9  # residual blocks (resnet)
-    n_downsampling: int = 2  # stride-2 stages (resnet); inputs are padded to a multiple of 2**n
-    dropout: float = 0.0
-
-
-@dataclass
-class DiscriminatorConfig:
-    ndf: int = 64  # filters of the first layer
-    n_layers: int = 3  # 3 = the 70x70 PatchGAN at 256^2
-
-
-@dataclass
-class CycleLossConfig:
-    gan_mode: str = "lsgan"  # lsgan (MSE) | vanilla (BCE with logits)
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5  # identity weight, relative to lambda_cycle
-    pool_size: int = 50  # generated images kept for discriminator updates (0: no pool)
-
-
-@dataclass
-class CycleGANConfig:
-    task: str = "cyclegan"
-    spatial_dims: int = 2  # 2: slice-wise; 3: patch-wise
-    data: TranslationDataConfig = field(default_factory=TranslationDataConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    loss: CycleLossConfig = field(default_factory=CycleLossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
+from medgen.data.datalist import image_label_pairs, list_volumes
+from medgen.data.patches import RandomPatches, Unpaired
+from medgen.data.volumes import cached_volumes
+from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
+from medgen.inference.translate import translate_array
+from medgen.keys import Keys, Modality
+from medgen.metrics import evaluate_pairs, mean_rows
+from medgen.models.cyclegan import CycleGANConfig, CycleLossConfig, build_nets
+from medgen.models.run import NORM_FILE, norm_artifact
+from medgen.runtime import autocast, grad_scaler, prefers_channels_last
+from medgen.transforms import Preprocessor, unit_to_ct
 
 
 class ImagePool:
@@ -106,13 +64,6 @@ class ImagePool:
         device = self.images[0].device if self.images else images.device
         self.images = [img[None].to(device) for img in images] if images.numel() else []
         self.generator.set_state(state["generator"])
-
-
-def gan_loss(logits: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
-    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-    if mode == "lsgan":
-        return F.mse_loss(logits.float(), target.float())
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
 def cyclegan_step(nets: Mapping[str, torch.nn.Module], opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
@@ -185,30 +136,22 @@ def cyclegan_step(nets: Mapping[str, torch.nn.Module], opt_g: torch.optim.Optimi
     return step
 
 
-def build_nets(cfg: CycleGANConfig, channels_last_layout: bool = True) -> dict[str, torch.nn.Module]:
-    from medgen.networks.cyclegan import build_discriminator, build_generator
+def validation_fn(cfg: CycleGANConfig, generator: torch.nn.Module, device: torch.device) -> Callable[[], dict]:
+    """Validation during training: mean MAE/PSNR/SSIM of ``generator`` (G_ab) on the paired validation volumes."""
+    pairs = image_label_pairs(cfg.data.val_mri, cfg.data.val_ct, "mri", "ct")
 
-    gen = [build_generator(cfg.generator, cfg.spatial_dims, channels_last_layout=channels_last_layout) for _ in "ab"]
-    return {"G_ab": gen[0], "G_ba": gen[1],
-            "D_a": build_discriminator(cfg.discriminator, cfg.spatial_dims),
-            "D_b": build_discriminator(cfg.discriminator, cfg.spatial_dims)}
+    def validate() -> dict:
+        generator.eval()
+        try:
+            return mean_rows(evaluate_pairs(lambda mri, ref: translate_array(generator, cfg, mri, ref, device)[0], pairs))
+        finally:
+            generator.train()
+
+    return validate
 
 
 def setup(cfg: CycleGANConfig, run_dir: Path, device: torch.device) -> TaskSetup:
     """Data, networks, optimizers, the step and validation of a CycleGAN run."""
-    from medgen.data.datalist import list_volumes
-    from medgen.data.patches import RandomPatches, Unpaired
-    from medgen.data.volumes import cached_volumes
-    from medgen.evaluation.translation import validation_fn
-    from medgen.inference.translate import NORM_FILE, norm_artifact
-    from medgen.keys import Modality
-    from medgen.transforms import Preprocessor, unit_to_ct
-
-    if len(cfg.data.patch_size) != cfg.spatial_dims:
-        from medgen.errors import MedgenError
-
-        raise MedgenError(None, f"data.patch_size {cfg.data.patch_size} needs {cfg.spatial_dims} values "
-                                f"for spatial_dims={cfg.spatial_dims}")
     pre_mri = Preprocessor.from_config(Modality.MRI, cfg.preprocess)
     pre_ct = Preprocessor.from_config(Modality.CT, cfg.preprocess)
     mri = cached_volumes([{Keys.MRI: p} for p in list_volumes(cfg.data.mri, "mri")], {Keys.MRI: pre_mri},

@@ -1,93 +1,34 @@
-"""CT liver segmenter: config, supervised step (DiceCE) and setup, on the shared Ignite trainer.
-
-Any source labelling becomes medgen's classes through ``data.label_map`` (source value -> class):
-``{6: 1}`` for BTCV, ``{5: 1}`` for TotalSegmentator, ``{1: 1}`` for the phantoms; other values are
-background.
+"""Training the CT liver segmenter: its sample stream (real pairs, optionally mixed with translator-cycled
+CTs and synthetic pairs), the supervised step (DiceCE), validation and the setup on the shared Ignite
+trainer. Its config and network are in :mod:`medgen.models.segmenter`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
+from monai.losses import DiceCELoss
 
-from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
-from medgen.engines.common import TaskSetup, autocast, average_gradients, grad_scaler, loader_factory
+from medgen.data.augment import intensity_augmentation
+from medgen.data.datalist import image_label_pairs
+from medgen.data.patches import labelled_patches
+from medgen.data.synthetic import MixedSamples
+from medgen.data.volumes import labelled_volumes, remap_labels
+from medgen.engines.common import TaskSetup, average_gradients, loader_factory
+from medgen.errors import MedgenError
+from medgen.inference.segment import segment_array
+from medgen.inference.synthesize import write_synthetic
+from medgen.inference.translate import load_translator
+from medgen.io import load_image, save_like
 from medgen.keys import Keys
-
-
-@dataclass
-class SegNetworkConfig:
-    name: str = "unet"  # unet (MONAI UNet) | segresnet (MONAI SegResNet)
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # unet: filters per level
-    num_res_units: int = 2  # unet: residual units per level
-    init_filters: int = 16  # segresnet: filters of the first level
-    dropout: float = 0.0
-
-
-@dataclass
-class SyntheticAugmentConfig:
-    source: str | None = None  # synthetic pairs: a folder with images/ and labels/, or a synthesizer run
-    ratio: float = 0.0  # fraction of training samples drawn from the synthetic pairs
-    cases: int = 20  # synthesizer run: how many pairs to sample (once, at setup)
-
-
-@dataclass
-class AugmentConfig:
-    intensity: bool = True  # random intensity scale/shift/contrast/noise (robustness to synthetic CT)
-    # each labelled organ's intensity shifted by a random offset in this range (normalised units, 0.1 = 21 HU
-    # in the demo's [-175, 250] window), varying smoothly across it, in half the patches; [] or null: off
-    organ_intensity: list[float] | None = field(default_factory=lambda: [-0.7, 0.2])
-    synthetic: SyntheticAugmentConfig = field(default_factory=SyntheticAugmentConfig)
-    translator: str | None = None  # CycleGAN run: training CTs also go CT -> MRI -> CT through it (labels kept)
-    translator_ratio: float = 0.5  # fraction of samples drawn from those cycled CTs
-
-
-@dataclass
-class SegLossConfig:
-    lambda_dice: float = 1.0
-    lambda_ce: float = 1.0
-
-
-@dataclass
-class PostprocessConfig:
-    threshold: float = 0.5  # liver probability threshold
-    largest_component: bool = True  # keep the largest connected component
-    fill_holes: bool = True  # fill enclosed holes (slice-wise and in 3D)
-
-
-@dataclass
-class SegmenterConfig:
-    task: str = "segmenter"
-    spatial_dims: int = 2
-    data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    network: SegNetworkConfig = field(default_factory=SegNetworkConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    loss: SegLossConfig = field(default_factory=SegLossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
-
-
-def n_classes(cfg: SegmenterConfig) -> int:
-    return max(cfg.data.label_map.values(), default=1) + 1
-
-
-def build_network(cfg: SegmenterConfig) -> torch.nn.Module:
-    from monai.networks.nets import SegResNet, UNet
-
-    net = cfg.network
-    if net.name == "unet":
-        return UNet(cfg.spatial_dims, 1, n_classes(cfg), channels=tuple(net.channels),
-                    strides=(2,) * (len(net.channels) - 1), num_res_units=net.num_res_units, norm="INSTANCE",
-                    dropout=net.dropout)
-    if net.name == "segresnet":
-        return SegResNet(cfg.spatial_dims, net.init_filters, 1, n_classes(cfg), dropout_prob=net.dropout or None)
-    raise ValueError(f"unknown network {net.name!r} (unet | segresnet)")
+from medgen.metrics import segmentation_metrics
+from medgen.models.run import CONFIG_FILE
+from medgen.models.segmenter import SegmenterConfig, SyntheticAugmentConfig, build_network, n_classes
+from medgen.runtime import autocast, grad_scaler
 
 
 def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, device: torch.device,
@@ -114,32 +55,56 @@ def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, d
     return step
 
 
-def segmentation_samples(cfg: SegmenterConfig, seed: int):
-    """The training sample stream: real pairs, mixed with synthetic pairs when configured."""
-    from medgen.data.augment import intensity_augmentation
-    from medgen.data.datalist import image_label_pairs
-    from medgen.data.patches import RandomPatches
-    from medgen.data.volumes import cached_volumes
-    from medgen.keys import Modality
-    from medgen.transforms import Preprocessor
+def cycled_volumes(translator_run: str | Path, pairs, cfg: SegmenterConfig) -> list[dict]:
+    """Training CTs passed CT -> MRI -> CT through a translator run, with their own labels.
 
-    pre = Preprocessor.from_config(Modality(cfg.data.modality), cfg.preprocess)
-    label_pre = Preprocessor.from_config(None, cfg.preprocess)
+    The cycled CTs carry the translator's artifacts (noise, intensity bias, blur) on exactly known
+    anatomy, so a segmenter trained with them is ready for the synthetic CTs of the MRI pipeline.
+    """
+    to_mri, to_ct = load_translator(translator_run, "ct2mri"), load_translator(translator_run, "mri2ct")
+    with tempfile.TemporaryDirectory() as tmp:
+        cycled = []
+        for i, (image, label) in enumerate(pairs):
+            ct, ref = load_image(image)
+            out = save_like(to_ct.translate(to_mri.translate(ct, ref)[0], ref)[0], ref, Path(tmp) / f"c{i:04d}.nii.gz")
+            cycled.append((out, label))
+        return labelled_volumes(cycled, cfg.data, cfg.preprocess)
+
+
+def synthetic_volumes(syn_cfg: SyntheticAugmentConfig, cfg: SegmenterConfig) -> list[dict]:
+    """Synthetic pairs for segmenter training, preprocessed like the real ones and cached in memory.
+
+    ``syn_cfg.source`` is a folder written by ``medgen synth`` (or holding ``images/`` and ``labels/``),
+    or a synthesizer run, sampled once (``syn_cfg.cases`` pairs, seeded by train.seed).
+    """
+    src = Path(syn_cfg.source)
+    classes = {c: c for c in cfg.data.label_map.values()}  # synthetic labels are already classes
+
+    def load(folder: Path) -> list[dict]:
+        if (folder / "dataset.json").is_file():
+            pairs = image_label_pairs(folder / "dataset.json", folder / "dataset.json")
+        else:
+            pairs = image_label_pairs(folder / "images", folder / "labels")
+        return labelled_volumes(pairs, cfg.data, cfg.preprocess, label_map=classes)
+
+    if (src / CONFIG_FILE).is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            write_synthetic(src, tmp, syn_cfg.cases, cfg.train.seed)
+            return load(Path(tmp))
+    if not src.is_dir():
+        raise MedgenError(src, "synthetic source must be a folder of pairs or a synthesizer run directory")
+    return load(src)
+
+
+def segmentation_samples(cfg: SegmenterConfig, seed: int):
+    """The training sample stream: real pairs, mixed with cycled and synthetic pairs when configured."""
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
-    volumes = cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
-                             {Keys.IMAGE: pre, Keys.LABEL: label_pre}, label_key=Keys.LABEL,
-                             label_map=cfg.data.label_map, num_workers=cfg.data.cache_workers)
     transform = intensity_augmentation(cfg.augment.intensity, cfg.augment.organ_intensity)
 
-    def patches(vols, stream_seed):
-        return RandomPatches(vols, [Keys.IMAGE, Keys.LABEL], cfg.data.patch_size, cfg.spatial_dims, stream_seed,
-                             fg_key=Keys.IMAGE, min_foreground=cfg.data.min_foreground, fg_prob=cfg.data.fg_prob,
-                             pos_key=Keys.LABEL, pos_prob=cfg.data.pos_prob, pad_values={Keys.LABEL: 0},
-                             transform=transform)
+    def patches(volumes, stream_seed):
+        return labelled_patches(volumes, cfg.data, cfg.spatial_dims, stream_seed, transform)
 
-    from medgen.data.synthetic import MixedSamples, cycled_volumes, synthetic_volumes
-
-    samples = patches(volumes, seed)
+    samples = patches(labelled_volumes(pairs, cfg.data, cfg.preprocess), seed)
     aug = cfg.augment
     if aug.translator and aug.translator_ratio > 0:
         samples = MixedSamples(samples, patches(cycled_volumes(aug.translator, pairs, cfg), seed + 5),
@@ -150,15 +115,29 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
     return samples
 
 
+def validation_fn(cfg: SegmenterConfig, net: torch.nn.Module, device: torch.device) -> Callable[[], dict]:
+    """Validation during training: mean Dice of each class on the validation volumes."""
+    pairs = image_label_pairs(cfg.data.val_images, cfg.data.val_labels)
+
+    def validate() -> dict:
+        net.eval()
+        try:
+            dice: dict[int, list[float]] = {c: [] for c in range(1, n_classes(cfg))}
+            for image_path, label_path in pairs:
+                image, ref = load_image(image_path)
+                labels = remap_labels(load_image(label_path)[0], cfg.data.label_map)
+                pred = segment_array(net, cfg, image, ref, device).argmax(0)
+                for c in dice:
+                    dice[c].append(segmentation_metrics(pred == c, labels == c, ref.spacing, False)["dice"])
+            return {f"dice_{c}": float(np.mean(v)) for c, v in dice.items()}
+        finally:
+            net.train()
+
+    return validate
+
+
 def setup(cfg: SegmenterConfig, run_dir: Path, device: torch.device) -> TaskSetup:
-    from monai.losses import DiceCELoss
-
-    from medgen.evaluation.segmentation import validation_fn
-
-    if len(cfg.data.patch_size) != cfg.spatial_dims:
-        from medgen.errors import MedgenError
-
-        raise MedgenError(None, f"data.patch_size {cfg.data.patch_size} needs {cfg.spatial_dims} values")
+    """Data, network, optimizer, the step and validation of a segmenter run."""
     make_loader = loader_factory(segmentation_samples(cfg, cfg.train.seed * 2 + 1), cfg.train, device)
     net = build_network(cfg).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),

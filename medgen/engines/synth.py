@@ -1,4 +1,5 @@
-"""VAE and GAN anatomy synthesizers: configs, training steps, setup and sampling.
+"""Training the VAE and GAN anatomy synthesizers: steps and setup. Their configs and sampling networks
+are in :mod:`medgen.models.synth`, sampling in :mod:`medgen.inference.synthesize`.
 
 Both learn image + label jointly from ``data.images``/``data.labels``/``data.label_map`` (the segmenter's
 keys): samples are ``1 + K`` channels in [-1, 1], the image then one channel per foreground class.
@@ -14,100 +15,27 @@ Every step reseeds torch from ``(train.seed, iteration)``, so a resumed run draw
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
-from medgen.engines.common import TaskSetup, autocast, average_gradients, loader_factory, set_requires_grad
+from medgen.data.datalist import image_label_pairs
+from medgen.data.patches import labelled_patches
+from medgen.data.volumes import labelled_volumes
+from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
-
-
-@dataclass
-class VAEModelConfig:
-    latent_size: int = 64
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # encoder filters (stride 2 each)
-    num_res_units: int = 1
-
-
-@dataclass
-class VAELossConfig:
-    lambda_image: float = 1.0  # L1 on the image channel
-    lambda_label: float = 1.0  # BCE on the label channels
-    beta: float = 0.5  # KL weight (per voxel), reached after the warm-up
-    kl_warmup: float = 0.3  # fraction of train.iterations over which the KL weight grows from 0 to beta
-    lambda_adv: float = 0.0  # optional adversarial term (PatchGAN, LSGAN); 0 disables
-    ndf: int = 32  # discriminator filters (only with lambda_adv > 0)
-
-
-@dataclass
-class VAEConfig:
-    task: str = "vae"
-    spatial_dims: int = 2
-    data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[64, 64], pos_prob=1.0))
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    model: VAEModelConfig = field(default_factory=VAEModelConfig)
-    loss: VAELossConfig = field(default_factory=VAELossConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=[0.9, 0.999], decay_from=0.7))
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class GANModelConfig:
-    latent_size: int = 128
-    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])  # generator: from the 1/16 grid up
-    disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # discriminator (stride 2 each)
-    spectral_norm: bool = True  # spectral normalisation of every discriminator layer
-    ema_decay: float = 0.999  # EMA of generator weights (sampling uses it)
-
-
-@dataclass
-class GANLossConfig:
-    r1_gamma: float = 1.0  # R1 gradient penalty on real samples (0 disables)
-    r1_every: int = 4  # lazy regularisation: apply R1 every N steps, scaled by N
-
-
-@dataclass
-class GANConfig:
-    task: str = "gan"
-    spatial_dims: int = 2
-    data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[64, 64], pos_prob=1.0))
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    model: GANModelConfig = field(default_factory=GANModelConfig)
-    loss: GANLossConfig = field(default_factory=GANLossConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.99], decay_from=1.0))
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def n_foreground(cfg) -> int:
-    return max(cfg.data.label_map.values(), default=1)
-
-
-def joint_tensor(batch: Mapping, n_classes: int, device: torch.device) -> torch.Tensor:
-    """``(B, 1 + K, ...)``: the image, then each foreground class as a channel in {-1, 1}."""
-    image = batch[Keys.IMAGE].to(device, non_blocking=True).float()
-    label = batch[Keys.LABEL].to(device, non_blocking=True)
-    classes = torch.arange(1, n_classes + 1, device=device).view(1, -1, *([1] * (label.dim() - 2)))
-    return torch.cat([image, (label == classes).float() * 2 - 1], dim=1)
-
-
-def build_model(cfg) -> torch.nn.Module:
-    from medgen.networks.synth import JointGenerator, JointVAE
-
-    shape = (1 + n_foreground(cfg), *cfg.data.patch_size)
-    if cfg.task == "vae":
-        m = cfg.model
-        return JointVAE(cfg.spatial_dims, shape, m.latent_size, m.channels, [2] * len(m.channels), m.num_res_units)
-    return JointGenerator(cfg.spatial_dims, shape, cfg.model.latent_size, cfg.model.channels)
+from medgen.models.synth import SYNTH_FILE, GANConfig, VAEConfig, build_model, joint_tensor, n_foreground, synth_artifact
+from medgen.networks.cyclegan import build_discriminator as patch_discriminator
+from medgen.networks.synth import build_discriminator
+from medgen.runtime import autocast
 
 
 def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=None):
     """VAE training step: reconstruction + warmed-up KL (+ optional adversarial term)."""
-    from medgen.engines.cyclegan import gan_loss
-
     k, loss_cfg, amp = n_foreground(cfg), cfg.loss, cfg.train.amp
     warmup = max(1, int(loss_cfg.kl_warmup * cfg.train.iterations))
 
@@ -193,32 +121,13 @@ def gan_step(gen, disc, ema, opt_g, opt_d, cfg: GANConfig, device: torch.device)
     return step
 
 
-def setup(cfg, run_dir: Path, device: torch.device) -> TaskSetup:
+def setup(cfg: VAEConfig | GANConfig, run_dir: Path, device: torch.device) -> TaskSetup:
     """Data, model(s), optimizers and step of a VAE or GAN synthesizer run."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    from medgen.data.datalist import image_label_pairs
-    from medgen.data.patches import RandomPatches
-    from medgen.data.volumes import cached_volumes
-    from medgen.errors import MedgenError
-    from medgen.keys import Modality
-    from medgen.transforms import Preprocessor
-
-    if len(cfg.data.patch_size) != cfg.spatial_dims:
-        raise MedgenError(None, f"data.patch_size {cfg.data.patch_size} needs {cfg.spatial_dims} values")
-    pre = Preprocessor.from_config(Modality(cfg.data.modality), cfg.preprocess)
-    pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
-    volumes = cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
-                             {Keys.IMAGE: pre, Keys.LABEL: Preprocessor.from_config(None, cfg.preprocess)},
-                             label_key=Keys.LABEL, label_map=cfg.data.label_map, num_workers=cfg.data.cache_workers)
-    samples = RandomPatches(volumes, [Keys.IMAGE, Keys.LABEL], cfg.data.patch_size, cfg.spatial_dims,
-                            cfg.train.seed * 2 + 1, fg_key=Keys.IMAGE, min_foreground=cfg.data.min_foreground,
-                            fg_prob=cfg.data.fg_prob, pos_key=Keys.LABEL, pos_prob=cfg.data.pos_prob,
-                            pad_values={Keys.LABEL: 0})
-    spacing = np.median([v[f"{Keys.IMAGE}_{Keys.SPACING}"] for v in volumes], axis=0)
-    scale = [v[f"{Keys.IMAGE}_{Keys.SCALE}"] for v in volumes if f"{Keys.IMAGE}_{Keys.SCALE}" in v]
-    artifacts = {"synth.json": {"spacing": [float(s) for s in spacing], "n_training_volumes": len(volumes),
-                                "mri_scale": np.median(scale, axis=0).tolist() if scale else None}}
+    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1)
+    scale_key = f"{Keys.IMAGE}_{Keys.SCALE}"
+    artifacts = {SYNTH_FILE: synth_artifact([v[f"{Keys.IMAGE}_{Keys.SPACING}"] for v in volumes],
+                                            [v[scale_key] for v in volumes if scale_key in v])}
     make_loader = loader_factory(samples, cfg.train, device)
     model = build_model(cfg).to(device)
     betas = tuple(cfg.optim.betas)
@@ -227,10 +136,6 @@ def setup(cfg, run_dir: Path, device: torch.device) -> TaskSetup:
         disc = opt_d = None
         to_save = {"model": model, "opt": opt}
         if cfg.loss.lambda_adv > 0:
-            from types import SimpleNamespace
-
-            from medgen.networks.cyclegan import build_discriminator as patch_discriminator
-
             disc = patch_discriminator(SimpleNamespace(ndf=cfg.loss.ndf, n_layers=2), cfg.spatial_dims,
                                        1 + n_foreground(cfg)).to(device)
             opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr, betas=betas)
@@ -238,8 +143,6 @@ def setup(cfg, run_dir: Path, device: torch.device) -> TaskSetup:
         step = vae_step(model, opt, cfg, device, disc, opt_d)
         optimizers = [opt] + ([opt_d] if opt_d is not None else [])
     else:
-        from medgen.networks.synth import build_discriminator
-
         disc = build_discriminator((1 + n_foreground(cfg), *cfg.data.patch_size), cfg.model.disc_channels,
                                    cfg.model.spectral_norm).to(device)
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr, betas=betas)

@@ -17,25 +17,27 @@ from pathlib import Path
 import ignite.distributed as idist
 import torch
 
-from medgen.config import load_config, save_config
-from medgen.engines.common import fit, latest_checkpoint, resolve_device, seed_everything
+from medgen.config import save_config
+from medgen.engines.common import TaskSetup, fit
 from medgen.errors import MedgenError
 from medgen.io import atomic_write
+from medgen.models.registry import TASKS, load_config
+from medgen.models.run import CONFIG_FILE, latest_checkpoint
+from medgen.runtime import resolve_device, seed_everything
 
 logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
 
-SETUPS = {
-    "cyclegan": "medgen.engines.cyclegan:setup",
-    "segmenter": "medgen.engines.segmenter:setup",
-    "vae": "medgen.engines.synth:setup",
-    "gan": "medgen.engines.synth:setup",
-}
+
+def task_setup(cfg, run: Path, device: torch.device) -> TaskSetup:
+    """The training setup of ``cfg.task``, named in the task registry (``medgen.models.registry.TASKS``)."""
+    module, name = TASKS[cfg.task].setup.split(":")
+    return getattr(importlib.import_module(module), name)(cfg, run, device)
 
 
 def prepare_run(config: str | Path | None, out: str | Path, overrides: list[str], resume: bool):
     """Resolve the config (a resumed run reads ``RUN/config.yaml``) and check the run directory."""
     run = Path(out)
-    saved = run / "config.yaml"
+    saved = run / CONFIG_FILE
     if resume:
         if not saved.is_file():
             raise MedgenError(run, "nothing to resume: no config.yaml in this run directory")
@@ -54,10 +56,9 @@ def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank
-    module, name = SETUPS[cfg.task].split(":")
-    setup = getattr(importlib.import_module(module), name)(cfg, run, device)  # reads data, writes nothing
+    setup = task_setup(cfg, run, device)  # reads data, writes nothing
     if idist.get_rank() == 0:
-        save_config(cfg, run / "config.yaml")
+        save_config(cfg, run / CONFIG_FILE)
         info = {"world_size": idist.get_world_size(), "backend": idist.backend(), "device": str(device),
                 "torch": torch.__version__, "python": platform.python_version()}
         for name, content in {"environment.json": info, **setup.artifacts}.items():

@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from medgen.data.datalist import image_label_pairs
+from medgen.data.volumes import remap_labels
+from medgen.engines.train import train as train_run
 from medgen.errors import MedgenError
+from medgen.inference.segment import RunSegmenter, postprocess
+from medgen.inference.synthesize import write_synthetic
 from medgen.io import atomic_write, load_image
+from medgen.metrics import segmentation_metrics
+from medgen.models.registry import load_config
+from medgen.models.run import CONFIG_FILE
 
 
 def _subset_datalist(pairs, k: int, seed: int, path: Path) -> Path:
@@ -34,16 +41,12 @@ def _subset_datalist(pairs, k: int, seed: int, path: Path) -> Path:
 
 def held_out_dice(seg_run: Path, test_pairs, label_map) -> list[float]:
     """Liver Dice of a segmenter run on each held-out pair (post-processed like ``medgen segment``)."""
-    from medgen.data.volumes import remap_labels
-    from medgen.evaluation.metrics import segmentation_metrics
-    from medgen.inference.segment import RunSegmenter, postprocess
-
     seg = RunSegmenter(seg_run, "auto")
     scores = []
     for image_path, label_path in test_pairs:
         image, ref = load_image(image_path)
         truth = remap_labels(load_image(label_path)[0], label_map) == 1
-        mask = postprocess(seg.predict(image, ref), **seg.postprocess) > 0
+        mask = postprocess(seg.predict(image, ref), seg.postprocess) > 0
         scores.append(segmentation_metrics(mask, truth, ref.spacing, False)["dice"])
     return scores
 
@@ -57,10 +60,6 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
     ``train``/``test``: (images, labels) sources as in configs (folders or datalist JSONs; for one JSON
     holding both, give it twice).
     """
-    from medgen.config import load_config
-    from medgen.data.synthetic import write_synthetic
-    from medgen.engines.train import train as train_run
-
     out = Path(out)
     pairs, test_pairs = image_label_pairs(*train), image_label_pairs(*test)
     label_map = load_config(seg_config, list(seg_sets)).data.label_map
@@ -70,7 +69,7 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         subset = str(_subset_datalist(pairs, k, r, rep / "train.json"))
         data = [f"data.images={subset}", f"data.labels={subset}", f"train.seed={r}"]
         synth_run = rep / "synthesizer"
-        if not (synth_run / "config.yaml").exists():
+        if not (synth_run / CONFIG_FILE).exists():
             train_run(synth_config, synth_run, [*data, *synth_sets])
         if not (rep / "synthetic" / "dataset.json").exists():
             write_synthetic(synth_run, rep / "synthetic", synthetic, seed=r)
@@ -83,7 +82,7 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         row = {"repeat": r, "cases": k}
         for arm, extra in arms.items():
             run = rep / f"segmenter_{arm}"
-            if not (run / "config.yaml").exists():
+            if not (run / CONFIG_FILE).exists():
                 train_run(seg_config, run, [*seg, *extra])
             row[f"dice_{arm}"] = float(np.mean(held_out_dice(run, test_pairs, label_map)))
         row["gain"] = row["dice_real_synthetic"] - row["dice_real"]

@@ -1,8 +1,12 @@
-"""Readable reports: an HTML page with tables and PNG figures (matplotlib, no display needed)."""
+"""Reports: per-case CSV + JSON with mean and sd (every ``medgen evaluate``), and the demo's HTML page
+with tables and PNG figures (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
+import csv
 import html
+import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +14,43 @@ from pathlib import Path
 import numpy as np
 
 from medgen.io import atomic_write, load_image
+
+
+def summarize(rows: Sequence[Mapping], keys: Sequence[str] = ("dice", "hd95", "assd")) -> dict[str, float]:
+    """Mean and sd of each metric over the cases with a finite value (``n_inf`` counts the others)."""
+    out: dict[str, float] = {}
+    for k in keys:
+        values = np.array([r[k] for r in rows if k in r], float)
+        finite = values[np.isfinite(values)]
+        out[f"{k}_mean"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"{k}_sd"] = float(finite.std()) if finite.size else float("nan")
+        if finite.size < values.size:
+            out[f"{k}_n_inf"] = int(values.size - finite.size)
+    return out
+
+
+def write_report(rows: Sequence[Mapping], out: str | Path, extra: Mapping | None = None) -> tuple[Path, Path]:
+    """``OUT.csv`` (one row per case, then mean and sd rows) and ``OUT.json`` (cases + summary)."""
+    out = Path(out)
+    keys = [k for k in rows[0] if k != "case"]
+    summary = summarize(rows, [k for k in keys if isinstance(rows[0][k], (int, float))])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["case", *keys])
+    for r in rows:
+        w.writerow([r["case"], *[_fmt(r[k]) for k in keys]])
+    for stat in ("mean", "sd"):
+        w.writerow([stat, *[_fmt(summary.get(f"{k}_{stat}", "")) for k in keys]])
+    text = json.dumps({"cases": list(rows), "summary": summary, **(extra or {})}, indent=2, default=float)
+    csv_path = atomic_write(out.with_suffix(".csv"), lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    json_path = atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text + "\n"))
+    return csv_path, json_path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4f}"
+    return str(v)
 
 
 def _table(rows: Sequence[Mapping], keys: Sequence[str] | None = None) -> str:
@@ -82,8 +123,6 @@ liver area {c1.get('size_synthetic_mean', 0):.1f} +- {c1.get('size_synthetic_sd'
 def write_demo_report(out: Path, translation_rows: Sequence[Mapping], pipeline_rows: Sequence[Mapping],
                       figures: Mapping) -> Path:
     """``OUT/report.html``: headline figures, per-case tables and one figure per held-out case."""
-    import json
-
     info = json.loads((out / "phantoms" / "dataset.json").read_text())
     root = out / "phantoms"
     images = []

@@ -19,29 +19,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 from scipy import ndimage, stats
 
-from medgen.engines.common import resolve_device
+from medgen.data.datalist import image_label_pairs
+from medgen.data.patches import labelled_patches
+from medgen.data.volumes import labelled_volumes
+from medgen.inference.synthesize import load_synthesizer, sample_pairs
 from medgen.io import atomic_write
-from medgen.keys import Keys, Modality
+from medgen.keys import Keys
+from medgen.models.run import load_run, load_weights
+from medgen.models.segmenter import build_network
+from medgen.models.synth import joint_tensor, n_foreground, split_joint
+from medgen.runtime import resolve_device
+from medgen.transforms import ct_to_unit, unit_to_ct
 
 
 def real_samples(cfg, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     """``n`` real samples drawn like the synthesizer's training samples: ``(n, 1+K, ...)`` in [-1, 1], labels."""
-    from medgen.data.datalist import image_label_pairs
-    from medgen.data.patches import RandomPatches
-    from medgen.data.volumes import cached_volumes
-    from medgen.engines.synth import joint_tensor, n_foreground
-    from medgen.transforms import Preprocessor
-
-    pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
-    volumes = cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
-                             {Keys.IMAGE: Preprocessor.from_config(Modality(cfg.data.modality), cfg.preprocess),
-                              Keys.LABEL: Preprocessor.from_config(None, cfg.preprocess)},
-                             label_key=Keys.LABEL, label_map=cfg.data.label_map, num_workers=1)
-    patches = RandomPatches(volumes, [Keys.IMAGE, Keys.LABEL], cfg.data.patch_size, cfg.spatial_dims, seed,
-                            fg_key=Keys.IMAGE, min_foreground=cfg.data.min_foreground, fg_prob=cfg.data.fg_prob,
-                            pos_key=Keys.LABEL, pos_prob=cfg.data.pos_prob, pad_values={Keys.LABEL: 0})
+    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    patches = labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
     batch = [patches[i] for i in range(n)]
     stacked = {k: torch.stack([b[k] for b in batch]) for k in (Keys.IMAGE, Keys.LABEL)}
     return joint_tensor(stacked, n_foreground(cfg), torch.device("cpu")), stacked[Keys.LABEL][:, 0].numpy()
@@ -51,9 +48,6 @@ class DeepFeatures:
     """Global-average-pooled activations of the deepest convolution of a segmenter run's network."""
 
     def __init__(self, seg_run: str | Path, device: torch.device):
-        from medgen.engines.segmenter import build_network
-        from medgen.runs import load_run, load_weights
-
         self.cfg = load_run(seg_run, "segmenter")
         self.net = build_network(self.cfg).to(device)
         load_weights(Path(seg_run), ["net"], [self.net])
@@ -65,8 +59,6 @@ class DeepFeatures:
 
     @torch.inference_mode()
     def __call__(self, images_hu: torch.Tensor) -> torch.Tensor:
-        from medgen.transforms import ct_to_unit
-
         feats = []
         for chunk in images_hu.split(16):
             self.outputs.clear()
@@ -93,8 +85,6 @@ def kid(x: torch.Tensor, y: torch.Tensor, subsets: int = 10, subset_size: int = 
 
 def ms_ssim_diversity(images: torch.Tensor, spatial_dims: int, pairs: int = 100, seed: int = 0) -> float:
     """Mean MS-SSIM between random pairs (3 scales, 7-voxel window); images in [-1, 1]."""
-    from monai.metrics import MultiScaleSSIMMetric
-
     rng = np.random.default_rng(seed)
     i, j = rng.integers(len(images), size=(2, pairs))
     keep = i != j
@@ -116,18 +106,13 @@ def label_stats(labels: np.ndarray, voxel: float, cls: int = 1) -> tuple[np.ndar
 def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int = 200, seed: int = 0,
                        device: str = "auto") -> dict:
     """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run."""
-    from monai.metrics import FIDMetric
-
-    from medgen.data.synthetic import load_synthesizer
-    from medgen.transforms import unit_to_ct
-
     dev = resolve_device(device)
     cfg, model, meta = load_synthesizer(synth_run, dev)
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         fake = torch.cat([model.sample(z.to(dev)).float().cpu()
                           for z in torch.randn(n, model.latent_size, generator=gen).split(32)])
-    fake_labels = torch.where(fake[:, 1:].max(1).values > 0, fake[:, 1:].argmax(1) + 1, 0).numpy()
+    fake_labels = split_joint(fake)[1].numpy()
     real, real_labels = real_samples(cfg, n, seed + 1)
     features = DeepFeatures(features_run, dev)
     f_fake = features(unit_to_ct(fake[:, :1], cfg.preprocess.ct_window))
@@ -161,8 +146,6 @@ def write_synthesis_report(report: dict, out: str | Path, synth_run: str | Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from medgen.data.synthetic import sample_pairs
 
     out = Path(out)
     atomic_write(out / "synthesis.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))

@@ -10,6 +10,7 @@ failing case is reported without stopping the batch.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -19,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from medgen.errors import MedgenError
-from medgen.evaluation.metrics import segmentation_metrics
-from medgen.evaluation.translation import identity_baseline
-from medgen.inference.segment import load_segmenter, postprocess
-from medgen.inference.translate import Translator
-from medgen.io import atomic_write, case_name, load_image, save_like
+from medgen.data.datalist import input_output_pairs, list_volumes
+from medgen.data.volumes import remap_labels
+from medgen.errors import MedgenError, short
+from medgen.inference.segment import load_segmenter, postprocess, thresholded
+from medgen.inference.translate import load_translator
+from medgen.io import atomic_write, case_name, load_image, save_hu, save_like
+from medgen.metrics import segmentation_metrics
 
 LIVER_ML = (600.0, 3500.0)  # plausible adult liver volume; outside it the case is flagged
 CYCLE_ERROR_MAX = 0.15  # mean |G_ba(G_ab(x)) - x| in [-1, 1] units above which the translation is flagged
@@ -33,7 +36,7 @@ CYCLE_ERROR_MAX = 0.15  # mean |G_ba(G_ab(x)) - x| in [-1, 1] units above which 
 
 @dataclass
 class PipelineOptions:
-    threshold: float | None = None  # None: the segmenter's own (0.5)
+    threshold: float | None = None  # None: the segmenter's own (see PostprocessConfig)
     largest_component: bool | None = None
     fill_holes: bool | None = None
     save_sct: bool = False
@@ -66,21 +69,19 @@ class MriLiverPipeline:
     >>> row = pipe.run_case("mri/case_016.nii.gz", "out/case_016.nii.gz")  # doctest: +SKIP
     """
 
-    def __init__(self, translator: str | Path, segmenter: str | Path, device: str = "auto", liver_index: int = 1,
-                 options: PipelineOptions | None = None):
-        self.translator = Translator(translator, "mri2ct", device, cycle=True)
+    def __init__(self, translator: str | Path, segmenter: str | Path, device: str = "auto",
+                 liver_index: int | None = None, options: PipelineOptions | None = None):
+        self.translator = load_translator(translator, "mri2ct", device, cycle=True)
         self.segmenter = load_segmenter(segmenter, device, liver_index)
         self.options = options or PipelineOptions()
-        self.postprocess = {"threshold": 0.5, "largest_component": True, "fill_holes": True,
-                            **self.segmenter.postprocess}
-        for key in self.postprocess:
-            if getattr(self.options, key) is not None:
-                self.postprocess[key] = getattr(self.options, key)
+        pp = self.segmenter.postprocess  # the one source of defaults; options given on the command line win
+        self.postprocess = dataclasses.replace(pp, **{f.name: getattr(self.options, f.name) for f in dataclasses.fields(pp)
+                                                      if getattr(self.options, f.name) is not None})
 
     def _mask(self, ct_like: np.ndarray, ref) -> tuple[np.ndarray, np.ndarray]:
         """(post-processed mask, thresholded mask before post-processing)."""
         prob = self.segmenter.predict(ct_like, ref)
-        return postprocess(prob, **self.postprocess), postprocess(prob, self.postprocess["threshold"], False, False)
+        return postprocess(prob, self.postprocess), postprocess(prob, thresholded(self.postprocess))
 
     def run_case(self, mri_path: str | Path, mask_path: str | Path, sct_path: str | Path | None = None,
                  baseline_path: str | Path | None = None, truth=None) -> dict:
@@ -93,14 +94,14 @@ class MriLiverPipeline:
         ow = self.options.overwrite
         save_like(mask, ref, mask_path, overwrite=ow)
         if sct_path is not None:
-            save_like(np.clip(np.rint(sct), -1024, 3071).astype(np.int16), ref, sct_path, overwrite=ow)
+            save_hu(sct, ref, sct_path, overwrite=ow)
         row = {"case": case_name(mri_path), "status": "ok", "liver_ml": round(liver_ml, 1),
                "cycle_error": round(cycle, 4) if cycle is not None else None,
                "flags": ";".join(quality_flags(mask, raw, liver_ml, cycle)), "mask": str(mask_path)}
         if truth is not None:
             row["dice"] = segmentation_metrics(mask > 0, truth, ref.spacing, False)["dice"]
         if baseline_path is not None:
-            direct, _ = self._mask(identity_baseline(mri, self.translator.ct_range), ref)
+            direct, _ = self._mask(self.translator.identity(mri), ref)
             save_like(direct, ref, baseline_path, overwrite=ow)
             row["baseline_liver_ml"] = round(float(direct.sum()) * voxel_ml, 1)
             if truth is not None:
@@ -125,21 +126,16 @@ def _write_summary(out_dir: Path, rows: list[dict]) -> None:
 
 
 def run_pipeline(translator: str | Path, segmenter: str | Path, inputs: str | Path, output: str | Path,
-                 device: str = "auto", liver_index: int = 1, options: PipelineOptions | None = None,
+                 device: str = "auto", liver_index: int | None = None, options: PipelineOptions | None = None,
                  truth: str | Path | None = None, label_map: Mapping[int, int] | None = None) -> tuple[list[dict], int]:
     """``medgen pipeline mri-liver``: a file -> a mask file, or a folder -> a folder with a QC summary.
 
     Returns the summary rows and the number of failed cases.
     """
-    from tqdm import tqdm
-
-    from medgen.data.datalist import list_volumes
-    from medgen.data.volumes import remap_labels
-
     opts = options or PipelineOptions()
     pipe = MriLiverPipeline(translator, segmenter, device, liver_index, opts)
     src, out = Path(inputs), Path(output)
-    single = src.is_file() or (src.is_dir() and str(out).endswith((".nii", ".nii.gz")))
+    single, pairs = input_output_pairs(src, out)
     if truth and single and Path(truth).is_file():
         truths = {case_name(src): Path(truth)}  # one input, one ground-truth file
     else:
@@ -160,9 +156,8 @@ def run_pipeline(translator: str | Path, segmenter: str | Path, inputs: str | Pa
     if (out / "summary.json").is_file() and not opts.overwrite:
         previous = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"] if r["status"] == "ok"}
     rows, failed = [], 0
-    for path in tqdm(list_volumes(src), desc="mri-liver", unit="case", disable=None):
+    for path, mask_path in tqdm(pairs, desc="mri-liver", unit="case", disable=None):
         name = case_name(path)
-        mask_path = out / f"{name}.nii.gz"
         if name in previous and mask_path.exists():
             rows.append({**previous[name], "status": "ok"})
             continue
@@ -176,8 +171,7 @@ def run_pipeline(translator: str | Path, segmenter: str | Path, inputs: str | Pa
         except Exception as exc:  # one broken case must not stop the batch
             failed += 1
             rows.append({"case": name, "status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"})
-            tqdm.write(f"medgen: error: {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}",
-                       file=sys.stderr)
+            tqdm.write(f"medgen: error: {path}: {type(exc).__name__}: {short(exc)}", file=sys.stderr)
         _write_summary(out, rows)
     _write_summary(out, rows)
     return rows, failed

@@ -1,55 +1,83 @@
-"""CT liver segmenters behind one interface: ``predict(array, ref) -> liver probability on ref's grid``.
+"""CT liver segmenters behind one interface, :class:`Segmenter`, with a registry of backends.
 
-Backends, chosen from the SEG argument by :func:`load_segmenter`:
+Backends, tried in the order of :data:`SEGMENTERS` by :func:`load_segmenter` on the SEG argument:
 
+- ``totalsegmentator``: TotalSegmentator's liver ROI, when that package and its weights are installed;
 - a medgen run directory (``config.yaml`` of a ``segmenter`` run);
+- a MONAI bundle directory (``configs/inference.json`` or ``.yaml`` and ``models/model.pt``);
 - a TorchScript file (``model.pt``/``.ts``) with a sidecar ``model.json``/``model.yaml`` describing its
-  preprocessing (see :class:`TorchScriptSegmenter`);
-- a MONAI bundle directory (``configs/inference.json`` or ``.yaml`` and ``models/model.pt``), with the
-  output channel of the liver (``liver_index``);
-- ``totalsegmentator``: TotalSegmentator's liver ROI, when that package and its weights are installed.
+  preprocessing (see :class:`TorchScriptSegmenter`).
+
+A backend is a class with ``accepts(spec) -> bool`` (a classmethod), a constructor
+``(spec, device, liver_index)`` (``liver_index`` None: the backend's own, e.g. the sidecar's) and the
+:class:`Segmenter` members; adding one is that class and one line in :data:`SEGMENTERS`.
 
 Every backend returns float32 probabilities on the input's exact grid; :func:`postprocess` turns them
-into a mask (threshold, largest component, holes filled).
+into a mask (threshold, largest component, holes filled) with the backend's :class:`PostprocessConfig`
+(the defaults, or a run's own ``postprocess`` section).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 import yaml
+from monai.data import MetaTensor
+from monai.transforms import SpatialResample
 from scipy import ndimage
 
-from medgen.engines.common import resolve_device
-from medgen.errors import MedgenError
+from medgen.data.datalist import input_output_pairs
+from medgen.errors import MedgenError, short
 from medgen.inference.volume import infer_volume
-from medgen.io import ImageRef, save_like
+from medgen.io import ImageRef, load_image, save_like
 from medgen.keys import Modality
+from medgen.models.run import CONFIG_FILE, load_run, load_weights
+from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple
+from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor
 
 
-def postprocess(prob: np.ndarray, threshold: float = 0.5, largest_component: bool = True,
-                fill_holes: bool = True) -> np.ndarray:
-    """Probability -> uint8 mask: threshold, keep the largest 3D component, fill holes.
+class Segmenter(Protocol):
+    """A CT liver segmenter: probabilities on the input's grid, and how to turn them into a mask."""
+
+    postprocess: PostprocessConfig
+
+    def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
+        """Liver probability (float32) on ``ref``'s exact grid."""
+
+
+def postprocess(prob: np.ndarray, options: PostprocessConfig | None = None) -> np.ndarray:
+    """Probability -> uint8 mask: threshold, keep the largest 3D component, fill holes (as ``options`` say;
+    default :class:`PostprocessConfig`).
 
     >>> p = np.zeros((8, 8, 8)); p[1:5, 1:5, 1:5] = 0.9; p[2, 2, 2] = 0.1; p[7, 7, 7] = 0.9
     >>> m = postprocess(p); int(m.sum()), int(m[2, 2, 2]), int(m[7, 7, 7])
     (64, 1, 0)
+    >>> int(postprocess(p, PostprocessConfig(largest_component=False, fill_holes=False)).sum())
+    64
     """
-    mask = np.asarray(prob) > threshold
-    if largest_component and mask.any():
+    opts = options or PostprocessConfig()
+    mask = np.asarray(prob) > opts.threshold
+    if opts.largest_component and mask.any():
         labels, n = ndimage.label(mask)
         if n > 1:
             sizes = ndimage.sum_labels(mask, labels, range(1, n + 1))
             mask = labels == int(np.argmax(sizes)) + 1
-    if fill_holes and mask.any():
+    if opts.fill_holes and mask.any():
         mask = ndimage.binary_fill_holes(mask)
         for z in range(mask.shape[-1]):
             mask[..., z] = ndimage.binary_fill_holes(mask[..., z])
     return mask.astype(np.uint8)
+
+
+def thresholded(options: PostprocessConfig) -> PostprocessConfig:
+    """``options`` with only the threshold: the mask before component and hole clean-up."""
+    return dataclasses.replace(options, largest_component=False, fill_holes=False)
 
 
 def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, device: torch.device) -> np.ndarray:
@@ -58,29 +86,29 @@ def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, d
     x, geom = pre.forward(array, ref)
     inf = cfg.inference
     logits = infer_volume(net, x, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size, inf.overlap,
-                          2 ** (len(cfg.network.channels) - 1) if cfg.network.name == "unet" else 8)
+                          input_multiple(cfg))
     return pre.restore(torch.softmax(logits, 0), geom).astype(np.float32)
 
 
 class RunSegmenter:
-    """A ``medgen train`` segmenter run directory (its config, latest checkpoint and preprocessing)."""
+    """A ``medgen train`` segmenter run directory (its config, latest checkpoint, preprocessing and
+    post-processing); ``liver_index``: the class whose probability :meth:`predict` returns (default 1)."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", liver_class: int = 1):
-        from medgen.engines.segmenter import build_network
-        from medgen.runs import load_run, load_weights
+    @classmethod
+    def accepts(cls, spec: str | Path) -> bool:
+        return Path(spec).is_dir() and (Path(spec) / CONFIG_FILE).is_file()
 
+    def __init__(self, run_dir: str | Path, device: str = "auto", liver_index: int | None = None):
         self.run_dir = Path(run_dir)
         self.cfg = load_run(self.run_dir, "segmenter")
         self.device = resolve_device(device)
         self.net = build_network(self.cfg).to(self.device)
         load_weights(self.run_dir, ["net"], [self.net])
-        self.liver_class = liver_class
-        pp = self.cfg.postprocess
-        self.postprocess = {"threshold": pp.threshold, "largest_component": pp.largest_component,
-                            "fill_holes": pp.fill_holes}
+        self.liver_index = 1 if liver_index is None else liver_index
+        self.postprocess = self.cfg.postprocess
 
     def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
-        return segment_array(self.net, self.cfg, array, ref, self.device)[self.liver_class]
+        return segment_array(self.net, self.cfg, array, ref, self.device)[self.liver_index]
 
 
 class TorchScriptSegmenter:
@@ -92,14 +120,22 @@ class TorchScriptSegmenter:
         window: [-175, 250]             # CT HU window ...
         range: [0.0, 1.0]               # ... mapped linearly to this range (clipped)
         output: softmax                 # softmax | sigmoid | probabilities
-        liver_index: 1                  # output channel of the liver
+        liver_index: 1                  # output channel of the liver (``--liver-index`` overrides it)
         roi_size: [96, 96, 96]          # sliding-window size (3D)
         overlap: 0.5
         batch_size: 4
         multiple: 16                    # inputs are padded to a multiple of this
     """
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    DEFAULTS = {"spatial_dims": 3, "orientation": "RAS", "spacing": None, "window": [-1024, 2048],
+                "range": [-1.0, 1.0], "output": "softmax", "liver_index": 1, "roi_size": [96, 96, 96],
+                "overlap": 0.5, "batch_size": 4, "multiple": 16}
+
+    @classmethod
+    def accepts(cls, spec: str | Path) -> bool:
+        return Path(spec).is_file()
+
+    def __init__(self, path: str | Path, device: str = "auto", liver_index: int | None = None):
         self.path = Path(path)
         sidecar = next((self.path.with_suffix(s) for s in (".json", ".yaml", ".yml") if self.path.with_suffix(s).is_file()), None)
         if sidecar is None:
@@ -107,16 +143,14 @@ class TorchScriptSegmenter:
         try:
             meta = yaml.safe_load(sidecar.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise MedgenError(sidecar, f"unreadable sidecar ({' '.join(str(exc).split())[:100]})") from None
-        self.meta = {"spatial_dims": 3, "orientation": "RAS", "spacing": None, "window": [-1024, 2048],
-                     "range": [-1.0, 1.0], "output": "softmax", "liver_index": 1, "roi_size": [96, 96, 96],
-                     "overlap": 0.5, "batch_size": 4, "multiple": 16, **meta}
+            raise MedgenError(sidecar, f"unreadable sidecar ({short(exc, 100)})") from None
+        self.meta = {**self.DEFAULTS, **meta, **({} if liver_index is None else {"liver_index": liver_index})}
         self.device = resolve_device(device)
         try:
             self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
         except Exception as exc:  # torch raises RuntimeError/ValueError for non-TorchScript files
-            raise MedgenError(self.path, f"not a TorchScript model ({' '.join(str(exc).split())[:100]})") from None
-        self.postprocess: dict = {}
+            raise MedgenError(self.path, f"not a TorchScript model ({short(exc, 100)})") from None
+        self.postprocess = PostprocessConfig()
 
     def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
         m = self.meta
@@ -144,10 +178,15 @@ class BundleSegmenter:
     """A MONAI bundle: its ``network_def``, ``preprocessing`` and ``inferer`` from ``configs/inference.*``,
     weights from ``models/model.pt``. The prediction is resampled from the bundle's preprocessed grid
     back onto the input grid through the two affines, so any bundle preprocessing is undone.
+    ``liver_index``: the output channel of the liver (default 1).
     """
 
-    def __init__(self, bundle: str | Path, liver_index: int = 1, device: str = "auto"):
-        from monai.bundle import ConfigParser
+    @classmethod
+    def accepts(cls, spec: str | Path) -> bool:
+        return Path(spec).is_dir()
+
+    def __init__(self, bundle: str | Path, device: str = "auto", liver_index: int | None = None):
+        from monai.bundle import ConfigParser  # imports MONAI's bundle machinery: only for bundles
 
         self.root = Path(bundle)
         config = next((self.root / "configs" / f"inference.{s}" for s in ("json", "yaml", "yml")
@@ -164,16 +203,13 @@ class BundleSegmenter:
             self.preprocessing = parser.get_parsed_content("preprocessing")
             self.inferer = parser.get_parsed_content("inferer")
         except Exception as exc:  # MONAI raises many types for bad configs
-            raise MedgenError(config, f"bundle config could not be instantiated ({' '.join(str(exc).split())[:120]})") from None
+            raise MedgenError(config, f"bundle config could not be instantiated ({short(exc, 120)})") from None
         state = torch.load(weights, map_location=self.device, weights_only=True)
         self.net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        self.liver_index = liver_index
-        self.postprocess: dict = {}
+        self.liver_index = 1 if liver_index is None else liver_index
+        self.postprocess = PostprocessConfig()
 
     def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
-        from monai.data import MetaTensor
-        from monai.transforms import SpatialResample
-
         with tempfile.TemporaryDirectory() as tmp:
             path = save_like(array.astype(np.float32), ref, Path(tmp) / "input.nii.gz")
             data = self.preprocessing({"image": str(path)})
@@ -195,8 +231,12 @@ class TotalSegmentatorSegmenter:
 
     TASK_IDS = (291, 292, 293, 294, 295)  # the "total" task's five sub-models (liver is in 291)
 
-    def __init__(self, device: str = "auto"):
-        try:
+    @classmethod
+    def accepts(cls, spec: str | Path) -> bool:
+        return str(spec).lower() == "totalsegmentator"
+
+    def __init__(self, spec: str = "totalsegmentator", device: str = "auto", liver_index: int | None = None):
+        try:  # an optional dependency
             from totalsegmentator.config import get_weights_dir
             from totalsegmentator.python_api import totalsegmentator  # noqa: F401
         except ImportError:
@@ -209,51 +249,47 @@ class TotalSegmentatorSegmenter:
                               f"{len(missing) - 1} more): run 'totalseg_download_weights -t total' first "
                               "(medgen never downloads at run time)")
         self.device = "gpu" if resolve_device(device).type == "cuda" else "cpu"
-        self.postprocess: dict = {}
+        self.postprocess = PostprocessConfig()
 
     def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
-        import nibabel as nib
-        from totalsegmentator.python_api import totalsegmentator
+        from totalsegmentator.python_api import totalsegmentator  # an optional dependency
 
         with tempfile.TemporaryDirectory() as tmp:
             path = save_like(array.astype(np.float32), ref, Path(tmp) / "ct.nii.gz")
             try:
                 totalsegmentator(str(path), str(Path(tmp) / "seg"), roi_subset=["liver"], device=self.device, quiet=True)
-                liver = np.asarray(nib.load(Path(tmp) / "seg" / "liver.nii.gz").dataobj)
+                liver = load_image(Path(tmp) / "seg" / "liver.nii.gz")[0]
             except Exception as exc:
-                raise MedgenError(ref.path, f"TotalSegmentator failed ({' '.join(str(exc).split())[:120]})") from None
+                raise MedgenError(ref.path, f"TotalSegmentator failed ({short(exc, 120)})") from None
         if liver.shape != array.shape:
             raise MedgenError(ref.path, f"TotalSegmentator returned a {liver.shape} mask for a {array.shape} image")
         return (liver > 0).astype(np.float32)
 
 
-def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int = 1):
-    """The backend for SEG: a run directory, a TorchScript file, a MONAI bundle or ``totalsegmentator``."""
-    if str(spec).lower() == "totalsegmentator":
-        return TotalSegmentatorSegmenter(device)
-    path = Path(spec)
-    if not path.exists():
-        raise MedgenError(path, "no such segmenter (a run directory, TorchScript file, MONAI bundle or 'totalsegmentator')")
-    if path.is_dir() and (path / "config.yaml").is_file():
-        return RunSegmenter(path, device, liver_index)
-    if path.is_dir():
-        return BundleSegmenter(path, liver_index, device)
-    return TorchScriptSegmenter(path, device)
+# backend name -> class, tried in this order by load_segmenter
+SEGMENTERS: dict[str, type] = {
+    "totalsegmentator": TotalSegmentatorSegmenter,
+    "run": RunSegmenter,
+    "bundle": BundleSegmenter,
+    "torchscript": TorchScriptSegmenter,
+}
+
+
+def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int | None = None) -> Segmenter:
+    """The first backend of :data:`SEGMENTERS` that accepts SEG: ``totalsegmentator``, a run directory,
+    a MONAI bundle or a TorchScript file. ``liver_index`` None keeps the backend's own."""
+    for backend in SEGMENTERS.values():
+        if backend.accepts(spec):
+            return backend(spec, device, liver_index)
+    raise MedgenError(spec, "no such segmenter (a run directory, TorchScript file, MONAI bundle or 'totalsegmentator')")
 
 
 def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path, device: str = "auto",
-                  liver_index: int = 1, overwrite: bool = False) -> list[Path]:
+                  liver_index: int | None = None, overwrite: bool = False) -> list[Path]:
     """``medgen segment``: CT file -> mask file, or a folder of CTs -> a folder of masks (uint8, input header)."""
-    from medgen.data.datalist import list_volumes
-    from medgen.io import case_name, load_image
-
     seg = load_segmenter(segmenter, device, liver_index)
-    pp = {"threshold": 0.5, "largest_component": True, "fill_holes": True, **seg.postprocess}
-    src, out = Path(inputs), Path(output)
-    single = src.is_file() or (src.is_dir() and str(out).endswith((".nii", ".nii.gz")))
     written = []
-    for path in [src] if single else list_volumes(src):
-        array, ref = load_image(path)
-        dst = out if single else out / f"{case_name(path)}.nii.gz"
-        written.append(save_like(postprocess(seg.predict(array, ref), **pp), ref, dst, overwrite=overwrite))
+    for src, dst in input_output_pairs(inputs, output)[1]:
+        array, ref = load_image(src)
+        written.append(save_like(postprocess(seg.predict(array, ref), seg.postprocess), ref, dst, overwrite=overwrite))
     return written

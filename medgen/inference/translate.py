@@ -1,44 +1,52 @@
-"""Translate whole volumes with a trained CycleGAN run directory (config, checkpoint, normalisation).
+"""Whole-volume translation behind one interface, :class:`Translator`, with a registry of backends.
 
->>> t = Translator("runs/demo_cyclegan", direction="mri2ct")  # doctest: +SKIP
->>> t.translate_path("mri/case_016.nii.gz", "synth_ct/case_016.nii.gz")  # HU, the input's header  # doctest: +SKIP
+A backend is a class with ``accepts(spec) -> bool`` (a classmethod), a constructor
+``(spec, direction, device, cycle=False, checkpoint=None)`` and the :class:`Translator` methods; adding
+one is that class and one line in :data:`TRANSLATORS`. :class:`RunTranslator` serves every trained
+translator task of :data:`medgen.models.registry.TASKS` (its ``build`` and ``generators``), so a new
+translator model needs no line here.
+
+>>> t = load_translator("runs/demo_cyclegan", direction="mri2ct")  # doctest: +SKIP
+>>> sct, _ = t.translate(*load_image("mri/case_016.nii.gz"))  # HU on the input's grid  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from medgen.engines.common import resolve_device
+from medgen.data.datalist import input_output_pairs
+from medgen.errors import MedgenError
 from medgen.inference.volume import infer_volume
-from medgen.runs import load_run, load_weights
-from medgen.io import case_name, load_image, save_like
+from medgen.io import ImageRef, load_image, save_hu, save_like
 from medgen.keys import Direction, Modality
+from medgen.models.registry import TASKS
+from medgen.models.run import load_run, load_weights, read_norm
+from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor
 
-NORM_FILE = "norm.json"
 
+class Translator(Protocol):
+    """What the pipeline, evaluation and segmenter augmentation need of a translator."""
 
-def norm_artifact(mri_scales: Sequence[tuple[float, float]], ct_ranges: Sequence[tuple[float, float]]) -> dict:
-    """Training-set intensity references, saved as ``RUN/norm.json``.
+    direction: Direction
 
-    ``mri_scale``: the training MRIs' median robust range (CT -> MRI outputs are scaled back with it);
-    ``ct_range``: the training CTs' median 0.5/99.5 percentiles in HU (the identity baseline maps each
-    MRI's robust range onto it).
-    """
-    lo, hi = np.median(np.asarray(mri_scales, float), axis=0) if len(mri_scales) else (0.0, 1.0)
-    c_lo, c_hi = np.median(np.asarray(ct_ranges, float), axis=0) if len(ct_ranges) else (-1000.0, 1000.0)
-    return {"mri_scale": [float(lo), float(hi)], "ct_range": [float(c_lo), float(c_hi)]}
+    def translate(self, array: np.ndarray, ref: ImageRef) -> tuple[np.ndarray, float | None]:
+        """A volume on its own grid -> (translation on the same grid, HU for CT, float32; cycle error or None)."""
+
+    def identity(self, array: np.ndarray) -> np.ndarray:
+        """The no-translation baseline of an ``mri2ct`` translator: the MRI through its own MRI preset,
+        rescaled into the training CTs' range (HU)."""
 
 
 def translate_array(net: torch.nn.Module, cfg, array: np.ndarray, ref, device: torch.device,
                     source: Modality = Modality.MRI, mri_scale: Sequence[float] | None = None,
                     back_net: torch.nn.Module | None = None) -> tuple[np.ndarray, float | None]:
-    """Translate one volume with ``net`` and run config ``cfg``.
+    """Translate one volume with ``net`` and run config ``cfg`` (``preprocess``, ``inference``, ``spatial_dims``).
 
     Returns the translation as float32 on the input's grid (HU when translating to CT; MRI intensities
     scaled by ``mri_scale`` otherwise) and, when the reverse generator ``back_net`` is given, the mean
@@ -63,64 +71,82 @@ def translate_array(net: torch.nn.Module, cfg, array: np.ndarray, ref, device: t
     return pre_in.restore(values[0], geom).astype(np.float32), cycle
 
 
-class Translator:
-    """A CycleGAN generator with the run's preprocessing, applied to whole volumes.
+class RunTranslator:
+    """A trained translator run (any translator task): its generator with the run's preprocessing.
 
     Args:
-        run_dir: a ``medgen train`` CycleGAN run directory.
-        direction: ``mri2ct`` (G_ab) or ``ct2mri`` (G_ba).
+        run_dir: a ``medgen train`` run directory of a translator task (e.g. ``cyclegan``).
+        direction: ``mri2ct`` or ``ct2mri``.
         device: ``auto`` | ``cpu`` | ``cuda``.
-        checkpoint: a specific checkpoint file (default: the run's latest).
         cycle: also load the reverse generator, so :meth:`translate` reports the cycle-consistency error.
+        checkpoint: a specific checkpoint file (default: the run's latest).
     """
 
-    def __init__(self, run_dir: str | Path, direction: str = "mri2ct", device: str = "auto",
-                 checkpoint: str | Path | None = None, cycle: bool = False):
-        from medgen.engines.cyclegan import build_nets
+    @classmethod
+    def accepts(cls, spec: str | Path) -> bool:
+        return Path(spec).is_dir()
 
+    def __init__(self, run_dir: str | Path, direction: str = "mri2ct", device: str = "auto", cycle: bool = False,
+                 checkpoint: str | Path | None = None):
         self.run_dir = Path(run_dir)
-        self.cfg = load_run(self.run_dir, "cyclegan")
+        self.cfg = load_run(self.run_dir, "translator")
+        task = TASKS[self.cfg.task]
         self.direction = Direction(direction)
+        if self.direction.value not in task.generators:
+            raise MedgenError(self.run_dir, f"a {self.cfg.task} run cannot translate {self.direction} "
+                                            f"(only {', '.join(task.generators)})")
         self.device = resolve_device(device)
         self.source = Modality.MRI if self.direction is Direction.MRI2CT else Modality.CT
-        names = ["G_ab", "G_ba"] if self.direction is Direction.MRI2CT else ["G_ba", "G_ab"]
-        nets = build_nets(self.cfg)  # channels-last: faster in inference at every precision (see prefers_channels_last)
-        self.net = nets[names[0]].to(self.device)
-        self.back_net = nets[names[1]].to(self.device) if cycle else None
-        names, models = (names, [self.net, self.back_net]) if cycle else (names[:1], [self.net])
+        reverse = (Direction.CT2MRI if self.direction is Direction.MRI2CT else Direction.MRI2CT).value
+        names = [task.generators[self.direction.value]]
+        if cycle and reverse in task.generators:
+            names.append(task.generators[reverse])
+        nets = task.build(self.cfg)  # channels-last: faster in inference at every precision (see prefers_channels_last)
+        models = [nets[name].to(self.device) for name in names]
+        self.net, self.back_net = models[0], (models[1] if len(models) > 1 else None)
         self.checkpoint = load_weights(self.run_dir, names, models, checkpoint)
-        norm = self.run_dir / NORM_FILE
-        refs = json.loads(norm.read_text()) if norm.exists() else {}
-        self.mri_scale = tuple(refs["mri_scale"]) if "mri_scale" in refs else None
-        self.ct_range = tuple(refs.get("ct_range", (-1000.0, 1000.0)))
+        self.mri_scale, self.ct_range = read_norm(self.run_dir)
 
-    def translate(self, array: np.ndarray, ref) -> tuple[np.ndarray, float | None]:
-        """A volume on its own grid -> (translation on the same grid, HU for CT, float32; cycle error or None)."""
+    def translate(self, array: np.ndarray, ref: ImageRef) -> tuple[np.ndarray, float | None]:
         return translate_array(self.net, self.cfg, array, ref, self.device, self.source, self.mri_scale, self.back_net)
 
-    def translate_path(self, src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
-        array, ref = load_image(src)
-        out, _ = self.translate(array, ref)
-        if self.direction is Direction.MRI2CT:
-            out = np.clip(np.rint(out), -1024, 3071).astype(np.int16)
-        return save_like(out, ref, dst, overwrite=overwrite)
+    def identity(self, array: np.ndarray) -> np.ndarray:
+        if self.direction is not Direction.MRI2CT:
+            raise MedgenError(self.run_dir, "the identity baseline is defined for mri2ct translation only")
+        return Preprocessor.from_config(Modality.MRI, self.cfg.preprocess).identity_baseline(array, self.ct_range)
 
 
-def output_path(src: Path, out_dir: Path, suffix: str = ".nii.gz") -> Path:
-    return out_dir / f"{case_name(src)}{suffix}"
+# backend name -> class, tried in order by load_translator
+TRANSLATORS: dict[str, type] = {
+    "run": RunTranslator,
+}
+
+
+def load_translator(spec: str | Path, direction: str = "mri2ct", device: str = "auto", cycle: bool = False,
+                    checkpoint: str | Path | None = None) -> Translator:
+    """The first backend of :data:`TRANSLATORS` that accepts ``spec`` (today: a translator run directory)."""
+    for backend in TRANSLATORS.values():
+        if backend.accepts(spec):
+            return backend(spec, direction, device, cycle=cycle, checkpoint=checkpoint)
+    raise MedgenError(spec, "no such translator (a medgen translator run directory)")
+
+
+def save_translation(translator: Translator, array: np.ndarray, ref: ImageRef, dst: str | Path,
+                     overwrite: bool = False) -> Path:
+    """Translate and write on ``ref``'s grid: int16 HU for ``mri2ct``, float32 MRI intensities otherwise."""
+    out, _ = translator.translate(array, ref)
+    save = save_hu if translator.direction is Direction.MRI2CT else save_like
+    return save(out, ref, dst, overwrite=overwrite)
 
 
 def translate_files(run_dir: str | Path, inputs: str | Path, output: str | Path, direction: str = "mri2ct",
                     device: str = "auto", overwrite: bool = False) -> list[Path]:
     """``medgen translate``: file -> file, or every volume of a folder -> a folder (``case.nii.gz``)."""
-    from medgen.data.datalist import list_volumes
-
-    translator = Translator(run_dir, direction, device)
-    src = Path(inputs)
-    if src.is_file() or (src.is_dir() and str(output).endswith((".nii", ".nii.gz"))):
-        return [translator.translate_path(src, output, overwrite)]
+    translator = load_translator(run_dir, direction, device)
+    single, pairs = input_output_pairs(inputs, output)
     written = []
-    for path in list_volumes(src):
-        written.append(translator.translate_path(path, output_path(path, Path(output)), overwrite))
-        print(f"[medgen] {path} -> {written[-1]}", flush=True)
+    for src, dst in pairs:
+        written.append(save_translation(translator, *load_image(src), dst, overwrite))
+        if not single:
+            print(f"[medgen] {src} -> {dst}", flush=True)
     return written

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from medgen.engines.common import autocast
+from medgen.runtime import autocast
 
 # On a CPU, passes larger than this many voxels ran slower per slice (caches overflow): ResNet-9 ngf 64 on
 # 256^2 slices, 2 AVX2 cores: 580 ms a slice one at a time, 625 ms in fours, 710 ms in sixteens; at 128^2

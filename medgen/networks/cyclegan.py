@@ -146,7 +146,7 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
 def build_generator(cfg, spatial_dims: int, in_channels: int = 1, out_channels: int = 1,
                     channels_last_layout: bool = True) -> nn.Module:
     """Generator from a ``GeneratorConfig`` (``name``: ``resnet`` or ``unet``); the ResNet's weights are
-    channels-last when ``channels_last_layout`` (see ``medgen.engines.common.prefers_channels_last``)."""
+    channels-last when ``channels_last_layout`` (see ``medgen.runtime.prefers_channels_last``)."""
     if cfg.name == "resnet":
         net = ResnetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, cfg.n_blocks, cfg.n_downsampling,
                               cfg.dropout)

@@ -1,4 +1,5 @@
-"""Image-similarity and segmentation metrics, computed with MONAI.
+"""Image-similarity and segmentation metrics, computed with MONAI; shared by training validation,
+the pipeline's QC and :mod:`medgen.evaluation`.
 
 SynthRAD protocol for synthetic CT: both volumes clipped to [-1024, 3000] HU; MAE and PSNR over the
 voxels of a body mask (PSNR with the population range 4024 HU); SSIM with a 7-voxel uniform window on
@@ -10,13 +11,16 @@ MONAI's SSIM uses population (not sample) covariance, a relative difference belo
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy import ndimage
+
+from medgen.io import case_name, load_image
 
 SYNTHRAD_RANGE = (-1024.0, 3000.0)
 
@@ -100,3 +104,30 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[
             assd = SurfaceDistanceMetric(include_background=False, symmetric=True)(y_pred, y, spacing=spacing)
         out |= {"hd95": float(hd95.item()), "assd": float(assd.item())}
     return out
+
+
+def evaluate_pairs(translate: Callable[[np.ndarray, object], np.ndarray], pairs: Sequence[tuple[Path, Path]],
+                   baseline: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict]:
+    """Per-case SynthRAD metrics of ``translate(mri, ref) -> HU`` against the paired CT (body mask from the
+    CT), with those of ``baseline(mri) -> HU`` (prefixed ``identity_``) when given."""
+    rows = []
+    for mri_path, ct_path in pairs:
+        mri, ref = load_image(mri_path)
+        ct, _ = load_image(ct_path)
+        mask = body_mask(ct)
+        row = {"case": case_name(mri_path)}
+        row.update(synthrad_metrics(translate(mri, ref), ct, mask))
+        if baseline is not None:
+            row.update({f"identity_{k}": v for k, v in synthrad_metrics(baseline(mri), ct, mask).items()})
+        rows.append(row)
+    return rows
+
+
+def mean_rows(rows: Sequence[dict]) -> dict[str, float]:
+    """The mean of every column but ``case``.
+
+    >>> mean_rows([{"case": "a", "mae": 10.0}, {"case": "b", "mae": 30.0}])
+    {'mae': 20.0}
+    """
+    keys = [k for k in rows[0] if k != "case"] if rows else []
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}

@@ -1,0 +1,88 @@
+"""Run directories: a trained model is its ``config.yaml`` plus ``checkpoints/`` (and small JSON artifacts
+such as ``norm.json`` and ``synth.json``). Written by :mod:`medgen.engines`, read by everyone."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medgen.errors import MedgenError, short
+from medgen.models.registry import load_config, tasks_of
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint"
+NORM_FILE = "norm.json"  # translator runs: training-set intensity references
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest iteration in ``RUN/checkpoints`` (None when there is none)."""
+    found = []
+    for p in (Path(run_dir) / CHECKPOINT_DIR).glob(f"{CHECKPOINT_PREFIX}_*.pt"):
+        m = re.fullmatch(rf"{CHECKPOINT_PREFIX}_(\d+)\.pt", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True`` (no code is unpickled)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise MedgenError(path, f"unreadable checkpoint ({short(exc, 120)})") from None
+
+
+def load_run(run_dir: str | Path, kind: str):
+    """The resolved config of a training run directory, checked to be a task of ``kind``
+    (``translator``, ``segmenter`` or ``synthesizer``, see :data:`medgen.models.registry.TASKS`)."""
+    run = Path(run_dir)
+    if not (run / CONFIG_FILE).is_file():
+        raise MedgenError(run, f"not a medgen run directory (no {CONFIG_FILE})")
+    cfg = load_config(run / CONFIG_FILE)
+    if cfg.task not in tasks_of(kind):
+        raise MedgenError(run, f"is a {cfg.task} run, not a {kind} run ({' or '.join(tasks_of(kind))})")
+    return cfg
+
+
+def load_weights(run_dir: Path, names: Sequence[str], nets: Sequence[torch.nn.Module],
+                 checkpoint: str | Path | None = None) -> Path:
+    """Load networks ``names`` from a run's latest (or the given) checkpoint; returns the file used."""
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if path is None:
+        raise MedgenError(run_dir, "run has no checkpoint yet (train it first)")
+    state = load_checkpoint(path)
+    for name, net in zip(names, nets):
+        if name not in state:
+            raise MedgenError(path, f"checkpoint has no '{name}' weights")
+        net.load_state_dict(state[name])
+        net.eval()
+    return path
+
+
+def norm_artifact(mri_scales: Sequence[tuple[float, float]], ct_ranges: Sequence[tuple[float, float]]) -> dict:
+    """A translator's training-set intensity references, saved as ``RUN/norm.json``.
+
+    ``mri_scale``: the training MRIs' median robust range (CT -> MRI outputs are scaled back with it);
+    ``ct_range``: the training CTs' median 0.5/99.5 percentiles in HU (the identity baseline maps each
+    MRI's robust range onto it).
+
+    >>> norm_artifact([(0, 100), (10, 300)], [(-1000, 300)])
+    {'mri_scale': [5.0, 200.0], 'ct_range': [-1000.0, 300.0]}
+    """
+    lo, hi = np.median(np.asarray(mri_scales, float), axis=0) if len(mri_scales) else (0.0, 1.0)
+    c_lo, c_hi = np.median(np.asarray(ct_ranges, float), axis=0) if len(ct_ranges) else (-1000.0, 1000.0)
+    return {"mri_scale": [float(lo), float(hi)], "ct_range": [float(c_lo), float(c_hi)]}
+
+
+def read_norm(run_dir: str | Path) -> tuple[tuple[float, float] | None, tuple[float, float]]:
+    """``(mri_scale or None, ct_range)`` from ``RUN/norm.json``; runs without it get ``(None, (-1000, 1000))``."""
+    path = Path(run_dir) / NORM_FILE
+    refs = json.loads(path.read_text()) if path.exists() else {}
+    mri_scale = tuple(refs["mri_scale"]) if "mri_scale" in refs else None
+    return mri_scale, tuple(refs.get("ct_range", (-1000.0, 1000.0)))

@@ -1,0 +1,104 @@
+"""The CT liver segmenter as training and inference share it: its config (with the post-processing
+defaults every segmenter backend uses) and its network.
+
+Any source labelling becomes medgen's classes through ``data.label_map`` (source value -> class):
+``{6: 1}`` for BTCV, ``{5: 1}`` for TotalSegmentator, ``{1: 1}`` for the phantoms; other values are
+background. The training step is in :mod:`medgen.engines.segmenter`, the backends in
+:mod:`medgen.inference.segment`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from monai.networks.nets import SegResNet, UNet
+
+from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+
+
+@dataclass
+class SegNetworkConfig:
+    name: str = "unet"  # unet (MONAI UNet) | segresnet (MONAI SegResNet)
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # unet: filters per level
+    num_res_units: int = 2  # unet: residual units per level
+    init_filters: int = 16  # segresnet: filters of the first level
+    dropout: float = 0.0
+
+
+@dataclass
+class SyntheticAugmentConfig:
+    source: str | None = None  # synthetic pairs: a folder with images/ and labels/, or a synthesizer run
+    ratio: float = 0.0  # fraction of training samples drawn from the synthetic pairs
+    cases: int = 20  # synthesizer run: how many pairs to sample (once, at setup)
+
+
+@dataclass
+class AugmentConfig:
+    intensity: bool = True  # random intensity scale/shift/contrast/noise (robustness to synthetic CT)
+    # each labelled organ's intensity shifted by a random offset in this range (normalised units, 0.1 = 21 HU
+    # in the demo's [-175, 250] window), varying smoothly across it, in half the patches; [] or null: off
+    organ_intensity: list[float] | None = field(default_factory=lambda: [-0.7, 0.2])
+    synthetic: SyntheticAugmentConfig = field(default_factory=SyntheticAugmentConfig)
+    translator: str | None = None  # CycleGAN run: training CTs also go CT -> MRI -> CT through it (labels kept)
+    translator_ratio: float = 0.5  # fraction of samples drawn from those cycled CTs
+
+
+@dataclass
+class SegLossConfig:
+    lambda_dice: float = 1.0
+    lambda_ce: float = 1.0
+
+
+@dataclass
+class PostprocessConfig:
+    """Probability -> mask; the defaults of every segmenter backend (a run's config may change them)."""
+
+    threshold: float = 0.5  # liver probability threshold
+    largest_component: bool = True  # keep the largest connected component
+    fill_holes: bool = True  # fill enclosed holes (slice-wise and in 3D)
+
+
+@dataclass
+class SegmenterConfig:
+    task: str = "segmenter"
+    spatial_dims: int = 2
+    data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    network: SegNetworkConfig = field(default_factory=SegNetworkConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: SegLossConfig = field(default_factory=SegLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+
+def n_classes(cfg: SegmenterConfig) -> int:
+    """Output channels: background plus the classes of ``data.label_map``.
+
+    >>> n_classes(SegmenterConfig())
+    2
+    """
+    return max(cfg.data.label_map.values(), default=1) + 1
+
+
+def build_network(cfg: SegmenterConfig) -> torch.nn.Module:
+    """The segmentation network (MONAI UNet or SegResNet), saved as ``net`` in checkpoints."""
+    net = cfg.network
+    if net.name == "unet":
+        return UNet(cfg.spatial_dims, 1, n_classes(cfg), channels=tuple(net.channels),
+                    strides=(2,) * (len(net.channels) - 1), num_res_units=net.num_res_units, norm="INSTANCE",
+                    dropout=net.dropout)
+    if net.name == "segresnet":
+        return SegResNet(cfg.spatial_dims, net.init_filters, 1, n_classes(cfg), dropout_prob=net.dropout or None)
+    raise ValueError(f"unknown network {net.name!r} (unet | segresnet)")
+
+
+def input_multiple(cfg: SegmenterConfig) -> int:
+    """Inputs are padded to a multiple of this (the network's total downsampling).
+
+    >>> input_multiple(SegmenterConfig())
+    16
+    """
+    return 2 ** (len(cfg.network.channels) - 1) if cfg.network.name == "unet" else 8

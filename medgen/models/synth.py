@@ -1,0 +1,138 @@
+"""Joint image + label synthesizers (VAE, GAN) as training and inference share them: configs, the
+sampling network, the ``1 + K`` channel layout of a sample, and the run artifact ``synth.json``.
+
+The training steps are in :mod:`medgen.engines.synth`, sampling in :mod:`medgen.inference.synthesize`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+from medgen.keys import Keys
+from medgen.networks.synth import JointGenerator, JointVAE
+
+SYNTH_FILE = "synth.json"
+
+
+@dataclass
+class VAEModelConfig:
+    latent_size: int = 64
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # encoder filters (stride 2 each)
+    num_res_units: int = 1
+
+
+@dataclass
+class VAELossConfig:
+    lambda_image: float = 1.0  # L1 on the image channel
+    lambda_label: float = 1.0  # BCE on the label channels
+    beta: float = 0.5  # KL weight (per voxel), reached after the warm-up
+    kl_warmup: float = 0.3  # fraction of train.iterations over which the KL weight grows from 0 to beta
+    lambda_adv: float = 0.0  # optional adversarial term (PatchGAN, LSGAN); 0 disables
+    ndf: int = 32  # discriminator filters (only with lambda_adv > 0)
+
+
+@dataclass
+class VAEConfig:
+    task: str = "vae"
+    spatial_dims: int = 2
+    data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[64, 64], pos_prob=1.0))
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=[0.9, 0.999], decay_from=0.7))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class GANModelConfig:
+    latent_size: int = 128
+    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])  # generator: from the 1/16 grid up
+    disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # discriminator (stride 2 each)
+    spectral_norm: bool = True  # spectral normalisation of every discriminator layer
+    ema_decay: float = 0.999  # EMA of generator weights (sampling uses it)
+
+
+@dataclass
+class GANLossConfig:
+    r1_gamma: float = 1.0  # R1 gradient penalty on real samples (0 disables)
+    r1_every: int = 4  # lazy regularisation: apply R1 every N steps, scaled by N
+
+
+@dataclass
+class GANConfig:
+    task: str = "gan"
+    spatial_dims: int = 2
+    data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[64, 64], pos_prob=1.0))
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: GANModelConfig = field(default_factory=GANModelConfig)
+    loss: GANLossConfig = field(default_factory=GANLossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.99], decay_from=1.0))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def n_foreground(cfg: VAEConfig | GANConfig) -> int:
+    """Foreground classes K (label channels of a sample).
+
+    >>> n_foreground(VAEConfig(data=LabelledDataConfig(label_map={5: 1, 6: 2})))
+    2
+    """
+    return max(cfg.data.label_map.values(), default=1)
+
+
+def joint_tensor(batch: Mapping, n_classes: int, device: torch.device) -> torch.Tensor:
+    """``(B, 1 + K, ...)``: the image, then each foreground class as a channel in {-1, 1}.
+
+    >>> x = joint_tensor({Keys.IMAGE: torch.zeros(1, 1, 2), Keys.LABEL: torch.tensor([[[0, 2]]])}, 2, "cpu")
+    >>> x[0].tolist()
+    [[0.0, 0.0], [-1.0, -1.0], [-1.0, 1.0]]
+    """
+    image = batch[Keys.IMAGE].to(device, non_blocking=True).float()
+    label = batch[Keys.LABEL].to(device, non_blocking=True)
+    classes = torch.arange(1, n_classes + 1, device=device).view(1, -1, *([1] * (label.dim() - 2)))
+    return torch.cat([image, (label == classes).float() * 2 - 1], dim=1)
+
+
+def split_joint(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples ``(B, 1 + K, ...)`` in [-1, 1] -> image ``(B, ...)`` and an integer label map ``(B, ...)``
+    (the class of the largest positive label channel, 0 where none is positive); inverse of :func:`joint_tensor`.
+
+    >>> image, labels = split_joint(torch.tensor([[[0.5, 0.1], [-1.0, 0.3], [-0.2, 0.9]]]))
+    >>> labels.tolist()
+    [[0, 2]]
+    """
+    fg = samples[:, 1:]
+    labels = torch.where(fg.max(1).values > 0, fg.argmax(1) + 1, 0).to(torch.uint8)
+    return samples[:, 0], labels
+
+
+def build_model(cfg: VAEConfig | GANConfig) -> torch.nn.Module:
+    """The sampling network: a :class:`JointVAE` (``vae``) or :class:`JointGenerator` (``gan``), saved as ``model``."""
+    shape = (1 + n_foreground(cfg), *cfg.data.patch_size)
+    if cfg.task == "vae":
+        m = cfg.model
+        return JointVAE(cfg.spatial_dims, shape, m.latent_size, m.channels, [2] * len(m.channels), m.num_res_units)
+    return JointGenerator(cfg.spatial_dims, shape, cfg.model.latent_size, cfg.model.channels)
+
+
+def synth_artifact(spacings: Sequence[Sequence[float]], mri_scales: Sequence[Sequence[float]]) -> dict:
+    """``RUN/synth.json``: the training volumes' median voxel size (written into samples) and MRI scale.
+
+    >>> synth_artifact([(3, 3, 3), (2, 2, 4)], [])
+    {'spacing': [2.5, 2.5, 3.5], 'n_training_volumes': 2, 'mri_scale': None}
+    """
+    spacing = np.median(np.asarray(spacings, float), axis=0)
+    return {"spacing": [float(s) for s in spacing], "n_training_volumes": len(spacings),
+            "mri_scale": np.median(np.asarray(mri_scales, float), axis=0).tolist() if len(mri_scales) else None}
+
+
+def read_synth(run_dir: Path) -> dict:
+    """``RUN/synth.json`` (empty for runs without it)."""
+    path = Path(run_dir) / SYNTH_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
