@@ -31,7 +31,7 @@ examples:
 """
 
 
-# The commands below `info` and `phantoms` import their library modules when they run: those pull in torch
+# The commands after `info` and `phantoms` import their library modules lazily, when they run: those pull in torch
 # and MONAI (3.5 s to import, measured), which `medgen --help`, `info` and `phantoms` (0.2-0.4 s) never need.
 
 
@@ -50,7 +50,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medgen.engines.train import train  # torch: see the note above
+    from medgen.engines.train import train  # lazy: torch + MONAI (3.5 s)
 
     out = args.out or (args.resume if isinstance(args.resume, str) else None)
     if out is None:
@@ -60,7 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    from medgen.inference.translate import translate_files  # torch: see the note above
+    from medgen.inference.translate import translate_files  # lazy: torch + MONAI (3.5 s)
 
     translate_files(args.run, args.input, args.output, args.direction, args.device, args.overwrite)
     return 0
@@ -81,14 +81,14 @@ def _label_map(text: str | None) -> dict[int, int] | None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from medgen.inference.segment import segment_files  # torch: see the note above
+    from medgen.inference.segment import segment_files  # lazy: torch + MONAI (3.5 s)
 
     segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index, args.overwrite)
     return 0
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from medgen.inference.pipeline import PipelineOptions, run_pipeline  # torch: see the note above
+    from medgen.inference.pipeline import PipelineOptions, run_pipeline  # lazy: torch + MONAI (3.5 s)
 
     options = PipelineOptions(args.threshold, args.largest_component, args.fill_holes, args.save_sct, args.baseline,
                               args.overwrite)
@@ -104,7 +104,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medgen.evaluation import augmentation, segmentation, synthesis, translation  # torch: see the note above
+    from medgen.evaluation import augmentation, segmentation, synthesis, translation  # lazy: torch + MONAI (3.5 s)
 
     if args.kind == "segmentation":
         rows, summary, csv_path = segmentation.evaluate_segmentation(args.pred, args.truth, args.label_map,
@@ -139,7 +139,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from medgen.inference.synthesize import write_synthetic  # torch: see the note above
+    from medgen.inference.synthesize import write_synthetic  # lazy: torch + MONAI (3.5 s)
 
     info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite)
     print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}")
@@ -147,7 +147,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from medgen.demo import run_demo  # torch: see the note above
+    from medgen.demo import run_demo  # lazy: torch + MONAI (3.5 s)
 
     run_demo(args.out, quick=args.quick)
     return 0

@@ -103,7 +103,8 @@ def image_label_pairs(images: str | Path, labels: str | Path, image_key: str = "
     return pair_by_name(list_volumes(images, image_key), list_volumes(labels, label_key), str(images), str(labels))
 
 
-def input_output_pairs(inputs: str | Path, output: str | Path, suffix: str = ".nii.gz") -> tuple[bool, list[tuple[Path, Path]]]:
+def input_output_pairs(inputs: str | Path, output: str | Path,
+                       suffix: str = ".nii.gz") -> tuple[bool, list[tuple[Path, Path]]]:
     """The file-or-folder rule of medgen's commands: ``(single, [(input, output), ...])``.
 
     A file (or a DICOM series folder with an image file as ``output``) gives one pair; a folder gives

@@ -143,7 +143,8 @@ def validation_fn(cfg: CycleGANConfig, generator: torch.nn.Module, device: torch
     def validate() -> dict:
         generator.eval()
         try:
-            return mean_rows(evaluate_pairs(lambda mri, ref: translate_array(generator, cfg, mri, ref, device)[0], pairs))
+            rows = evaluate_pairs(lambda mri, ref: translate_array(generator, cfg, mri, ref, device)[0], pairs)
+            return mean_rows(rows)
         finally:
             generator.train()
 

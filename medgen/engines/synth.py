@@ -28,7 +28,8 @@ from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
-from medgen.models.synth import SYNTH_FILE, GANConfig, VAEConfig, build_model, joint_tensor, n_foreground, synth_artifact
+from medgen.models.synth import (SYNTH_FILE, GANConfig, VAEConfig, build_model, joint_tensor, n_foreground,
+                                 synth_artifact)
 from medgen.networks.cyclegan import build_discriminator as patch_discriminator
 from medgen.networks.synth import build_discriminator
 from medgen.runtime import autocast

@@ -75,8 +75,8 @@ class MriLiverPipeline:
         self.segmenter = load_segmenter(segmenter, device, liver_index)
         self.options = options or PipelineOptions()
         pp = self.segmenter.postprocess  # the one source of defaults; options given on the command line win
-        self.postprocess = dataclasses.replace(pp, **{f.name: getattr(self.options, f.name) for f in dataclasses.fields(pp)
-                                                      if getattr(self.options, f.name) is not None})
+        given = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(pp)}
+        self.postprocess = dataclasses.replace(pp, **{k: v for k, v in given.items() if v is not None})
 
     def _mask(self, ct_like: np.ndarray, ref) -> tuple[np.ndarray, np.ndarray]:
         """(post-processed mask, thresholded mask before post-processing)."""
