@@ -28,7 +28,7 @@ SYNTHRAD_RANGE = (-1024.0, 3000.0)
 def body_mask(ct_hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
     """The patient's body on a CT: above ``threshold`` HU, largest component, holes filled slice-wise.
 
-    >>> body_mask(np.pad(np.zeros((4, 4, 2)), ((2, 2), (2, 2), (0, 0)), constant_values=-1000)).sum()
+    >>> int(body_mask(np.pad(np.zeros((4, 4, 2)), ((2, 2), (2, 2), (0, 0)), constant_values=-1000)).sum())
     32
     """
     mask = np.asarray(ct_hu) > threshold

@@ -13,7 +13,7 @@ cortical bone and air dark) with a smooth multiplicative bias field and Rician n
 labels of a case share anatomy and grid.
 
 >>> case = make_case(seed=0, case=3)
->>> case["ct"].dtype, case["labels"].max() <= max(LABELS)
+>>> case["ct"].dtype, bool(case["labels"].max() <= max(LABELS))
 (dtype('int16'), True)
 """
 

@@ -171,9 +171,15 @@ class Preprocessor:
         mri_percentiles: MRI percentiles mapped to -1 and 1.
         mri_bias_correction: divide out an N4-estimated bias field before scaling MRI intensities.
 
-    >>> pre = Preprocessor(Modality.CT, "RAS", [1.5, 1.5, None], (-1024, 2048))  # doctest: +SKIP
-    >>> x, geom = pre.forward(ct_hu, ref)  # (1, X, Y, Z) tensor in [-1, 1]  # doctest: +SKIP
-    >>> hu = pre.restore(pre.to_intensity(x, geom), geom)  # back on the input grid  # doctest: +SKIP
+    >>> from medgen.io import ref_from_affine
+    >>> ct_hu, ref = np.full((40, 40, 10), 40.0), ref_from_affine(np.diag([-3.0, -3.0, 5.0, 1.0]), (40, 40, 10))
+    >>> pre = Preprocessor(Modality.CT, "RAS", [1.5, 1.5, None], (-1024, 2048))
+    >>> x, geom = pre.forward(ct_hu, ref)  # (1, X, Y, Z) tensor in [-1, 1], 1.5 mm in plane
+    >>> tuple(x.shape), round(float(x.mean()), 4)
+    ((1, 80, 80, 10), -0.3073)
+    >>> hu = pre.restore(pre.to_intensity(x, geom)[0], geom)  # back on the input grid, in HU
+    >>> hu.shape, round(float(hu.mean()), 1)
+    ((40, 40, 10), 40.0)
     """
 
     def __init__(

@@ -9,6 +9,8 @@ import pytest
 
 from medgen.cli import main
 from medgen.engines.train import train
+from medgen.inference.pipeline import quality_flags
+from medgen.io import load_image
 from medgen.phantoms import make_case
 
 from .conftest import ROOT, oblique_affine, tiny_segmenter, write_nifti
@@ -25,6 +27,28 @@ def _mri(tmp_path: Path, name: str, affine: np.ndarray, shape=(44, 40, 12)) -> P
     qform = affine.copy()
     qform[:3, 3] += 0.5  # qform differs from the sform: both must come back
     return write_nifti(tmp_path / f"{name}.nii.gz", case["mri"], affine, qform=qform, qcode=1, scode=2)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 1.0 if not a.any() and not b.any() else 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _block(shape=(40, 40, 20), lo=(10, 10, 5), hi=(30, 30, 15)) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+    return mask
+
+
+@pytest.mark.parametrize("mask, raw, liver_ml, cycle, expected", [
+    (_block(), _block(), 1000.0, 0.05, []),
+    (_block() * 0, _block() * 0, 0.0, None, ["empty_mask"]),
+    (_block(), _block(), 300.0, None, ["liver_volume_low"]),
+    (_block(), _block(), 5000.0, 0.2, ["liver_volume_high", "high_cycle_error"]),
+    (_block(hi=(30, 30, 20)), _block(hi=(30, 30, 20)), 1000.0, None, ["touches_fov_edge"]),
+    (_block(), _block() + _block(lo=(0, 0, 0), hi=(8, 40, 20)), 1000.0, None, ["fragmented"]),
+])
+def test_quality_flags(mask, raw, liver_ml, cycle, expected):
+    assert quality_flags(mask, raw, liver_ml, cycle) == expected
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +90,16 @@ def test_batch_qc_resume_and_failures(cyclegan_run, segmenter_run, phantom_dir, 
     assert status == {"case_000": "ok", "case_001": "ok", "case_009": "failed"}
     ok = [r for r in summary["cases"] if r["status"] == "ok"]
     for row in ok:
-        assert row["liver_ml"] >= 0 and row["cycle_error"] >= 0 and 0 <= row["dice"] <= 1
-        assert 0 <= row["baseline_dice"] <= 1 and isinstance(row["flags"], str)
-        assert (out / "baseline" / f"{row['case']}.nii.gz").is_file()
+        mask, ref = load_image(out / f"{row['case']}.nii.gz")
+        truth = load_image(phantom_dir / "labels" / f"{row['case']}.nii.gz")[0] == 1
+        assert row["liver_ml"] == round(float(mask.sum()) * float(np.prod(ref.spacing)) / 1000, 1)
+        volume_flags = {"empty_mask", "liver_volume_low", "liver_volume_high"} & set(row["flags"].split(";"))
+        assert volume_flags == ({"empty_mask"} if row["liver_ml"] == 0 else {"liver_volume_low"} if row["liver_ml"] < 600
+                                else {"liver_volume_high"} if row["liver_ml"] > 3500 else set())
+        assert row["dice"] == pytest.approx(dice(mask > 0, truth), abs=1e-6)
+        baseline = load_image(out / "baseline" / f"{row['case']}.nii.gz")[0] > 0
+        assert row["baseline_dice"] == pytest.approx(dice(baseline, truth), abs=1e-6)
+        assert 0 < row["cycle_error"] < 2  # mean |G_ba(G_ab(x)) - x| of [-1, 1] images: a real, nonzero error
     assert "dice" in summary["mean"] and (out / "summary.csv").read_text().startswith("case,status")
     # a rerun skips finished cases (their masks are not rewritten) and retries the failed one
     before = (out / "case_000.nii.gz").stat().st_mtime_ns

@@ -131,6 +131,28 @@ def test_torchscript_backend_exact(tmp_path):
     assert dice(mask, expected) > 0.99
 
 
+class TwoLevels(torch.nn.Module):
+    """Three channels: background 0, a 'liver' logit 20 * (x - 0.5) and another 20 * (x - 0.8)."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 20 * (x - 0.5), 20 * (x - 0.8)], dim=1)
+
+
+def test_liver_index_reaches_torchscript_models(tmp_path):
+    affine = np.diag([6.0, 6.0, 8.0, 1.0])
+    src, case = _phantom_ct(tmp_path, affine)
+    model = tmp_path / "two.pt"
+    torch.jit.script(TwoLevels()).save(str(model))
+    sidecar = {"window": [-175, 250], "range": [0, 1], "output": "sigmoid", "liver_index": 1, "roi_size": [32, 32, 16],
+               "overlap": 0.25, "multiple": 1}
+    model.with_suffix(".json").write_text(json.dumps(sidecar))
+    for args, hu in (([], 37.5), (["--liver-index", "2"], 165.0)):  # 0.5 / 0.8 of [-175, 250]
+        out = tmp_path / f"m{len(args)}.nii.gz"
+        assert main(["segment", str(model), str(src), str(out), *args]) == 0
+        mask = np.asarray(nib.load(out).dataobj).astype(bool)
+        assert dice(mask, _expected(case["ct"], hu).astype(bool)) > 0.99, args
+
+
 def test_torchscript_needs_sidecar(tmp_path, capsys):
     model = tmp_path / "liver.pt"
     torch.jit.script(Threshold(3)).save(str(model))

@@ -11,7 +11,9 @@ import torch
 from medgen.cli import main
 from medgen.data.synthetic import MixedSamples
 from medgen.engines.train import train
-from medgen.evaluation.synthesis import kid, label_stats
+from medgen.evaluation.synthesis import kid, label_stats, ms_ssim_diversity
+from medgen.inference.synthesize import sample_pairs
+from medgen.io import hu_int16
 from medgen.models.run import latest_checkpoint
 
 from .conftest import ROOT
@@ -53,7 +55,9 @@ def test_train_and_sample(phantom_dir, tmp_path, vae_run, task, dims):
     np.testing.assert_allclose(img.header.get_zooms(), (6.0, 6.0, 6.0))  # the training data's spacing
     assert set(np.unique(np.asarray(lab.dataobj))) <= {0, 1}
     hu = np.asarray(img.dataobj)
-    assert hu.min() >= -200 and hu.max() <= 300  # the run's CT window
+    images, labels, spacing, _ = sample_pairs(run, 3, seed=1)  # what was written is what the model samples
+    np.testing.assert_array_equal(hu.reshape(images[0].shape), hu_int16(images[0]))
+    np.testing.assert_array_equal(np.asarray(lab.dataobj).reshape(labels[0].shape), labels[0])
     # the same seed gives the same pairs
     assert main(["synth", str(run), str(tmp_path / "s2"), "--n", "3", "--seed", "1"]) == 0
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "s2" / info["training"][0]["image"]).dataobj), hu)
@@ -82,6 +86,14 @@ def test_segmenter_with_synthetic_pairs(phantom_dir, vae_run, tmp_path):
         assert latest_checkpoint(run).name == "checkpoint_2.pt"
 
 
+def test_ms_ssim_diversity():
+    rng = torch.Generator().manual_seed(0)
+    same = torch.rand(1, 1, 64, 64, generator=rng).repeat(8, 1, 1, 1) * 2 - 1
+    noise = torch.rand(8, 1, 64, 64, generator=rng) * 2 - 1
+    assert ms_ssim_diversity(same, 2) == pytest.approx(1.0, abs=1e-4)  # identical samples: no diversity
+    assert ms_ssim_diversity(noise, 2) < 0.2  # independent noise: very diverse
+
+
 def test_kid_and_label_stats():
     rng = np.random.default_rng(0)
     a, b = torch.from_numpy(rng.normal(size=(200, 16))), torch.from_numpy(rng.normal(size=(200, 16)))
@@ -100,9 +112,11 @@ def test_evaluate_synthesis_cli(vae_run, segmenter_run, tmp_path):
     assert main(["evaluate", "synthesis", "--run", str(vae_run), "--features", str(segmenter_run), "--n", "12",
                  "--out", str(out)]) == 0
     report = json.loads((out / "synthesis.json").read_text())
-    assert np.isfinite(report["fid"]) and report["fid"] >= 0 and np.isfinite(report["kid"])
-    assert 0 <= report["ms_ssim_synthetic"] <= 1 and 0 <= report["class_1"]["plausible_fraction"] <= 1
-    assert report["class_1"]["real_single_component_fraction"] > 0.5  # real slices go through the liver
+    assert report["samples"] == 12 and np.isfinite(report["fid"]) and report["fid"] >= 0 and np.isfinite(report["kid"])
+    c1 = report["class_1"]
+    assert c1["plausible_fraction"] <= c1["single_component_fraction"]  # a plausible sample is one component
+    assert c1["real_single_component_fraction"] > 0.5  # real slices go through the liver
+    assert c1["size_real_mean"] > 0 and report["size_unit"] == "cm2"
     assert (out / "samples.png").stat().st_size > 1000
 
 

@@ -10,6 +10,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, MapTransform
 
+from medgen.errors import MedgenError
 from medgen.io import load_image
 from medgen.keys import Keys, Modality
 from medgen.transforms import Preprocessd, Preprocessor
@@ -85,8 +86,16 @@ def cached_volumes(
         Preprocessd(keys, preprocessors, label_keys=[label_key] if label_key is not None else []),
         _DropRefs(keys),
     ])
-    dataset = CacheDataset([dict(i) for i in items], transform, cache_rate=1.0, num_workers=num_workers,
-                           progress=False, copy_cache=False)
+    try:
+        dataset = CacheDataset([dict(i) for i in items], transform, cache_rate=1.0, num_workers=num_workers,
+                               progress=False, copy_cache=False)
+    except RuntimeError as exc:  # MONAI wraps a transform's exception: give back our one-line error
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, MedgenError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
     return [dataset[i] for i in range(len(dataset))]
 
 

@@ -103,6 +103,32 @@ def label_stats(labels: np.ndarray, voxel: float, cls: int = 1) -> tuple[np.ndar
     return np.array(comps), np.array(sizes, float)
 
 
+def label_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, voxel: float, cls: int = 1) -> dict:
+    """How plausible the synthetic labels of class ``cls`` are next to the real ones: a sample is plausible
+    when the class forms one component whose size lies in [0.5 x smallest, 1.5 x largest] real size.
+
+    >>> real = np.zeros((2, 8, 8), np.uint8); real[0, :2, :2] = 1; real[1, :4, :4] = 1  # sizes 4 and 16
+    >>> fake = np.zeros((3, 8, 8), np.uint8); fake[0, :3, :3] = 1; fake[1, :2, :2] = fake[1, 5:, 5:] = 1
+    >>> fake[2, :5, :5] = 1  # 9 voxels: plausible; two components; 25 > 1.5 x 16
+    >>> p = label_plausibility(real, fake, 1.0)
+    >>> p["plausible_fraction"], p["single_component_fraction"], p["size_real_mean"]
+    (0.3333333333333333, 0.6666666666666666, 10.0)
+    """
+    rc, rs = label_stats(real_labels, voxel, cls)
+    fc, fs = label_stats(fake_labels, voxel, cls)
+    present = rs[rs > 0]
+    lo, hi = (0.5 * present.min(), 1.5 * present.max()) if present.size else (0.0, np.inf)
+    return {
+        "plausible_fraction": float(np.mean((fc == 1) & (fs >= lo) & (fs <= hi))),
+        "single_component_fraction": float(np.mean(fc == 1)),
+        "real_single_component_fraction": float(np.mean(rc == 1)),
+        "size_synthetic_mean": float(fs.mean()), "size_synthetic_sd": float(fs.std()),
+        "size_real_mean": float(rs.mean()), "size_real_sd": float(rs.std()),
+        "size_wasserstein": float(stats.wasserstein_distance(fs, rs)),
+        "size_ks": float(stats.ks_2samp(fs, rs).statistic),
+    }
+
+
 def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int = 200, seed: int = 0,
                        device: str = "auto") -> dict:
     """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run."""
@@ -124,19 +150,7 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
               "kid": kid(f_fake, f_real, seed=seed), "ms_ssim_synthetic": ms_ssim_diversity(fake[:, :1], dims, seed=seed),
               "ms_ssim_real": ms_ssim_diversity(real[:, :1], dims, seed=seed), "size_unit": "cm2" if dims == 2 else "mL"}
     for cls in sorted(set(cfg.data.label_map.values())):
-        rc, rs = label_stats(real_labels, voxel, cls)
-        fc, fs = label_stats(fake_labels, voxel, cls)
-        present = rs[rs > 0]
-        lo, hi = (0.5 * present.min(), 1.5 * present.max()) if present.size else (0.0, np.inf)
-        report[f"class_{cls}"] = {
-            "plausible_fraction": float(np.mean((fc == 1) & (fs >= lo) & (fs <= hi))),
-            "single_component_fraction": float(np.mean(fc == 1)),
-            "real_single_component_fraction": float(np.mean(rc == 1)),
-            "size_synthetic_mean": float(fs.mean()), "size_synthetic_sd": float(fs.std()),
-            "size_real_mean": float(rs.mean()), "size_real_sd": float(rs.std()),
-            "size_wasserstein": float(stats.wasserstein_distance(fs, rs)),
-            "size_ks": float(stats.ks_2samp(fs, rs).statistic),
-        }
+        report[f"class_{cls}"] = label_plausibility(real_labels, fake_labels, voxel, cls)
     return report
 
 

@@ -1,0 +1,71 @@
+"""`medgen evaluate translation` against metrics recomputed here, the CSV/JSON report and the demo's HTML report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from medgen.cli import main
+from medgen.data.datalist import image_label_pairs
+from medgen.evaluation.report import write_demo_report, write_report
+from medgen.inference.translate import load_translator
+from medgen.io import load_image, save_like
+from medgen.metrics import body_mask, synthrad_metrics
+from medgen.phantoms import write_dataset
+
+
+def test_evaluate_translation_cli(cyclegan_run, phantom_dir, tmp_path, capsys):
+    ds = phantom_dir / "dataset.json"
+    out = tmp_path / "translation"
+    assert main(["evaluate", "translation", "--run", str(cyclegan_run), "--mri", f"{ds}#cases", "--ct", f"{ds}#cases",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = report["cases"]
+    assert [r["case"] for r in rows] == [f"case_{i:03d}" for i in range(6)]
+    # case 0 recomputed here: the translator and the identity baseline against the paired CT, inside the body
+    mri_path, ct_path = image_label_pairs(f"{ds}#cases", f"{ds}#cases", "mri", "ct")[0]
+    translator = load_translator(cyclegan_run, device="cpu")
+    mri, ref = load_image(mri_path)
+    ct = load_image(ct_path)[0]
+    mask = body_mask(ct)
+    expected = synthrad_metrics(translator.translate(mri, ref)[0], ct, mask)
+    baseline = synthrad_metrics(translator.identity(mri), ct, mask)
+    for key in ("mae", "psnr", "ssim"):
+        assert rows[0][key] == pytest.approx(expected[key], rel=1e-6)
+        assert rows[0][f"identity_{key}"] == pytest.approx(baseline[key], rel=1e-6)
+    assert report["summary"]["mae_mean"] == pytest.approx(np.mean([r["mae"] for r in rows]))
+    assert f"MAE {report['summary']['mae_mean']:.1f} HU" in capsys.readouterr().out
+    lines = out.with_suffix(".csv").read_text().splitlines()
+    assert lines[0].startswith("case,mae,psnr,ssim,identity_mae") and len(lines) == 1 + 6 + 2
+
+
+def test_write_report_rows_mean_and_sd(tmp_path):
+    rows = [{"case": "a", "dice": 0.5, "hd95": 2.0}, {"case": "b", "dice": 0.7, "hd95": math.inf}]
+    csv_path, json_path = write_report(rows, tmp_path / "r", extra={"note": "x"})
+    table = list(csv.reader(csv_path.open()))
+    assert table == [["case", "dice", "hd95"], ["a", "0.5000", "2.0000"], ["b", "0.7000", "inf"],
+                     ["mean", "0.6000", "2.0000"], ["sd", "0.1000", "0.0000"]]
+    report = json.loads(json_path.read_text())
+    assert report["summary"]["hd95_n_inf"] == 1 and report["note"] == "x" and len(report["cases"]) == 2
+
+
+def test_demo_report_page(tmp_path):
+    out = tmp_path / "demo"
+    info = write_dataset(out / "phantoms", cases=2, seed=1, shape=(48, 48, 16), spacing=(8.0, 8.0, 8.0), test=1)
+    name = info["test"][0]["name"]
+    ct, ref = load_image(out / "phantoms" / info["test"][0]["ct"])
+    liver = load_image(out / "phantoms" / info["test"][0]["label"])[0] == 1
+    save_like(ct, ref, out / "liver" / "sct" / f"{name}.nii.gz")
+    save_like(liver.astype(np.uint8), ref, out / "liver" / f"{name}.nii.gz")
+    figures = {"translation": {"mae": 51.4, "psnr": 27.5, "ssim": 0.81, "identity_mae": 212.0},
+               "pipeline_dice": 0.894, "baseline_dice": 0.412}
+    page = write_demo_report(out, [{"case": name, "mae": 51.4}], [{"case": name, "dice": 0.9, "mask": "x"}], figures)
+    text = page.read_text()
+    assert "MAE 51.4 HU" in text and "0.8940" in text and "0.4120" in text and "Identity baseline" in text
+    assert f"<td>{name}</td>" in text and "<th>mask</th>" not in text  # the mask path column is left out
+    assert f'src="figures/{name}.png"' in text and (out / "figures" / f"{name}.png").stat().st_size > 5000
+    assert "Anatomy synthesizer" not in text  # no synthesis figures, no section
