@@ -13,7 +13,6 @@ from medgen.cli import main
 from medgen.engines.train import train
 from medgen.errors import MedgenError
 from medgen.inference.segment import load_segmenter, postprocess
-from medgen.io import load_image
 from medgen.models.run import latest_checkpoint
 from medgen.phantoms import make_case
 

@@ -76,7 +76,7 @@ def _from_json(path: Path, key: str, section: str | None = None) -> list[Path]:
     return out
 
 
-def pair_by_name(images: list[Path], labels: list[Path], images_src: str, labels_src: str) -> list[tuple[Path, Path]]:
+def pair_by_name(images: list[Path], labels: list[Path], labels_src: str) -> list[tuple[Path, Path]]:
     """Match image and label paths by case name (file name without extension).
 
     Raises ``MedgenError`` naming the first image without a label.
@@ -100,7 +100,7 @@ def image_label_pairs(images: str | Path, labels: str | Path, image_key: str = "
     """
     if ".json" in str(images) and (not str(labels) or str(labels) == str(images)):
         return list(zip(list_volumes(images, image_key), list_volumes(images, label_key)))
-    return pair_by_name(list_volumes(images, image_key), list_volumes(labels, label_key), str(images), str(labels))
+    return pair_by_name(list_volumes(images, image_key), list_volumes(labels, label_key), str(labels))
 
 
 def input_output_pairs(inputs: str | Path, output: str | Path,

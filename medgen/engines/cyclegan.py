@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +150,7 @@ def validation_fn(cfg: CycleGANConfig, generator: torch.nn.Module, device: torch
     return validate
 
 
-def setup(cfg: CycleGANConfig, run_dir: Path, device: torch.device) -> TaskSetup:
+def setup(cfg: CycleGANConfig, device: torch.device) -> TaskSetup:
     """Data, networks, optimizers, the step and validation of a CycleGAN run."""
     pre_mri = Preprocessor.from_config(Modality.MRI, cfg.preprocess)
     pre_ct = Preprocessor.from_config(Modality.CT, cfg.preprocess)

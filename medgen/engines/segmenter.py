@@ -136,7 +136,7 @@ def validation_fn(cfg: SegmenterConfig, net: torch.nn.Module, device: torch.devi
     return validate
 
 
-def setup(cfg: SegmenterConfig, run_dir: Path, device: torch.device) -> TaskSetup:
+def setup(cfg: SegmenterConfig, device: torch.device) -> TaskSetup:
     """Data, network, optimizer, the step and validation of a segmenter run."""
     make_loader = loader_factory(segmentation_samples(cfg, cfg.train.seed * 2 + 1), cfg.train, device)
     net = build_network(cfg).to(device)

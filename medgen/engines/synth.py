@@ -15,7 +15,6 @@ Every step reseeds torch from ``(train.seed, iteration)``, so a resumed run draw
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -122,7 +121,7 @@ def gan_step(gen, disc, ema, opt_g, opt_d, cfg: GANConfig, device: torch.device)
     return step
 
 
-def setup(cfg: VAEConfig | GANConfig, run_dir: Path, device: torch.device) -> TaskSetup:
+def setup(cfg: VAEConfig | GANConfig, device: torch.device) -> TaskSetup:
     """Data, model(s), optimizers and step of a VAE or GAN synthesizer run."""
     volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1)

@@ -28,10 +28,10 @@ from medgen.runtime import resolve_device, seed_everything
 logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
 
 
-def task_setup(cfg, run: Path, device: torch.device) -> TaskSetup:
+def task_setup(cfg, device: torch.device) -> TaskSetup:
     """The training setup of ``cfg.task``, named in the task registry (``medgen.models.registry.TASKS``)."""
     module, name = TASKS[cfg.task].setup.split(":")
-    return getattr(importlib.import_module(module), name)(cfg, run, device)
+    return getattr(importlib.import_module(module), name)(cfg, device)
 
 
 def prepare_run(config: str | Path | None, out: str | Path, overrides: list[str], resume: bool):
@@ -56,7 +56,7 @@ def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank
-    setup = task_setup(cfg, run, device)  # reads data, writes nothing
+    setup = task_setup(cfg, device)  # reads data, writes nothing
     if idist.get_rank() == 0:
         save_config(cfg, run / CONFIG_FILE)
         info = {"world_size": idist.get_world_size(), "backend": idist.backend(), "device": str(device),

@@ -30,7 +30,7 @@ class Task:
     Args:
         config: the YAML config's dataclass (its ``task`` default is the registry key).
         kind: ``translator`` | ``segmenter`` | ``synthesizer``: which inference backend loads its runs.
-        setup: ``"module:function"`` building the training ``TaskSetup`` from ``(cfg, run_dir, device)``.
+        setup: ``"module:function"`` building the training ``TaskSetup`` from ``(cfg, device)``.
         build: translators: ``(cfg, channels_last_layout) -> {checkpoint name: network}``.
         generators: translators: direction (``mri2ct``/``ct2mri``) -> the network translating it.
     """

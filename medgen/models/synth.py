@@ -118,7 +118,7 @@ def build_model(cfg: VAEConfig | GANConfig) -> torch.nn.Module:
     if cfg.task == "vae":
         m = cfg.model
         return JointVAE(cfg.spatial_dims, shape, m.latent_size, m.channels, [2] * len(m.channels), m.num_res_units)
-    return JointGenerator(cfg.spatial_dims, shape, cfg.model.latent_size, cfg.model.channels)
+    return JointGenerator(shape, cfg.model.latent_size, cfg.model.channels)
 
 
 def synth_artifact(spacings: Sequence[Sequence[float]], mri_scales: Sequence[Sequence[float]]) -> dict:

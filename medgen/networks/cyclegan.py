@@ -51,18 +51,14 @@ def channels_last(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
-def _norm(spatial_dims: int, channels: int) -> nn.Module:
-    return InstanceNorm()
-
-
 class _ResBlock(nn.Module):
     def __init__(self, spatial_dims: int, channels: int, dropout: float):
         super().__init__()
         conv, d = Conv[Conv.CONV, spatial_dims], spatial_dims
-        layers = [ReflectionPad(1, d), conv(channels, channels, 3, bias=True), _norm(d, channels), nn.ReLU(True)]
+        layers = [ReflectionPad(1, d), conv(channels, channels, 3, bias=True), InstanceNorm(), nn.ReLU(True)]
         if dropout:
             layers.append(nn.Dropout(dropout))
-        layers += [ReflectionPad(1, d), conv(channels, channels, 3, bias=True), _norm(d, channels)]
+        layers += [ReflectionPad(1, d), conv(channels, channels, 3, bias=True), InstanceNorm()]
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,15 +87,15 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         conv, convt = Conv[Conv.CONV, spatial_dims], Conv[Conv.CONVTRANS, spatial_dims]
         layers: list[nn.Module] = [ReflectionPad(3, spatial_dims), conv(in_channels, ngf, 7, bias=True),
-                                   _norm(spatial_dims, ngf), nn.ReLU(True)]
+                                   InstanceNorm(), nn.ReLU(True)]
         ch = ngf
         for _ in range(n_downsampling):
-            layers += [conv(ch, ch * 2, 3, stride=2, padding=1, bias=True), _norm(spatial_dims, ch * 2), nn.ReLU(True)]
+            layers += [conv(ch, ch * 2, 3, stride=2, padding=1, bias=True), InstanceNorm(), nn.ReLU(True)]
             ch *= 2
         layers += [_ResBlock(spatial_dims, ch, dropout) for _ in range(n_blocks)]
         for _ in range(n_downsampling):
             layers += [convt(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=True),
-                       _norm(spatial_dims, ch // 2), nn.ReLU(True)]
+                       InstanceNorm(), nn.ReLU(True)]
             ch //= 2
         layers += [ReflectionPad(3, spatial_dims), conv(ch, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)

@@ -56,7 +56,7 @@ class JointVAE(nn.Module):
 class JointGenerator(nn.Module):
     """Latent vector -> ``1 + K`` channels in [-1, 1] (MONAI ``Generator`` then tanh)."""
 
-    def __init__(self, spatial_dims: int, out_shape: Sequence[int], latent_size: int, channels: Sequence[int]):
+    def __init__(self, out_shape: Sequence[int], latent_size: int, channels: Sequence[int]):
         super().__init__()
         self.latent_size = latent_size
         up = len(channels)
