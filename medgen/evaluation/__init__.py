@@ -1,1 +1,2 @@
-"""Metrics (SynthRAD image similarity, Dice/HD95/ASSD), baselines and reports."""
+"""Evaluation over runs and folders (segmentation, translation beside its identity baseline, synthesis,
+the augmentation experiment) and reports. The metrics themselves are in :mod:`medgen.metrics`."""

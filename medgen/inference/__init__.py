@@ -1,1 +1,2 @@
-"""Whole-volume inference: translation, segmentation backends, the MRI liver pipeline."""
+"""Whole-volume inference: translator and segmenter backends behind protocols (with registries),
+synthesizer sampling, the MRI liver pipeline."""
