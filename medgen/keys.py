@@ -22,6 +22,7 @@ class Keys(StrEnum):
     CT = "ct"
     IMAGE = "image"
     LABEL = "label"
+    GEN = "gen"  # generation labels of the label -> image model (every structure + intensity classes)
     MASK = "mask"
     PRED = "pred"
     FAKE_CT = "fake_ct"

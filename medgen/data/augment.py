@@ -10,11 +10,15 @@ restricted to the labelled structures), so the network learns shape and context,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import (Compose, Lambdad, MapTransform, RandAdjustContrastd, RandAffined,
+                              RandBiasFieldd, RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd,
+                              RandomizableTransform, RandScaleIntensityd, RandShiftIntensityd)
+
+from medgen.data.synthseg import RandLabelToImaged
 
 from medgen.keys import Keys
 
@@ -59,19 +63,31 @@ def _shift_down(x):
     return x - 1.0
 
 
-def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequence[float] | None = None):
-    """The random intensity transforms of a segmenter's training patches, or None when all are off.
+def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequence[float] | None = None,
+                           spatial_dims: int | None = None, synthseg: Mapping | None = None):
+    """The random transforms of a segmenter's training patches, or None when all are off.
 
-    ``global_intensity``: scale/shift, gamma, non-linear histogram shifts, a smooth multiplicative field
-    (applied to intensities shifted to [0, 2]), blur and noise. ``organ_offsets``: the range of
-    :class:`RandOrganIntensityd` (applied first, to half the patches).
+    In order: ``spatial_dims`` (when given) a random rotation (+-15 degrees, in the axial plane) and scaling
+    (+-15 %) of image, label and generation labels; ``synthseg`` (when given: ``prob`` and the keyword
+    arguments of :class:`medgen.data.synthseg.RandLabelToImage`) the label -> image synthesis that replaces
+    the image by a random-contrast one; ``organ_offsets`` the range of :class:`RandOrganIntensityd` (half the
+    patches); ``global_intensity``: scale/shift, gamma, non-linear histogram shifts, a smooth
+    multiplicative field (applied to intensities shifted to [0, 2]), blur and noise.
     """
-    from monai.transforms import (Compose, Lambdad, RandAdjustContrastd, RandBiasFieldd, RandGaussianNoised,
-                                  RandGaussianSmoothd, RandHistogramShiftd, RandScaleIntensityd,
-                                  RandShiftIntensityd)
-
     k = Keys.IMAGE
-    transforms = [RandOrganIntensityd(k, Keys.LABEL, organ_offsets)] if organ_offsets else []
+    transforms = []
+    if spatial_dims:
+        rotate = 0.26 if spatial_dims == 2 else (0.0, 0.0, 0.26)
+        transforms += [Lambdad(k, _shift_up),  # so that padding (0) is the darkest value, -1 after the shift
+                       RandAffined([k, Keys.LABEL, Keys.GEN], prob=0.8, rotate_range=rotate, scale_range=0.15,
+                                   mode=("bilinear", "nearest", "nearest"), padding_mode="zeros",
+                                   allow_missing_keys=True),
+                       Lambdad(k, _shift_down)]
+    if synthseg:
+        options = dict(synthseg)
+        transforms.append(RandLabelToImaged(k, Keys.GEN, prob=options.pop("prob"), **options))
+    if organ_offsets:
+        transforms.append(RandOrganIntensityd(k, Keys.LABEL, organ_offsets))
     if global_intensity:
         warnings.filterwarnings("ignore", message="torch.searchsorted")  # inside MONAI's histogram shift
         transforms += [

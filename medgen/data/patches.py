@@ -143,10 +143,14 @@ class Unpaired(Dataset):
 def labelled_patches(volumes: Sequence[Mapping[Hashable, torch.Tensor]], data, spatial_dims: int, seed: int,
                      transform=None) -> RandomPatches:
     """Image + label patches of :func:`medgen.data.volumes.labelled_volumes` as a ``LabelledDataConfig``
-    (``data``) describes them: its patch size and foreground/positive sampling, labels padded with 0."""
-    return RandomPatches(volumes, [Keys.IMAGE, Keys.LABEL], data.patch_size, spatial_dims, seed, fg_key=Keys.IMAGE,
-                         min_foreground=data.min_foreground, fg_prob=data.fg_prob, pos_key=Keys.LABEL,
-                         pos_prob=data.pos_prob, pad_values={Keys.LABEL: 0}, transform=transform)
+    (``data``) describes them: its patch size and foreground/positive sampling, labels padded with 0
+    (generation labels too, when the volumes hold them)."""
+    gen = bool(volumes) and Keys.GEN in volumes[0]  # the body of generation labels: data-driven, no threshold
+    keys = [Keys.IMAGE, Keys.LABEL] + ([Keys.GEN] if gen else [])
+    return RandomPatches(volumes, keys, data.patch_size, spatial_dims, seed, fg_key=Keys.GEN if gen else Keys.IMAGE,
+                         fg_threshold=0 if gen else -0.9, min_foreground=data.min_foreground, fg_prob=data.fg_prob,
+                         pos_key=Keys.LABEL, pos_prob=data.pos_prob, pad_values={Keys.LABEL: 0, Keys.GEN: 0},
+                         transform=transform)
 
 
 class IndexStream(Sampler[int]):

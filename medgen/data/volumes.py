@@ -10,6 +10,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, MapTransform
 
+from medgen.data.synthseg import generation_labels
 from medgen.errors import MedgenError
 from medgen.io import load_image
 from medgen.keys import Keys, Modality
@@ -38,24 +39,32 @@ class LoadVolumed(MapTransform):
         keys: image keys to load.
         label_key: the label map's key (checked against the first image's grid, then remapped).
         label_map: source label value -> class; ``None`` keeps the values.
+        gen_key: when set, the generation labels of :func:`medgen.data.synthseg.generation_labels` (every
+            source structure before remapping, the unlabelled body split into ``gen_classes`` intensity
+            classes of the first image) go to this key, for label -> image synthesis.
     """
 
-    def __init__(self, keys, label_key: Hashable | None = None, label_map: Mapping[int, int] | None = None):
+    def __init__(self, keys, label_key: Hashable | None = None, label_map: Mapping[int, int] | None = None,
+                 gen_key: Hashable | None = None, gen_classes: int = 4):
         super().__init__(keys)
         self.label_key, self.label_map = label_key, label_map
+        self.gen_key, self.gen_classes = gen_key, gen_classes
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        first_ref = None
+        first_ref = first = None
         for key in self.key_iterator(d):
             path = d[key]
             array, ref = load_image(path)
             if key == self.label_key:
                 if first_ref is not None:
                     check_same_grid(first_ref, ref)
+                if self.gen_key is not None and first is not None:
+                    d[self.gen_key] = generation_labels(first, array, self.gen_classes)
+                    d[f"{self.gen_key}_{Keys.REF}"] = ref
                 array = remap_labels(array, self.label_map)
             elif first_ref is None:
-                first_ref = ref
+                first_ref, first = ref, array
             d[key], d[f"{key}_{Keys.REF}"] = array, ref
         return d
 
@@ -71,6 +80,7 @@ def cached_volumes(
     label_key: Hashable | None = None,
     label_map: Mapping[int, int] | None = None,
     num_workers: int = 1,
+    gen_classes: int | None = None,
 ) -> list[dict[Hashable, torch.Tensor]]:
     """Load, preprocess and cache volumes: one dict of ``(1, X, Y, Z)`` tensors per item.
 
@@ -79,11 +89,16 @@ def cached_volumes(
         preprocessors: key -> :class:`Preprocessor` (the label key uses its image's geometry preset).
         label_key: the key holding a label map (nearest-neighbour resampled, remapped by ``label_map``).
         num_workers: threads for MONAI's CacheDataset.
+        gen_classes: when not None, also cache :data:`Keys.GEN`, the generation labels of the label map
+            (``gen_classes`` intensity classes for the unlabelled body), resampled like the labels.
     """
     keys = list(preprocessors)
+    gen = Keys.GEN if gen_classes is not None and label_key is not None else None
+    label_keys = [label_key] if label_key is not None else []
+    pre = dict(preprocessors) | ({gen: preprocessors[label_key]} if gen else {})
     transform = Compose([
-        LoadVolumed(keys, label_key, label_map),
-        Preprocessd(keys, preprocessors, label_keys=[label_key] if label_key is not None else []),
+        LoadVolumed(keys, label_key, label_map, gen, gen_classes or 0),
+        Preprocessd(list(pre), pre, label_keys=label_keys + ([gen] if gen else [])),
         _DropRefs(keys),
     ])
     try:
@@ -100,7 +115,8 @@ def cached_volumes(
 
 
 def labelled_volumes(pairs: Sequence[tuple[str | Path, str | Path]], data, preprocess,
-                     label_map: Mapping[int, int] | None = None) -> list[dict[Hashable, torch.Tensor]]:
+                     label_map: Mapping[int, int] | None = None,
+                     gen_classes: int | None = None) -> list[dict[Hashable, torch.Tensor]]:
     """Image/label path pairs -> cached ``{image, label}`` volumes, as segmenters and synthesizers train on.
 
     Args:
@@ -109,9 +125,10 @@ def labelled_volumes(pairs: Sequence[tuple[str | Path, str | Path]], data, prepr
             ``cache_workers`` loads in parallel.
         preprocess: a ``PreprocessConfig`` (labels get its geometry, nearest-neighbour).
         label_map: overrides ``data.label_map`` (e.g. identity for pairs already in class values).
+        gen_classes: also cache generation labels (see :func:`cached_volumes`).
     """
     return cached_volumes([{Keys.IMAGE: i, Keys.LABEL: lab} for i, lab in pairs],
                           {Keys.IMAGE: Preprocessor.from_config(Modality(data.modality), preprocess),
                            Keys.LABEL: Preprocessor.from_config(None, preprocess)},
                           label_key=Keys.LABEL, label_map=data.label_map if label_map is None else label_map,
-                          num_workers=data.cache_workers)
+                          num_workers=data.cache_workers, gen_classes=gen_classes)

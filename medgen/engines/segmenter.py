@@ -5,6 +5,7 @@ trainer. Its config and network are in :mod:`medgen.models.segmenter`.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -99,12 +100,15 @@ def synthetic_volumes(syn_cfg: SyntheticAugmentConfig, cfg: SegmenterConfig) -> 
 def segmentation_samples(cfg: SegmenterConfig, seed: int):
     """The training sample stream: real pairs, mixed with cycled and synthetic pairs when configured."""
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
-    transform = intensity_augmentation(cfg.augment.intensity, cfg.augment.organ_intensity)
+    synthseg = dataclasses.asdict(cfg.augment.synthseg) if cfg.augment.synthseg.prob > 0 else None
+    gen_classes = synthseg.pop("classes") if synthseg else None
+    transform = intensity_augmentation(cfg.augment.intensity, cfg.augment.organ_intensity,
+                                       cfg.spatial_dims if cfg.augment.spatial else None, synthseg)
 
     def patches(volumes, stream_seed):
         return labelled_patches(volumes, cfg.data, cfg.spatial_dims, stream_seed, transform)
 
-    samples = patches(labelled_volumes(pairs, cfg.data, cfg.preprocess), seed)
+    samples = patches(labelled_volumes(pairs, cfg.data, cfg.preprocess, gen_classes=gen_classes), seed)
     aug = cfg.augment
     if aug.translator and aug.translator_ratio > 0:
         samples = MixedSamples(samples, patches(cycled_volumes(aug.translator, pairs, cfg), seed + 5),

@@ -34,11 +34,28 @@ class SyntheticAugmentConfig:
 
 
 @dataclass
+class SynthSegConfig:
+    """Label -> image synthesis (SynthSeg-style, :mod:`medgen.data.synthseg`): a segmenter that learns shape,
+    not one modality's contrast, and so runs on MRI of any weighting as well as on CT."""
+
+    prob: float = 0.0  # fraction of training patches whose image is replaced by a random-contrast one (0: off)
+    classes: int = 4  # intensity classes of the unlabelled body (1D k-means of the real image; no HU constant)
+    max_std: float = 0.06  # largest within-structure standard deviation ([0, 1] image units)
+    texture: float = 1.5  # largest gain (random sign per structure) on the real image's fine detail; 0: flat
+    max_blur: float = 1.2  # largest Gaussian blur sigma (voxels)
+    bias: float = 0.6  # largest log-amplitude of the smooth multiplicative bias field
+    max_downsample: float = 2.5  # largest resolution loss along one random axis (thick slices)
+    max_noise: float = 0.04  # largest noise standard deviation
+
+
+@dataclass
 class AugmentConfig:
     intensity: bool = True  # random intensity scale/shift/contrast/noise (robustness to synthetic CT)
     # each labelled organ's intensity shifted by a random offset in this range (normalised units, 0.1 = 21 HU
     # in the demo's [-175, 250] window), varying smoothly across it, in half the patches; [] or null: off
     organ_intensity: list[float] | None = field(default_factory=lambda: [-0.7, 0.2])
+    spatial: bool = False  # random rotation (+-15 degrees) and scaling (+-15 %) of image and label
+    synthseg: SynthSegConfig = field(default_factory=SynthSegConfig)
     synthetic: SyntheticAugmentConfig = field(default_factory=SyntheticAugmentConfig)
     translator: str | None = None  # CycleGAN run: training CTs also go CT -> MRI -> CT through it (labels kept)
     translator_ratio: float = 0.5  # fraction of samples drawn from those cycled CTs

@@ -1,0 +1,188 @@
+"""SynthSeg-style label -> image generation: random contrast from label maps, on the fly, 2D or 3D.
+
+A segmenter trained only on images whose every structure has a *random* intensity learns shape and
+context rather than one modality's contrast, so it runs on CT and on MRI of any weighting (Billot et al.,
+SynthSeg, 2023; BBillot/SynthSeg ``labels_to_image_model.py``). Abdominal label maps cover a dozen organs
+and leave fat, muscle, bone and bowel unlabelled, so :func:`generation_labels` first splits the unlabelled
+body into intensity classes of the real image (1D k-means: data-driven, no HU constant), and the generator
+also keeps, with a random sign and gain per structure, the real image's fine texture (vessels inside the
+liver, bowel content), which a label map does not hold.
+
+Images are ``(1, *spatial)`` in [-1, 1] (medgen's network range); the generator draws everything from a
+numpy ``RandomState`` (MONAI's ``RandomizableTransform``), so a seeded stream is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import GaussianFilter
+from monai.transforms import MapTransform, RandomizableTransform
+from scipy import ndimage as ndi
+
+
+def body_mask(image: np.ndarray) -> np.ndarray:
+    """The body of a volume ``(X, Y, Z)``: voxels above the image's Otsu threshold, closed, holes filled
+    per axial slice, largest connected component. No intensity constant: works on CT whatever its range
+    (including CTs clipped to a soft-tissue window) and on MRI.
+
+    >>> v = np.zeros((20, 20, 3), np.float32); v[5:15, 5:15] = 100.0; v[9:11, 9:11] = 0.0
+    >>> int(body_mask(v).sum())
+    300
+    """
+    data = np.asarray(image, np.float32)
+    if float(data.max()) <= float(data.min()):
+        return np.zeros(data.shape, bool)
+    otsu = sitk.OtsuThreshold(sitk.GetImageFromArray(data), 0, 1, 128)
+    mask = sitk.GetArrayFromImage(otsu).astype(bool)
+    mask = ndi.binary_closing(mask, np.ones((5, 5, 1), bool), iterations=2, border_value=0) | mask
+    mask = np.stack([ndi.binary_fill_holes(mask[..., z]) for z in range(mask.shape[-1])], axis=-1)
+    components, n = ndi.label(mask)
+    if n > 1:
+        sizes = ndi.sum(mask, components, range(1, n + 1))
+        mask = components == 1 + int(np.argmax(sizes))
+    return mask
+
+
+def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
+    """Sorted centres of a 1D k-means (Lloyd, quantile start).
+
+    >>> kmeans_1d(np.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.0]), 2).tolist()
+    [1.0, 11.0]
+    """
+    values = np.asarray(values, np.float64).ravel()
+    centres = np.quantile(values, (np.arange(k) + 0.5) / k)
+    for _ in range(iterations):
+        nearest = np.argmin(np.abs(values[:, None] - centres[None]), axis=1)
+        centres = np.array([values[nearest == j].mean() if np.any(nearest == j) else centres[j] for j in range(k)])
+    return np.sort(centres)
+
+
+def generation_labels(image: np.ndarray, labels: np.ndarray, classes: int = 4) -> np.ndarray:
+    """The label map the generator paints: every labelled structure keeps its value, unlabelled body voxels
+    get ``classes`` intensity classes (numbered after the largest label), outside the body is 0.
+
+    Args:
+        image: the labelled image (any modality), ``(X, Y, Z)``.
+        labels: its label map, same shape, structures > 0 (all of them, not only the segmented class).
+        classes: intensity classes for the unlabelled body (fat, soft tissue, enhancing, bone on CT).
+    """
+    image = np.asarray(image, np.float32)
+    labels = np.asarray(labels).astype(np.int32)
+    body = body_mask(image) | (labels > 0)
+    out = np.where(body, labels, 0)
+    free = body & (labels == 0)
+    if classes > 0 and free.any():
+        values = image[free]
+        centres = kmeans_1d(values[:: max(1, values.size // 200_000)], classes)
+        cls = np.argmin(np.abs(values[:, None] - centres[None].astype(np.float32)), axis=1)
+        out[free] = int(labels.max()) + 1 + cls
+    return out.astype(np.int16)
+
+
+class RandLabelToImage(RandomizableTransform):
+    """Paint a random-contrast image from a generation label map ``(1, *spatial)``.
+
+    Per structure: a mean in [0, 1] (the background made dark half the time, as in MRI and CT), a standard
+    deviation up to ``max_std``, and a random gain in ``[-texture, texture]`` on the real image's detail
+    (image minus its blur, when an image is given). Then a blur, a smooth multiplicative bias field, a
+    lower resolution along one random axis (thick slices), noise, percentile normalisation and a random
+    gamma; the result is in [-1, 1].
+
+    Args:
+        max_std: largest within-structure standard deviation (image units in [0, 1]).
+        texture: largest gain on the real image's detail; 0 paints flat structures (plain SynthSeg).
+        max_blur: largest Gaussian blur sigma (voxels).
+        bias: largest log-amplitude of the bias field.
+        max_downsample: largest resolution loss along one axis (1 = none).
+        max_noise: largest noise standard deviation.
+    """
+
+    def __init__(self, max_std: float = 0.06, texture: float = 1.5, max_blur: float = 1.2, bias: float = 0.6,
+                 max_downsample: float = 2.5, max_noise: float = 0.04, prob: float = 1.0):
+        RandomizableTransform.__init__(self, prob)
+        self.max_std, self.texture, self.max_blur, self.bias = max_std, texture, max_blur, bias
+        self.max_downsample, self.max_noise = max_downsample, max_noise
+
+    def _uniform(self, lo: float, hi: float, size=None) -> torch.Tensor:
+        return torch.as_tensor(self.R.uniform(lo, hi, size), dtype=torch.float32)
+
+    def __call__(self, labels: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        labels = torch.as_tensor(labels)
+        spatial = tuple(labels.shape[1:])
+        dims = len(spatial)
+        values, index = torch.unique(labels.long(), return_inverse=True)
+        n = len(values)
+        means = self._uniform(0.0, 1.0, n)
+        if values[0] == 0 and self.R.rand() < 0.5:
+            means[0] = float(self.R.uniform(0.0, 0.1))
+        stds = self._uniform(0.0, self.max_std, n)
+        out = means[index] + stds[index] * torch.as_tensor(self.R.standard_normal(labels.shape), dtype=torch.float32)
+        if image is not None and self.texture > 0:
+            image = torch.as_tensor(image, dtype=torch.float32)
+            detail = image - GaussianFilter(dims, 2.0)(image[None])[0]
+            out = out + 0.5 * self._uniform(-self.texture, self.texture, n)[index] * detail
+        sigma = float(self.R.uniform(0.0, self.max_blur))
+        if sigma > 0.3:
+            out = GaussianFilter(dims, sigma)(out[None])[0]
+        coarse = self._uniform(-1.0, 1.0, (1, 1) + (4,) * dims)
+        field = F.interpolate(coarse, size=spatial, mode="bicubic" if dims == 2 else "trilinear", align_corners=True)[0]
+        out = out * torch.exp(field * float(self.R.uniform(0.0, self.bias)))
+        factor = float(self.R.uniform(1.0, self.max_downsample))
+        if factor > 1.2:
+            axis = int(self.R.randint(dims))
+            low = list(spatial)
+            low[axis] = max(4, int(round(spatial[axis] / factor)))
+            mode = "bilinear" if dims == 2 else "trilinear"
+            out = F.interpolate(F.interpolate(out[None], size=low, mode=mode, align_corners=False),
+                                size=spatial, mode=mode, align_corners=False)[0]
+        out = out + float(self.R.uniform(0.0, self.max_noise)) * torch.as_tensor(
+            self.R.standard_normal(out.shape), dtype=torch.float32)
+        lo, hi = torch.quantile(out.flatten()[:: max(1, out.numel() // 100_000)], torch.tensor([0.005, 0.995]))
+        out = ((out - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+        out = out ** float(np.exp(self.R.normal(0.0, 0.3)))
+        return out * 2.0 - 1.0
+
+
+class RandLabelToImaged(RandomizableTransform, MapTransform):
+    """Dict wrapper of :class:`RandLabelToImage`: with probability ``prob`` the image at ``image_key`` is
+    replaced by a random-contrast image painted from ``gen_key`` (its texture taken from the real image);
+    ``gen_key`` is always removed, so batches hold only image and label.
+
+    >>> t = RandLabelToImaged("image", "gen", prob=1.0); _ = t.set_random_state(0)
+    >>> gen = torch.zeros(1, 32, 32, dtype=torch.int16); gen[0, 8:24, 8:24] = 6
+    >>> out = t({"image": torch.zeros(1, 32, 32), "gen": gen})
+    >>> sorted(out), tuple(out["image"].shape), bool(out["image"].min() >= -1 and out["image"].max() <= 1)
+    (['image'], (1, 32, 32), True)
+    """
+
+    def __init__(self, image_key: Hashable, gen_key: Hashable, prob: float = 0.8, **kwargs):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, [image_key])
+        self.gen_key = gen_key
+        self.painter = RandLabelToImage(**kwargs)
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        self.painter.set_random_state(seed=int(self.R.randint(2**31)))
+        return self
+
+    def __call__(self, data):
+        d = dict(data)
+        gen = d.pop(self.gen_key)
+        self.randomize(None)
+        if self._do_transform:
+            key = self.keys[0]
+            d[key] = self.painter(gen, d[key]).to(torch.as_tensor(d[key]).dtype)
+        return d
+
+
+def synthseg_defaults() -> dict[str, float]:
+    """The generator's default ranges (the keys of ``augment.synthseg`` in a segmenter config)."""
+    names: Sequence[str] = ("max_std", "texture", "max_blur", "bias", "max_downsample", "max_noise")
+    defaults = RandLabelToImage.__init__.__defaults__
+    return dict(zip(names, defaults[: len(names)]))

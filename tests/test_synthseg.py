@@ -1,0 +1,124 @@
+"""The label -> image generative model (SynthSeg-style) and the segmenter trained on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medgen.data.augment import intensity_augmentation
+from medgen.data.synthseg import RandLabelToImage, RandLabelToImaged, body_mask, generation_labels, kmeans_1d
+from medgen.data.volumes import labelled_volumes
+from medgen.keys import Keys
+from medgen.models.registry import load_config
+from medgen.models.run import latest_checkpoint
+from tests.conftest import ROOT, tiny_segmenter
+
+
+def _body(shape=(40, 40, 4)):
+    """A clipped-CT-like body: outside and fat read the same lowest value (as in a soft-tissue-window CT),
+    a skin ring, muscle, an organ labelled 6 and bright bone."""
+    image = np.full(shape, -125.0, np.float32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(yy - 20, xx - 20)
+    image[r < 17] = 40.0  # skin / muscle ring
+    image[r < 15] = -125.0  # subcutaneous fat: the same value as the air outside
+    image[r < 12] = 50.0  # muscle and viscera
+    image[(np.abs(yy - 20) < 2) & (np.abs(xx - 20) < 2)] = 275.0  # bone
+    labels = np.zeros(shape, np.int16)
+    labels[(yy > 22) & (yy < 30) & (xx > 14) & (xx < 26)] = 6
+    image[labels == 6] = 120.0
+    return image, labels
+
+
+def test_body_mask_keeps_fat_inside_the_skin():
+    image, _ = _body()
+    body = body_mask(image)
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    assert body[r < 14.5].all()  # the fat ring, which reads like air, is inside the body
+    assert not body[r > 17.5].any()
+
+
+def test_generation_labels_keep_structures_and_split_the_rest():
+    image, labels = _body()
+    gen = generation_labels(image, labels, classes=3)
+    assert np.array_equal(gen[labels == 6], labels[labels == 6])
+    body = body_mask(image)
+    assert (gen[~body] == 0).all()
+    free = body & (labels == 0)
+    assert set(np.unique(gen[free]).tolist()) <= {7, 8, 9}
+    # bone (the brightest unlabelled tissue) and fat (the darkest) land in different classes
+    assert gen[20, 20, 0] == 9 and gen[20, 6, 0] == 7
+    assert kmeans_1d(np.array([1.0, 1.2, 5.0, 5.2, 9.0]), 3).round(1).tolist() == [1.1, 5.1, 9.0]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_painter_is_seeded_and_paints_each_structure(dims):
+    shape = (1,) + (24,) * dims
+    gen = torch.zeros(shape, dtype=torch.int16)
+    gen[(0, slice(4, 12))] = 3
+    gen[(0, slice(12, 20))] = 7
+    painter = RandLabelToImage(max_std=0.0, texture=0.0, max_blur=0.0, bias=0.0, max_downsample=1.0, max_noise=0.0)
+    a = painter.set_random_state(5)(gen)
+    b = painter.set_random_state(5)(gen)
+    c = painter.set_random_state(6)(gen)
+    assert a.shape == shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert float(a.min()) >= -1 and float(a.max()) <= 1
+    for value in (0, 3, 7):  # flat structures with distinct intensities
+        region = a[gen == value]
+        assert float(region.max() - region.min()) < 1e-5
+    assert len({round(float(a[gen == v][0]), 4) for v in (0, 3, 7)}) == 3
+
+
+def test_dict_painter_uses_the_real_texture_and_drops_generation_labels():
+    gen = torch.zeros(1, 32, 32, dtype=torch.int16)
+    gen[0, 8:24, 8:24] = 6
+    image = torch.zeros(1, 32, 32)
+    image[0, 14:18, 14:18] = 1.0  # a vessel inside the organ: kept as texture
+    t = RandLabelToImaged(Keys.IMAGE, Keys.GEN, prob=1.0, max_std=0.0, texture=1.5, max_blur=0.0, bias=0.0,
+                          max_downsample=1.0, max_noise=0.0)
+    out = t.set_random_state(3)({Keys.IMAGE: image, Keys.GEN: gen, Keys.LABEL: gen > 0})
+    assert Keys.GEN not in out and Keys.LABEL in out
+    organ = out[Keys.IMAGE][0, 9:23, 9:23]
+    assert float(organ.std()) > 0.01  # flat without texture; the vessel shows
+    off = RandLabelToImaged(Keys.IMAGE, Keys.GEN, prob=0.0)
+    kept = off.set_random_state(3)({Keys.IMAGE: image, Keys.GEN: gen})
+    assert torch.equal(kept[Keys.IMAGE], image) and Keys.GEN not in kept
+
+
+def test_augmentation_pipeline_with_synthseg_and_rotation_is_deterministic():
+    gen = torch.zeros(1, 32, 32, dtype=torch.int16)
+    gen[0, 8:24, 10:20] = 6
+    sample = {Keys.IMAGE: torch.rand(1, 32, 32) * 2 - 1, Keys.LABEL: (gen == 6).to(torch.uint8), Keys.GEN: gen}
+    t = intensity_augmentation(False, None, 2, {"prob": 1.0})
+    a = t.set_random_state(1)(dict(sample))
+    b = t.set_random_state(1)(dict(sample))
+    assert sorted(a) == sorted([Keys.IMAGE, Keys.LABEL]) and torch.equal(a[Keys.IMAGE], b[Keys.IMAGE])
+    assert set(torch.unique(a[Keys.LABEL]).tolist()) <= {0, 1}
+    assert not torch.equal(a[Keys.IMAGE], sample[Keys.IMAGE])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_segmenter_trains_on_synthetic_contrast(phantom_dir, tmp_path, dims):
+    from medgen.engines.train import train
+
+    extra = ["augment.synthseg.prob=1.0", "augment.spatial=true", "augment.organ_intensity=null"]
+    run = train(ROOT / "configs" / ("segmenter_ct_liver.yaml"), tmp_path / "seg",
+                tiny_segmenter(phantom_dir, dims, iterations=2) + extra)
+    assert latest_checkpoint(run) is not None
+    cfg = load_config(run / "config.yaml")
+    assert cfg.augment.synthseg.prob == 1.0 and cfg.augment.spatial
+
+
+def test_labelled_volumes_cache_generation_labels(phantom_dir):
+    cfg = load_config(ROOT / "configs" / "segmenter_ct_liver.yaml",
+                      [f"data.images={phantom_dir / 'ct'}", f"data.labels={phantom_dir / 'labels'}",
+                       "preprocess.spacing=null", "data.cache_workers=0"])
+    vols = labelled_volumes([(phantom_dir / "ct" / "case_000.nii.gz", phantom_dir / "labels" / "case_000.nii.gz")],
+                            cfg.data, cfg.preprocess, gen_classes=2)
+    v = vols[0]
+    assert v[Keys.GEN].shape == v[Keys.LABEL].shape
+    raw = v[Keys.GEN][0]
+    assert torch.equal(v[Keys.LABEL][0] > 0, raw == 1)  # label_map {1: 1}: the liver keeps its value in GEN
+    assert int(raw.max()) >= 11  # phantom structures 1..10 kept, intensity classes after them
