@@ -12,6 +12,7 @@ from pathlib import Path
 
 from medgen.errors import MedgenError
 from medgen.info import describe
+from medgen.models.fit import read_model
 from medgen.phantoms import DEFAULT_SHAPE, DEFAULT_SPACING, write_dataset
 
 LIVER_INDEX_HELP = ("output channel / class of the liver (default: the backend's own: 1, or a TorchScript "
@@ -59,6 +60,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from medgen.engines.fit import fit_mri_liver  # lazy: torch + MONAI (3.5 s)
+
+    fit_mri_liver(args.ct, args.ct_labels, args.label_map, args.mri, args.out, args.preset, args.segmenter, args.set,
+                  args.resume)
+    return 0
+
+
 def _cmd_translate(args: argparse.Namespace) -> int:
     from medgen.inference.translate import translate_files  # lazy: torch + MONAI (3.5 s)
 
@@ -83,7 +92,7 @@ def _label_map(text: str | None) -> dict[int, int] | None:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from medgen.inference.segment import segment_files  # lazy: torch + MONAI (3.5 s)
 
-    segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index, args.overwrite)
+    segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index, args.overwrite, args.modality)
     return 0
 
 
@@ -92,10 +101,20 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     options = PipelineOptions(args.threshold, args.largest_component, args.fill_holes, args.save_sct, args.baseline,
                               args.overwrite)
-    rows, failed = run_pipeline(args.translator, args.segmenter, args.input, args.output, args.device,
-                                args.liver_index, options, args.truth, args.label_map)
+    translator, segmenter, liver_index = args.translator, args.segmenter, args.liver_index
+    if args.model:
+        if translator or segmenter:
+            raise MedgenError(args.model, "give either --model or --translator/--segmenter, not both")
+        _, translator, segmenter, own_index = read_model(args.model)
+        liver_index = own_index if liver_index is None else liver_index
+    elif not (translator and segmenter):
+        raise MedgenError(None, "mri-liver needs --model MODEL (from `medgen fit mri-liver`), or both --translator "
+                                "and --segmenter")
+    rows, failed = run_pipeline(translator, segmenter, args.input, args.output, args.device,
+                                liver_index, options, args.truth, args.label_map)
     ok = [r for r in rows if r["status"] == "ok"]
-    for key, name in (("dice", "pipeline (MRI -> synthetic CT -> segmenter)"), ("baseline_dice", "direct baseline")):
+    route = "MRI -> synthetic CT -> segmenter" if translator else "MRI -> contrast-agnostic segmenter"
+    for key, name in (("dice", f"pipeline ({route})"), ("baseline_dice", "direct baseline")):
         values = [r[key] for r in ok if key in r]
         if values:
             print(f"mean liver Dice, {name}: {sum(values) / len(values):.4f} over {len(values)} cases")
@@ -104,7 +123,10 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medgen.evaluation import augmentation, segmentation, synthesis, translation  # lazy: torch + MONAI (3.5 s)
+    from medgen import evaluation  # lazy: torch + MONAI (3.5 s)
+
+    augmentation, segmentation = evaluation.augmentation, evaluation.segmentation
+    synthesis, translation = evaluation.synthesis, evaluation.translation
 
     if args.kind == "segmentation":
         rows, summary, csv_path = segmentation.evaluate_segmentation(args.pred, args.truth, args.label_map,
@@ -209,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue a run from its last checkpoint (RUN defaults to --out)")
 
+    p = add("fit", _cmd_fit, "train everything a pipeline needs into one model directory; mri-liver: from "
+            "labelled CTs and unlabelled MRIs", "medgen fit mri-liver --ct ct/ --ct-labels labels/ --label-map 6:1 "
+            "--mri mri/ --out model/ --preset cpu")
+    p.add_argument("name", choices=("mri-liver",), help="the pipeline to fit")
+    p.add_argument("--ct", required=True, help="labelled CTs: a folder or a datalist JSON")
+    p.add_argument("--ct-labels", required=True, help="their label maps (folder matched by file name, or the JSON)")
+    p.add_argument("--label-map", required=True, type=_label_map, help="CT label value -> class; the liver is class 1, "
+                   "e.g. 6:1 (BTCV) or 5:1 (TotalSegmentator)")
+    p.add_argument("--mri", required=True, help="unlabelled MRIs of the kind to segment: a folder or a datalist JSON")
+    p.add_argument("--out", required=True, help="model directory (fit.yaml, model.json, one run per stage, qc/)")
+    p.add_argument("--preset", default="cpu", help="cpu (2 cores) | gpu (one GPU) | a fit YAML (default cpu)")
+    p.add_argument("--segmenter", help="your own CT segmenter (run dir, TorchScript file, MONAI bundle), used frozen: "
+                   "the fit trains the MRI -> synthetic CT translator for it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset key (route=synthct), or a stage's (segmenter.train.iterations=500)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted fit in --out (stage by stage)")
+
     p = add("translate", _cmd_translate, "translate whole volumes with a trained CycleGAN run",
             "medgen translate runs/t mri/ synth_ct/ --direction mri2ct")
     p.add_argument("run", help="CycleGAN run directory")
@@ -224,16 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="a CT volume or a folder of volumes")
     p.add_argument("output", help="an output mask .nii.gz (single input) or a folder")
     p.add_argument("--liver-index", type=int, default=None, help=LIVER_INDEX_HELP)
+    p.add_argument("--modality", choices=("ct", "mri"), default=None,
+                   help="input intensity preset of a medgen segmenter run (default: its training modality; "
+                        "mri for a contrast-agnostic segmenter on MRIs)")
     _add_device(p)
     _add_overwrite(p)
 
-    p = add("pipeline", _cmd_pipeline, "run a pipeline; mri-liver: MRI -> synthetic CT -> liver mask on the MRI grid",
-            "medgen pipeline mri-liver --translator runs/t --segmenter runs/seg mri/ out/ --baseline")
+    p = add("pipeline", _cmd_pipeline, "run a pipeline; mri-liver: MRI -> liver mask on the MRI grid",
+            "medgen pipeline mri-liver --model model/ mri/ out/")
     p.add_argument("name", choices=("mri-liver",), help="the pipeline")
     p.add_argument("input", help="an MRI volume or a folder of them")
     p.add_argument("output", help="mask .nii.gz for a single input, or an output folder (masks + summary.csv/json)")
-    p.add_argument("--translator", required=True, help="CycleGAN run directory (MRI -> CT)")
-    p.add_argument("--segmenter", required=True, help="run dir, TorchScript file, MONAI bundle or 'totalsegmentator'")
+    p.add_argument("--model", help="a model directory from `medgen fit mri-liver` (its route, translator and segmenter)")
+    p.add_argument("--translator", help="translator run directory (MRI -> CT), with --segmenter")
+    p.add_argument("--segmenter", help="run dir, TorchScript file, MONAI bundle or 'totalsegmentator'")
     p.add_argument("--liver-index", type=int, default=None, help=LIVER_INDEX_HELP)
     p.add_argument("--save-sct", action="store_true", help="also write the synthetic CTs (OUT/sct/)")
     p.add_argument("--baseline", action="store_true",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from medgen.models.fit import load_fit_config
 from medgen.cli import main
 from medgen.config import InferenceConfig, PreprocessConfig, save_config
 from medgen.errors import MedgenError
@@ -26,7 +27,7 @@ from .conftest import ROOT
 
 @pytest.mark.parametrize("text, overrides, message", [
     ("task: cyclegan\n", ["data.patch_size=[64, 64, 64]"], r"cfg.yaml: data.patch_size \[64, 64, 64\] needs 2 values"),
-    ("task: fit\n", [], r"cfg.yaml: unknown task 'fit' \(known: cyclegan, segmenter, vae, gan\)"),
+    ("task: fit\n", [], r"cfg.yaml: unknown task 'fit' \(known: cyclegan, synthct, segmenter, vae, gan\)"),
     ("train: {}\n", [], "cfg.yaml: a config must be a mapping with a 'task' key"),
     ("task: segmenter\nnetwork: {nam: unet}\n", [], "unknown key 'network.nam'"),
     ("- task\n", [], "cfg.yaml: a config must be a mapping"),
@@ -38,7 +39,7 @@ def test_config_errors_name_the_file(tmp_path, text, overrides, message):
 
 
 def test_run_of_another_kind_is_refused(segmenter_run):
-    with pytest.raises(MedgenError, match=r"is a segmenter run, not a translator run \(cyclegan\)"):
+    with pytest.raises(MedgenError, match=r"is a segmenter run, not a translator run \(cyclegan or synthct\)"):
         load_run(segmenter_run, "translator")
     assert load_run(segmenter_run, "segmenter").task == "segmenter"
 
@@ -125,6 +126,7 @@ def test_pipeline_options_override_the_segmenters_postprocessing(cyclegan_run, s
 def test_shipped_configs_round_trip_through_a_run_directory(tmp_path):
     """A run directory's config.yaml (as `medgen train` saves it) loads back to the same config."""
     for path in sorted((ROOT / "configs").glob("*.yaml")):
-        cfg = load_config(path)
+        load = load_fit_config if path.name.startswith("fit_") else load_config  # fit presets: `medgen fit`
+        cfg = load(path)
         save_config(cfg, tmp_path / path.stem / "config.yaml")
-        assert load_config(tmp_path / path.stem / "config.yaml") == cfg
+        assert load(tmp_path / path.stem / "config.yaml") == cfg

@@ -1,4 +1,5 @@
-"""The MRI liver pipeline: MRI -> synthetic CT -> CT liver segmenter -> mask on the MRI's exact grid.
+"""The MRI liver pipeline: MRI -> synthetic CT -> CT liver segmenter -> mask on the MRI's exact grid, or
+(the ``direct`` route of a ``medgen fit`` model) MRI -> contrast-agnostic segmenter -> mask.
 
 Each stage undoes its own preprocessing (reorientation exactly, resampling onto the original shape),
 so the mask is written with the MRI's header by ``save_like``. A batch writes ``OUT/<case>.nii.gz``
@@ -63,17 +64,21 @@ def quality_flags(mask: np.ndarray, raw_mask: np.ndarray, liver_ml: float, cycle
 
 
 class MriLiverPipeline:
-    """Translator run + segmenter (any backend) -> liver masks on MRI grids.
+    """Translator run + segmenter (any backend) -> liver masks on MRI grids; with no translator the MRI
+    goes to the segmenter (a medgen run) through the MRI intensity preset (the ``direct`` route).
 
     >>> pipe = MriLiverPipeline("runs/cyclegan", "runs/segmenter")  # doctest: +SKIP
     >>> row = pipe.run_case("mri/case_016.nii.gz", "out/case_016.nii.gz")  # doctest: +SKIP
     """
 
-    def __init__(self, translator: str | Path, segmenter: str | Path, device: str = "auto",
+    def __init__(self, translator: str | Path | None, segmenter: str | Path, device: str = "auto",
                  liver_index: int | None = None, options: PipelineOptions | None = None):
-        self.translator = load_translator(translator, "mri2ct", device, cycle=True)
-        self.segmenter = load_segmenter(segmenter, device, liver_index)
         self.options = options or PipelineOptions()
+        if translator is None and (self.options.baseline or self.options.save_sct):
+            raise MedgenError(segmenter, "the direct route has no synthetic CT: --baseline and --save-sct need a "
+                                         "translator route")
+        self.translator = None if translator is None else load_translator(translator, "mri2ct", device, cycle=True)
+        self.segmenter = load_segmenter(segmenter, device, liver_index, "mri" if translator is None else None)
         pp = self.segmenter.postprocess  # the one source of defaults; options given on the command line win
         given = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(pp)}
         self.postprocess = dataclasses.replace(pp, **{k: v for k, v in given.items() if v is not None})
@@ -87,7 +92,7 @@ class MriLiverPipeline:
                  baseline_path: str | Path | None = None, truth=None) -> dict:
         """Segment one MRI; returns its QC row (liver mL, cycle error, flags, Dice when ``truth`` is given)."""
         mri, ref = load_image(mri_path)
-        sct, cycle = self.translator.translate(mri, ref)
+        sct, cycle = self.translator.translate(mri, ref) if self.translator is not None else (mri, None)
         mask, raw = self._mask(sct, ref)
         voxel_ml = float(np.prod(ref.spacing)) / 1000.0
         liver_ml = float(mask.sum()) * voxel_ml
@@ -125,10 +130,11 @@ def _write_summary(out_dir: Path, rows: list[dict]) -> None:
     atomic_write(out_dir / "summary.json", lambda tmp: Path(tmp).write_text(text))
 
 
-def run_pipeline(translator: str | Path, segmenter: str | Path, inputs: str | Path, output: str | Path,
+def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: str | Path, output: str | Path,
                  device: str = "auto", liver_index: int | None = None, options: PipelineOptions | None = None,
                  truth: str | Path | None = None, label_map: Mapping[int, int] | None = None) -> tuple[list[dict], int]:
-    """``medgen pipeline mri-liver``: a file -> a mask file, or a folder -> a folder with a QC summary.
+    """``medgen pipeline mri-liver``: a file -> a mask file, or a folder -> a folder with a QC summary
+    (``translator`` None: the direct route).
 
     Returns the summary rows and the number of failed cases.
     """

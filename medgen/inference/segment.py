@@ -80,9 +80,11 @@ def thresholded(options: PostprocessConfig) -> PostprocessConfig:
     return dataclasses.replace(options, largest_component=False, fill_holes=False)
 
 
-def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, device: torch.device) -> np.ndarray:
-    """Softmax probabilities ``(C, *ref.shape)`` of a medgen segmenter run's network on one volume."""
-    pre = Preprocessor.from_config(Modality(cfg.data.modality), cfg.preprocess)
+def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, device: torch.device,
+                  modality: str | None = None) -> np.ndarray:
+    """Softmax probabilities ``(C, *ref.shape)`` of a medgen segmenter run's network on one volume, through the
+    intensity preset of ``modality`` (default: the run's training modality, ``data.modality``)."""
+    pre = Preprocessor.from_config(Modality(modality or cfg.data.modality), cfg.preprocess)
     x, geom = pre.forward(array, ref)
     inf = cfg.inference
     logits = infer_volume(net, x, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size, inf.overlap,
@@ -92,15 +94,19 @@ def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, d
 
 class RunSegmenter:
     """A ``medgen train`` segmenter run directory (its config, latest checkpoint, preprocessing and
-    post-processing); ``liver_index``: the class whose probability :meth:`predict` returns (default 1)."""
+    post-processing); ``liver_index``: the class whose probability :meth:`predict` returns (default 1);
+    ``modality``: the intensity preset of the inputs (default: the run's training modality; ``mri`` for a
+    contrast-agnostic segmenter applied to MRIs)."""
 
     @classmethod
     def accepts(cls, spec: str | Path) -> bool:
         return Path(spec).is_dir() and (Path(spec) / CONFIG_FILE).is_file()
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", liver_index: int | None = None):
+    def __init__(self, run_dir: str | Path, device: str = "auto", liver_index: int | None = None,
+                 modality: str | None = None):
         self.run_dir = Path(run_dir)
         self.cfg = load_run(self.run_dir, "segmenter")
+        self.modality = modality
         self.device = resolve_device(device)
         self.net = build_network(self.cfg).to(self.device)
         load_weights(self.run_dir, ["net"], [self.net])
@@ -108,7 +114,7 @@ class RunSegmenter:
         self.postprocess = self.cfg.postprocess
 
     def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
-        return segment_array(self.net, self.cfg, array, ref, self.device)[self.liver_index]
+        return segment_array(self.net, self.cfg, array, ref, self.device, self.modality)[self.liver_index]
 
 
 class TorchScriptSegmenter:
@@ -275,19 +281,25 @@ SEGMENTERS: dict[str, type] = {
 }
 
 
-def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int | None = None) -> Segmenter:
+def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int | None = None,
+                   modality: str | None = None) -> Segmenter:
     """The first backend of :data:`SEGMENTERS` that accepts SEG: ``totalsegmentator``, a run directory,
-    a MONAI bundle or a TorchScript file. ``liver_index`` None keeps the backend's own."""
+    a MONAI bundle or a TorchScript file. ``liver_index`` None keeps the backend's own; ``modality`` (a
+    medgen run only) picks the input intensity preset, None the run's own."""
     for backend in SEGMENTERS.values():
         if backend.accepts(spec):
-            return backend(spec, device, liver_index)
+            if modality is not None and backend is not RunSegmenter:
+                raise MedgenError(spec, "--modality applies to medgen segmenter runs only (this is a CT model "
+                                        "with its own preprocessing)")
+            return backend(spec, device, liver_index, modality) if modality else backend(spec, device, liver_index)
     raise MedgenError(spec, "no such segmenter (a run directory, TorchScript file, MONAI bundle or 'totalsegmentator')")
 
 
 def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path, device: str = "auto",
-                  liver_index: int | None = None, overwrite: bool = False) -> list[Path]:
-    """``medgen segment``: CT file -> mask file, or a folder of CTs -> a folder of masks (uint8, input header)."""
-    seg = load_segmenter(segmenter, device, liver_index)
+                  liver_index: int | None = None, overwrite: bool = False, modality: str | None = None) -> list[Path]:
+    """``medgen segment``: a file -> mask file, or a folder -> a folder of masks (uint8, input header);
+    ``modality`` as in :func:`load_segmenter`."""
+    seg = load_segmenter(segmenter, device, liver_index, modality)
     written = []
     for src, dst in input_output_pairs(inputs, output)[1]:
         array, ref = load_image(src)

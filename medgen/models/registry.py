@@ -19,6 +19,9 @@ from medgen.errors import MedgenError
 from medgen.models.cyclegan import GENERATORS, CycleGANConfig, build_nets
 from medgen.models.segmenter import SegmenterConfig
 from medgen.models.synth import GANConfig, VAEConfig
+from medgen.models.synthct import GENERATORS as SYNTHCT_GENERATORS
+from medgen.models.synthct import SynthCTConfig
+from medgen.models.synthct import build_nets as build_synthct
 
 KINDS = ("translator", "segmenter", "synthesizer")
 
@@ -44,6 +47,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "cyclegan": Task(CycleGANConfig, "translator", "medgen.engines.cyclegan:setup", build_nets, GENERATORS),
+    "synthct": Task(SynthCTConfig, "translator", "medgen.engines.synthct:setup", build_synthct, SYNTHCT_GENERATORS),
     "segmenter": Task(SegmenterConfig, "segmenter", "medgen.engines.segmenter:setup"),
     "vae": Task(VAEConfig, "synthesizer", "medgen.engines.synth:setup"),
     "gan": Task(GANConfig, "synthesizer", "medgen.engines.synth:setup"),

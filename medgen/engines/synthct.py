@@ -1,0 +1,111 @@
+"""Training the contrast-agnostic CT synthesizer (``synthct``): random-contrast CT patches -> the CT.
+
+Its config and network are in :mod:`medgen.models.synthct`. Each sample holds the real CT patch (the
+target), its liver label and a copy painted with random contrasts from its generation labels (the input,
+under :data:`Keys.MRI`: what an MRI of unknown weighting looks like to the generator). The step minimises
+``lambda_l1 * |G(x) - ct|`` plus, with a frozen segmenter, ``lambda_seg * DiceCE(S(G(x)), liver)``; the
+segmenter's weights never change, gradients pass through it into the generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from monai.transforms import Compose, CopyItemsd
+
+from medgen.data.augment import intensity_augmentation
+from medgen.data.datalist import image_label_pairs
+from medgen.data.patches import labelled_patches
+from medgen.data.synthseg import RandLabelToImaged
+from medgen.data.volumes import labelled_volumes
+from medgen.engines.common import TaskSetup, average_gradients, loader_factory
+from medgen.errors import MedgenError
+from medgen.inference.segment import RunSegmenter
+from medgen.keys import Keys
+from medgen.models.run import NORM_FILE, norm_artifact
+from medgen.models.synthct import SynthCTConfig, build_nets
+from medgen.runtime import autocast, grad_scaler, prefers_channels_last
+from medgen.transforms import ct_to_unit, unit_to_ct
+
+
+class FrozenSegmenter(torch.nn.Module):
+    """A 2D medgen segmenter run as a differentiable, frozen function: generator output in the translator's
+    CT window -> HU -> the segmenter's own window -> liver probability."""
+
+    def __init__(self, run: str, window: list[float], device: torch.device):
+        super().__init__()
+        seg = RunSegmenter(run, str(device.type))
+        if seg.cfg.spatial_dims != 2:
+            raise MedgenError(run, "the segmentation-consistency loss needs a 2D segmenter run (set loss.lambda_seg=0)")
+        self.net, self.window, self.seg_window = seg.net, list(window), list(seg.cfg.preprocess.ct_window)
+        self.liver_index = seg.liver_index
+        self.multiple = 2 ** (len(seg.cfg.network.channels) - 1)
+        self.net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, fake: torch.Tensor) -> torch.Tensor:
+        x = ct_to_unit(unit_to_ct(fake, self.window), self.seg_window)
+        pad = [(-s) % self.multiple for s in x.shape[:1:-1]]
+        x = F.pad(x, [v for p in pad for v in (0, p)], value=-1.0)
+        prob = torch.softmax(self.net(x), 1)[:, self.liver_index: self.liver_index + 1]
+        return prob[(..., *[slice(0, s) for s in fake.shape[2:]])]
+
+
+def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, device: torch.device,
+                 segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None):
+    """Training step ``(engine, batch) -> {"loss", "l1", "seg"}``."""
+    scaler = scaler or grad_scaler(device, "none")
+    dice = DiceLoss()
+
+    def step(engine, batch: Mapping) -> dict:
+        net.train()
+        x = batch[Keys.MRI].to(device, non_blocking=True)
+        ct = batch[Keys.IMAGE].to(device, non_blocking=True)
+        liver = (batch[Keys.LABEL].to(device, non_blocking=True) == 1).float()
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            fake = net(x)
+        fake = fake.float()
+        l1 = (fake - ct).abs().mean()
+        loss, seg = loss_cfg.lambda_l1 * l1, torch.zeros(())
+        if segmenter is not None and loss_cfg.lambda_seg > 0:
+            prob = segmenter(fake)
+            seg = dice(prob, liver) + F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), liver)
+            loss = loss + loss_cfg.lambda_seg * seg
+        scaler.scale(loss).backward()
+        average_gradients([net])
+        scaler.step(opt)
+        scaler.update()
+        return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
+                "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
+
+    return step
+
+
+def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
+    """Data (painted and real CT patches), the generator, the frozen segmenter and the step."""
+    pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
+    options = dataclasses.asdict(cfg.synthseg)
+    classes, prob = options.pop("classes"), options.pop("prob")
+    volumes = labelled_volumes(pairs, cfg.data, cfg.preprocess, gen_classes=classes)
+    spatial = intensity_augmentation(False, None, cfg.spatial_dims if cfg.spatial else None)
+    transform = Compose([*(spatial.transforms if spatial else []), CopyItemsd(Keys.IMAGE, names=[Keys.MRI]),
+                         RandLabelToImaged(Keys.MRI, Keys.GEN, prob=prob, **options)])
+    samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1, transform)
+    make_loader = loader_factory(samples, cfg.train, device)
+    net = build_nets(cfg, prefers_channels_last(device, cfg.train.amp))["G"].to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                           weight_decay=cfg.optim.weight_decay)
+    frozen = None
+    if cfg.segmenter and cfg.loss.lambda_seg > 0:
+        frozen = FrozenSegmenter(cfg.segmenter, cfg.preprocess.ct_window, device).to(device)
+    scaler = grad_scaler(device, cfg.train.amp)
+    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler)
+    norm = norm_artifact([], [cfg.preprocess.ct_window])
+    return TaskSetup(step, {"G": net, "opt": opt, "scaler": scaler}, make_loader, [opt], cfg.optim.lr, None,
+                     {NORM_FILE: norm})

@@ -1,0 +1,100 @@
+"""``medgen fit mri-liver``: its config (a preset YAML) and the model directory it writes.
+
+A fit trains everything the MRI liver pipeline needs from labelled CTs and unlabelled MRIs into one
+directory, and ``medgen pipeline mri-liver --model MODEL`` runs it. The directory holds the resolved
+``fit.yaml``, one ``medgen train`` run per stage and ``model.json``, which names the route::
+
+    {"route": "direct", "segmenter": "segmenter-adapted", "translator": null, "liver_index": 1}
+
+Routes:
+
+- ``direct``: the MRI goes, through the MRI preset, into a contrast-agnostic liver segmenter trained on
+  the CTs with label -> image synthesis (``augment.synthseg``);
+- ``synthct``: MRI -> synthetic CT (a translator run) -> a CT segmenter (the fit's own, or the user's
+  ``--segmenter``, used frozen).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medgen.config import from_dict, read_yaml
+from medgen.errors import MedgenError, short
+from medgen.io import atomic_write
+
+FIT_CONFIG = "fit.yaml"
+MODEL_FILE = "model.json"
+ROUTES = ("direct", "synthct")
+
+
+@dataclass
+class StageConfig:
+    """One training stage: a config file (absolute, or relative to the repository's ``configs/``) and
+    dotted overrides applied on top of it (after the data the fit fills in)."""
+
+    config: str = ""
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FitConfig:
+    task: str = "fit_mri_liver"
+    route: str = "direct"  # direct | synthct (with --segmenter the route is always synthct)
+    segmenter: StageConfig = field(default_factory=lambda: StageConfig("segmenter_liver_any_contrast.yaml"))
+    translator: StageConfig = field(default_factory=lambda: StageConfig("synthct_2d.yaml"))
+    device: str = "auto"  # every stage: auto | cpu | cuda
+    amp: str = "none"  # every stage: none | bf16 | fp16
+    threads: int = 0  # torch CPU threads of every stage (0: torch's default)
+
+
+def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FitConfig:
+    """A fit preset + ``--set`` overrides -> :class:`FitConfig` (unknown keys are one-line errors)."""
+    cfg = from_dict(FitConfig, read_yaml(path, overrides), str(path))
+    if cfg.route not in ROUTES:
+        raise MedgenError(path, f"route must be one of {', '.join(ROUTES)}, not {cfg.route!r}")
+    return cfg
+
+
+@dataclass
+class FitModel:
+    """What ``model.json`` says: the route and the runs (paths relative to the model directory, or the
+    user's own segmenter as given)."""
+
+    route: str
+    segmenter: str
+    translator: str | None = None
+    liver_index: int | None = None
+
+    def resolve(self, model_dir: Path, name: str | None) -> str | None:
+        if name is None:
+            return None
+        inside = model_dir / name
+        return str(inside) if inside.exists() else name
+
+
+def write_model(model_dir: Path, model: FitModel) -> Path:
+    text = json.dumps(model.__dict__, indent=2) + "\n"
+    return atomic_write(Path(model_dir) / MODEL_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_model(model_dir: str | Path) -> tuple[str, str | None, str, int | None]:
+    """``(route, translator, segmenter, liver_index)`` of a fit model directory, paths resolved; a missing or
+    broken ``model.json`` is a one-line error naming the fix."""
+    model_dir = Path(model_dir)
+    path = model_dir / MODEL_FILE
+    if not path.is_file():
+        raise MedgenError(model_dir, f"not a fit model (no {MODEL_FILE}; make one with `medgen fit mri-liver`, "
+                                     "or finish it with `medgen fit mri-liver ... --resume`)")
+    try:
+        data = json.loads(path.read_text())
+        model = FitModel(**data)
+    except (ValueError, TypeError) as exc:
+        raise MedgenError(path, f"unreadable model file: {short(exc)}") from None
+    if model.route not in ROUTES:
+        raise MedgenError(path, f"unknown route {model.route!r}")
+    if model.route == "synthct" and not model.translator:
+        raise MedgenError(path, "route synthct needs a translator")
+    return (model.route, model.resolve(model_dir, model.translator), model.resolve(model_dir, model.segmenter),
+            model.liver_index)

@@ -1,0 +1,53 @@
+"""The contrast-agnostic CT synthesizer (task ``synthct``), as training and inference share it.
+
+An MRI -> CT translator trained on labelled CTs alone: each CT patch is painted with random contrasts from
+its label map (:mod:`medgen.data.synthseg`) and the generator learns to give the CT back (L1 in the CT
+window). With a frozen CT segmenter (``segmenter``, a 2D medgen segmenter run, e.g. the user's own) the
+generator is also trained *through* it: the segmenter must find the CT's liver in the generator's output,
+so the synthetic CTs are made for that segmenter. At inference the MRI goes through the MRI preset and the
+generator (``mri2ct``); there is no reverse generator (no cycle error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+from medgen.models.cyclegan import GeneratorConfig
+from medgen.models.segmenter import SynthSegConfig
+from medgen.networks.cyclegan import build_generator
+
+GENERATORS = {"mri2ct": "G"}
+
+
+@dataclass
+class SynthCTLossConfig:
+    lambda_l1: float = 10.0  # L1 between the generator's output and the real CT ([-1, 1] window units)
+    lambda_seg: float = 1.0  # Dice + cross-entropy of the frozen segmenter's liver on the output (0: off)
+
+
+@dataclass
+class SynthCTConfig:
+    task: str = "synthct"
+    spatial_dims: int = 2
+    data: LabelledDataConfig = field(default_factory=LabelledDataConfig)  # CTs, their labels, liver = class 1
+    segmenter: str | None = None  # frozen 2D medgen segmenter run for the consistency loss (None: L1 only)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=16))
+    synthseg: SynthSegConfig = field(default_factory=lambda: SynthSegConfig(prob=1.0))
+    spatial: bool = True  # random rotation and scaling of the training patches
+    loss: SynthCTLossConfig = field(default_factory=SynthCTLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+def build_nets(cfg: SynthCTConfig, channels_last_layout: bool = True) -> dict[str, torch.nn.Module]:
+    """``G``, the generator (any contrast -> CT in [-1, 1]), by its checkpoint name.
+
+    >>> list(build_nets(SynthCTConfig(generator=GeneratorConfig(name="unet", ngf=4))))
+    ['G']
+    """
+    return {"G": build_generator(cfg.generator, cfg.spatial_dims, channels_last_layout=channels_last_layout)}

@@ -1,0 +1,140 @@
+"""`medgen fit mri-liver` on tiny phantoms: both routes, resume, a user's TorchScript segmenter, bad data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgen.cli import main
+from medgen.engines.fit import split_sets
+from medgen.io import load_image
+from medgen.models.fit import read_model
+from medgen.models.run import latest_checkpoint
+
+TINY = {"train.iterations": 2, "train.batch_size": 2, "train.checkpoint_every": 1, "train.log_every": 1,
+        "data.cache_workers": 1, "preprocess.spacing": "null", "data.patch_size": "[32, 32]", "train.amp": "none"}
+SEG = {**TINY, "network.channels": "[4, 8]", "network.num_res_units": 0}
+TRANS = {**TINY, "generator.ngf": 4}
+
+
+def _args(phantom_dir: Path, out: Path, route: str = "direct", extra: list[str] = ()) -> list[str]:
+    sets = [f"segmenter.{k}={v}" for k, v in SEG.items()] + [f"translator.{k}={v}" for k, v in TRANS.items()]
+    args = ["fit", "mri-liver", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
+            "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(out), "--set", f"route={route}",
+            "--set", "device=cpu"]
+    for s in sets:
+        args += ["--set", s]
+    return args + list(extra)
+
+
+def test_split_sets_routes_stage_keys():
+    own, stages = split_sets(["route=synthct", "segmenter.train.iterations=5", "translator.loss.lambda_seg=0"])
+    assert own == ["route=synthct"]
+    assert stages == {"segmenter": ["train.iterations=5"], "translator": ["loss.lambda_seg=0"]}
+
+
+@pytest.mark.parametrize("route", ["direct", "synthct"])
+def test_fit_then_pipeline_with_the_model(phantom_dir, tmp_path, route, capsys):
+    model = tmp_path / "model"
+    assert main(_args(phantom_dir, model, route)) == 0
+    got_route, translator, segmenter, liver_index = read_model(model)
+    assert got_route == route and Path(segmenter) == model / "segmenter" and liver_index == 1
+    assert (translator is None) == (route == "direct")
+    assert latest_checkpoint(model / "segmenter").name == "checkpoint_2.pt"
+    if route == "synthct":  # trained through the fit's own 2D segmenter
+        cfg = (model / "translator" / "config.yaml").read_text()
+        assert f"segmenter: {model / 'segmenter'}" in cfg
+    qc = json.loads((model / "qc" / "summary.json").read_text())
+    assert len(qc["cases"]) == len(list((phantom_dir / "mri").glob("*.nii.gz")))
+    mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
+    out = tmp_path / "mask.nii.gz"
+    assert main(["pipeline", "mri-liver", "--model", str(model), str(mri), str(out),
+                 "--truth", str(phantom_dir / "labels" / mri.name)]) == 0
+    mask, ref = load_image(out)
+    _, mri_ref = load_image(mri)
+    assert mask.shape == mri_ref.shape and np.allclose(ref.affine, mri_ref.affine)
+    row = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("{")))
+    truth = load_image(phantom_dir / "labels" / mri.name)[0] == 1
+    expected = 2 * np.logical_and(mask > 0, truth).sum() / max((mask > 0).sum() + truth.sum(), 1)
+    assert row["dice"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_fit_resume_finishes_an_interrupted_fit(phantom_dir, tmp_path):
+    model = tmp_path / "model"
+    assert main(_args(phantom_dir, model)) == 0
+    (model / "model.json").unlink()  # as if stopped after training, before the QC and model.json
+    shutil.rmtree(model / "qc")
+    before = latest_checkpoint(model / "segmenter").stat().st_mtime_ns
+    assert main(_args(phantom_dir, model, extra=["--resume"])) == 0
+    assert read_model(model)[0] == "direct"
+    assert latest_checkpoint(model / "segmenter").stat().st_mtime_ns == before  # the finished stage kept
+    assert main(_args(phantom_dir, model)) == 2  # a finished model is not overwritten
+
+
+class _Liver(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([-x, x], dim=1)  # 2 classes: bright = liver
+
+
+def test_fit_with_a_frozen_torchscript_segmenter(phantom_dir, tmp_path, capsys):
+    ts = tmp_path / "seg.pt"
+    torch.jit.script(_Liver()).save(str(ts))
+    (tmp_path / "seg.json").write_text(json.dumps({"spatial_dims": 2, "window": [-175, 250], "output": "softmax",
+                                                    "orientation": "RAS"}))
+    before = ts.read_bytes()
+    model = tmp_path / "model"
+    assert main(_args(phantom_dir, model, extra=["--segmenter", str(ts)])) == 0
+    assert "without the segmentation-consistency loss" in capsys.readouterr().out
+    route, translator, segmenter, liver_index = read_model(model)
+    assert route == "synthct" and segmenter == str(ts) and liver_index is None
+    assert not (model / "segmenter").exists()  # the user's segmenter is never retrained
+    assert ts.read_bytes() == before
+    mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
+    assert main(["pipeline", "mri-liver", "--model", str(model), str(mri), str(tmp_path / "m.nii.gz")]) == 0
+
+
+def _bad_run(args: list[str]) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "medgen", *args], capture_output=True, text=True)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("case", ["no_liver_value", "empty_mri", "labels_off_grid"])
+def test_fit_refuses_bad_data_in_one_line_writing_nothing(phantom_dir, tmp_path, case):
+    ct, labels, mri = phantom_dir / "ct", phantom_dir / "labels", phantom_dir / "mri"
+    label_map = "1:1"
+    if case == "no_liver_value":
+        label_map = "42:1"
+    elif case == "empty_mri":
+        mri = tmp_path / "empty"
+        mri.mkdir()
+    else:
+        labels = tmp_path / "labels"
+        shutil.copytree(phantom_dir / "labels", labels)
+        img = nib.load(labels / "case_000.nii.gz")
+        shifted = img.affine.copy()
+        shifted[:3, 3] += 30.0
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), shifted, img.header), labels / "case_000.nii.gz")
+    out = tmp_path / "model"
+    code, err = _bad_run(["fit", "mri-liver", "--ct", str(ct), "--ct-labels", str(labels), "--label-map", label_map,
+                          "--mri", str(mri), "--out", str(out)])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("medgen: error: "), err
+    assert "Traceback" not in err and not out.exists()
+    expected = {"no_liver_value": "liver value 42", "empty_mri": "holds no volumes", "labels_off_grid": "grid"}[case]
+    assert expected in lines[0]
+
+
+def test_pipeline_needs_a_model_or_both_runs(tmp_path, capsys):
+    assert main(["pipeline", "mri-liver", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")]) == 2
+    assert "--model" in capsys.readouterr().err
+    (tmp_path / "m").mkdir()
+    assert main(["pipeline", "mri-liver", "--model", str(tmp_path / "m"), "x.nii.gz", "y.nii.gz"]) == 2
+    assert "not a fit model" in capsys.readouterr().err
