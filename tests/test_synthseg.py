@@ -9,6 +9,7 @@ import torch
 from medgen.data.augment import intensity_augmentation
 from medgen.data.synthseg import RandLabelToImage, RandLabelToImaged, body_mask, generation_labels, kmeans_1d
 from medgen.data.volumes import labelled_volumes
+from medgen.inference.segment import RunSegmenter
 from medgen.keys import Keys
 from medgen.models.registry import load_config
 from medgen.models.run import latest_checkpoint
@@ -103,12 +104,19 @@ def test_augmentation_pipeline_with_synthseg_and_rotation_is_deterministic():
 def test_segmenter_trains_on_synthetic_contrast(phantom_dir, tmp_path, dims):
     from medgen.engines.train import train
 
-    extra = ["augment.synthseg.prob=1.0", "augment.spatial=true", "augment.organ_intensity=null"]
+    extra = ["augment.synthseg.prob=1.0", "augment.spatial=true", "augment.organ_intensity=null",
+             "network.ema_decay=0.5"]
     run = train(ROOT / "configs" / ("segmenter_ct_liver.yaml"), tmp_path / "seg",
                 tiny_segmenter(phantom_dir, dims, iterations=2) + extra)
-    assert latest_checkpoint(run) is not None
+    ckpt = torch.load(latest_checkpoint(run), weights_only=True)
     cfg = load_config(run / "config.yaml")
     assert cfg.augment.synthseg.prob == 1.0 and cfg.augment.spatial
+    # the weight average after two steps: ema = 0.5 * (0.5 * w0 + 0.5 * w1) + 0.5 * w2 differs from the last weights,
+    # and inference loads the average, not the last weights
+    name = next(k for k in ckpt["net"] if k.endswith("weight"))
+    assert not torch.equal(ckpt["net_ema"]["module." + name], ckpt["net"][name])
+    seg = RunSegmenter(run, "cpu")
+    assert torch.equal(dict(seg.net.named_parameters())[name].detach(), ckpt["net_ema"]["module." + name])
 
 
 def test_labelled_volumes_cache_generation_labels(phantom_dir):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
@@ -28,13 +29,15 @@ from medgen.io import load_image, save_like
 from medgen.keys import Keys
 from medgen.metrics import segmentation_metrics
 from medgen.models.run import CONFIG_FILE
-from medgen.models.segmenter import SegmenterConfig, SyntheticAugmentConfig, build_network, n_classes
+from medgen.models.segmenter import (SegmenterConfig, SyntheticAugmentConfig, build_network, n_classes,
+                                    weights_name)
 from medgen.runtime import autocast, grad_scaler
 
 
 def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, device: torch.device,
-                    amp: str = "none", scaler: torch.amp.GradScaler | None = None):
-    """Training step ``(engine, batch) -> {"loss": ...}`` for image -> label networks."""
+                    amp: str = "none", scaler: torch.amp.GradScaler | None = None, ema: AveragedModel | None = None):
+    """Training step ``(engine, batch) -> {"loss": ...}`` for image -> label networks (``ema``: a weight
+    average updated after each step)."""
     scaler = scaler or grad_scaler(device, "none")
 
     def step(engine, batch: Mapping) -> dict:
@@ -49,6 +52,8 @@ def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, d
         average_gradients([net])
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(net)
         pred = logits.detach().argmax(1, keepdim=True).float()
         return {"loss": loss.item(), "visuals": {Keys.IMAGE: x[:1].detach(), Keys.LABEL: y[:1].float() * 2 - 1,
                                                  Keys.PRED: pred[:1] * 2 - 1}}
@@ -148,6 +153,11 @@ def setup(cfg: SegmenterConfig, device: torch.device) -> TaskSetup:
                            weight_decay=cfg.optim.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce)
     scaler = grad_scaler(device, cfg.train.amp)
-    step = supervised_step(net, opt, loss_fn, device, cfg.train.amp, scaler)
-    validate = validation_fn(cfg, net, device) if cfg.data.val_images and cfg.data.val_labels else None
-    return TaskSetup(step, {"net": net, "opt": opt, "scaler": scaler}, make_loader, [opt], cfg.optim.lr, validate)
+    ema = None
+    if cfg.network.ema_decay > 0:
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.network.ema_decay))
+    step = supervised_step(net, opt, loss_fn, device, cfg.train.amp, scaler, ema)
+    used = ema.module if ema is not None else net
+    validate = validation_fn(cfg, used, device) if cfg.data.val_images and cfg.data.val_labels else None
+    to_save = {"net": net, "opt": opt, "scaler": scaler, **({weights_name(cfg): ema} if ema is not None else {})}
+    return TaskSetup(step, to_save, make_loader, [opt], cfg.optim.lr, validate)

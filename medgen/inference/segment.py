@@ -29,6 +29,7 @@ import torch
 import yaml
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
+from torch.optim.swa_utils import AveragedModel
 from scipy import ndimage
 
 from medgen.data.datalist import input_output_pairs
@@ -37,7 +38,7 @@ from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_like
 from medgen.keys import Modality
 from medgen.models.run import CONFIG_FILE, load_run, load_weights
-from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple
+from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, weights_name
 from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor
 
@@ -109,7 +110,12 @@ class RunSegmenter:
         self.modality = modality
         self.device = resolve_device(device)
         self.net = build_network(self.cfg).to(self.device)
-        load_weights(self.run_dir, ["net"], [self.net])
+        if weights_name(self.cfg) == "net":
+            load_weights(self.run_dir, ["net"], [self.net])
+        else:  # the weight average: an AveragedModel around the network
+            average = AveragedModel(self.net)
+            load_weights(self.run_dir, [weights_name(self.cfg)], [average])
+            self.net = average.module.eval()
         self.liver_index = 1 if liver_index is None else liver_index
         self.postprocess = self.cfg.postprocess
 

@@ -24,6 +24,9 @@ class SegNetworkConfig:
     num_res_units: int = 2  # unet: residual units per level
     init_filters: int = 16  # segresnet: filters of the first level
     dropout: float = 0.0
+    # exponential moving average of the weights (0: off); inference and validation use the average, which
+    # is steadier across checkpoints on another modality than any single checkpoint
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -110,6 +113,16 @@ def build_network(cfg: SegmenterConfig) -> torch.nn.Module:
     if net.name == "segresnet":
         return SegResNet(cfg.spatial_dims, net.init_filters, 1, n_classes(cfg), dropout_prob=net.dropout or None)
     raise ValueError(f"unknown network {net.name!r} (unet | segresnet)")
+
+
+def weights_name(cfg: SegmenterConfig) -> str:
+    """The checkpoint entry inference loads: ``net_ema`` (an ``AveragedModel``) when ``network.ema_decay`` is
+    set, else ``net``.
+
+    >>> weights_name(SegmenterConfig())
+    'net'
+    """
+    return "net_ema" if cfg.network.ema_decay > 0 else "net"
 
 
 def input_multiple(cfg: SegmenterConfig) -> int:
