@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen.data.augment import intensity_augmentation
+from medgen.data.augment import RandGINd, intensity_augmentation
 from medgen.data.synthseg import RandLabelToImage, RandLabelToImaged, body_mask, generation_labels, kmeans_1d
 from medgen.data.volumes import labelled_volumes
 from medgen.inference.segment import RunSegmenter
@@ -130,3 +130,17 @@ def test_labelled_volumes_cache_generation_labels(phantom_dir):
     raw = v[Keys.GEN][0]
     assert torch.equal(v[Keys.LABEL][0] > 0, raw == 1)  # label_map {1: 1}: the liver keeps its value in GEN
     assert int(raw.max()) >= 11  # phantom structures 1..10 kept, intensity classes after them
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gin_keeps_shape_changes_contrast_and_is_seeded(dims):
+    image = -torch.ones((1,) + (20,) * dims)
+    image[(0, slice(5, 15)) + (slice(5, 15),) * (dims - 1)] = 0.5
+    t = RandGINd(Keys.IMAGE, prob=1.0)
+    outs = [t.set_random_state(s)({Keys.IMAGE: image})[Keys.IMAGE] for s in (1, 1, 2)]
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    for out in outs:
+        assert out.shape == image.shape and float(out.min()) >= -1 and float(out.max()) <= 1
+    inside = image > 0
+    # the square stays a region of its own: its mean differs from the background's
+    assert all(abs(float(o[inside].mean() - o[~inside].mean())) > 0.05 for o in outs)

@@ -55,6 +55,54 @@ class RandOrganIntensityd(RandomizableTransform, MapTransform):
         return d
 
 
+class RandGINd(RandomizableTransform, MapTransform):
+    """Global intensity non-linear augmentation with interventional blending (GIN + IPA; Ouyang et al., 2021,
+    causality-inspired single-source domain generalisation): the image goes through two random shallow
+    convolution networks (``layers`` layers of 1 or 3-voxel kernels, LeakyReLU, random mix with the input,
+    energy kept), and the two outputs are blended by a smooth random mask. Shapes survive, contrast and
+    texture do not: another way than label -> image synthesis to a segmenter that ignores modality.
+    Images ``(1, *spatial)`` in [-1, 1]; the result is rescaled into [-1, 1].
+    """
+
+    def __init__(self, image_key: str, prob: float = 0.3, layers: int = 4, width: int = 2):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, [image_key])
+        self.layers, self.width = layers, width
+
+    def _randn(self, *shape) -> torch.Tensor:
+        return torch.as_tensor(self.R.standard_normal(shape), dtype=torch.float32)
+
+    def _gin(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv2d if x.dim() == 3 else F.conv3d
+        chans = [1] + [self.width] * (self.layers - 1) + [1]
+        h = x[None]
+        for i in range(self.layers):
+            k = int(self.R.choice([1, 3]))
+            h = conv(h, self._randn(chans[i + 1], chans[i], *([k] * (x.dim() - 1))), padding=k // 2)
+            h = h + self._randn(1, chans[i + 1], *([1] * (x.dim() - 1)))
+            if i < self.layers - 1:
+                h = F.leaky_relu(h)
+        alpha = float(self.R.uniform())
+        mixed = alpha * h[0] + (1 - alpha) * x
+        return mixed * x.norm() / (mixed.norm() + 1e-5)
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        image = torch.as_tensor(d[self.keys[0]], dtype=torch.float32)
+        x = (image + 1) / 2
+        spatial = tuple(x.shape[1:])
+        coarse = torch.as_tensor(self.R.uniform(-1, 1, (1, 1) + (4,) * len(spatial)), dtype=torch.float32)
+        mode = "bicubic" if len(spatial) == 2 else "trilinear"
+        mask = torch.sigmoid(4 * F.interpolate(coarse, size=spatial, mode=mode, align_corners=True)[0])
+        out = mask * self._gin(x) + (1 - mask) * self._gin(x)
+        lo, hi = torch.quantile(out.flatten()[:: max(1, out.numel() // 100_000)], torch.tensor([0.005, 0.995]))
+        d[self.keys[0]] = ((out - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) * 2 - 1
+        return d
+
+
 def _shift_up(x):
     return x + 1.0
 
@@ -64,13 +112,14 @@ def _shift_down(x):
 
 
 def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequence[float] | None = None,
-                           spatial_dims: int | None = None, synthseg: Mapping | None = None):
+                           spatial_dims: int | None = None, synthseg: Mapping | None = None, gin: float = 0.0):
     """The random transforms of a segmenter's training patches, or None when all are off.
 
     In order: ``spatial_dims`` (when given) a random rotation (+-15 degrees, in the axial plane) and scaling
     (+-15 %) of image, label and generation labels; ``synthseg`` (when given: ``prob`` and the keyword
     arguments of :class:`medgen.data.synthseg.RandLabelToImage`) the label -> image synthesis that replaces
-    the image by a random-contrast one; ``organ_offsets`` the range of :class:`RandOrganIntensityd` (half the
+    the image by a random-contrast one, after ``gin``, the probability of :class:`RandGINd` (so a fraction
+    ``gin * (1 - synthseg.prob)`` of the patches keeps the real anatomy in random contrast); ``organ_offsets`` the range of :class:`RandOrganIntensityd` (half the
     patches); ``global_intensity``: scale/shift, gamma, non-linear histogram shifts, a smooth
     multiplicative field (applied to intensities shifted to [0, 2]), blur and noise.
     """
@@ -83,6 +132,8 @@ def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequenc
                                    mode=("bilinear", "nearest", "nearest"), padding_mode="zeros",
                                    allow_missing_keys=True),
                        Lambdad(k, _shift_down)]
+    if gin > 0:
+        transforms.append(RandGINd(k, prob=gin))
     if synthseg:
         options = dict(synthseg)
         transforms.append(RandLabelToImaged(k, Keys.GEN, prob=options.pop("prob"), **options))

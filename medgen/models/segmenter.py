@@ -59,6 +59,7 @@ class AugmentConfig:
     organ_intensity: list[float] | None = field(default_factory=lambda: [-0.7, 0.2])
     spatial: bool = False  # random rotation (+-15 degrees) and scaling (+-15 %) of image and label
     synthseg: SynthSegConfig = field(default_factory=SynthSegConfig)
+    gin: float = 0.0  # probability of random-convolution intensity augmentation (GIN+IPA), before the synthesis
     synthetic: SyntheticAugmentConfig = field(default_factory=SyntheticAugmentConfig)
     translator: str | None = None  # CycleGAN run: training CTs also go CT -> MRI -> CT through it (labels kept)
     translator_ratio: float = 0.5  # fraction of samples drawn from those cycled CTs
