@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from medgen.data.augment import RandGINd, intensity_augmentation
 from medgen.data.synthseg import RandLabelToImage, RandLabelToImaged, body_mask, generation_labels, kmeans_1d
 from medgen.data.volumes import labelled_volumes
 from medgen.inference.segment import RunSegmenter
+from medgen.io import ref_from_affine
 from medgen.keys import Keys
 from medgen.models.registry import load_config
 from medgen.models.run import latest_checkpoint
@@ -144,3 +147,20 @@ def test_gin_keeps_shape_changes_contrast_and_is_seeded(dims):
     inside = image > 0
     # the square stays a region of its own: its mean differs from the background's
     assert all(abs(float(o[inside].mean() - o[~inside].mean())) > 0.05 for o in outs)
+
+
+def test_inside_body_keeps_the_liver_out_of_the_air(segmenter_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(segmenter_run, run)
+    plain = RunSegmenter(run, "cpu")
+    cfg = (run / "config.yaml").read_text()
+    assert "inside_body: false" in cfg
+    (run / "config.yaml").write_text(cfg.replace("inside_body: false", "inside_body: true"))
+    masked = RunSegmenter(run, "cpu")
+    image, _ = _body((40, 40, 6))
+    ref = ref_from_affine(np.diag([6.0, 6.0, 6.0, 1.0]), image.shape)
+    p0, p1 = plain.predict(image, ref), masked.predict(image, ref)
+    body = body_mask(image)
+    assert not body.all() and body.any() and p0[~body].max() > 0.01  # the plain run does predict in the air
+    assert np.array_equal(p1[~body], np.zeros((~body).sum(), np.float32))
+    assert np.allclose(p1[body], p0[body])

@@ -80,7 +80,7 @@ class MriLiverPipeline:
         self.translator = None if translator is None else load_translator(translator, "mri2ct", device, cycle=True)
         self.segmenter = load_segmenter(segmenter, device, liver_index, "mri" if translator is None else None)
         pp = self.segmenter.postprocess  # the one source of defaults; options given on the command line win
-        given = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(pp)}
+        given = {f.name: getattr(self.options, f.name, None) for f in dataclasses.fields(pp)}
         self.postprocess = dataclasses.replace(pp, **{k: v for k, v in given.items() if v is not None})
 
     def _mask(self, ct_like: np.ndarray, ref) -> tuple[np.ndarray, np.ndarray]:

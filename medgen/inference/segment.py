@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from scipy import ndimage
 
 from medgen.data.datalist import input_output_pairs
+from medgen.data.synthseg import body_mask
 from medgen.errors import MedgenError, short
 from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_like
@@ -120,7 +121,8 @@ class RunSegmenter:
         self.postprocess = self.cfg.postprocess
 
     def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:
-        return segment_array(self.net, self.cfg, array, ref, self.device, self.modality)[self.liver_index]
+        prob = segment_array(self.net, self.cfg, array, ref, self.device, self.modality)[self.liver_index]
+        return prob * body_mask(array) if self.postprocess.inside_body else prob
 
 
 class TorchScriptSegmenter:
