@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
@@ -25,20 +24,22 @@ from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage as ndi
 
 
-def body_mask(image: np.ndarray) -> np.ndarray:
-    """The body of a volume ``(X, Y, Z)``: voxels above the image's Otsu threshold, closed, holes filled
-    per axial slice, largest connected component. No intensity constant: works on CT whatever its range
-    (including CTs clipped to a soft-tissue window) and on MRI.
+def body_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """The body of a volume ``(X, Y, Z)``: voxels above ``fraction`` of the way up the image's robust range
+    (0.5th to 99.5th percentile), closed, holes filled per axial slice, largest connected component. No
+    intensity constant: the air of an MRI (near 0), of a CT (-1000 HU) and of a CT clipped to a soft-tissue
+    window (its lowest value) all fall below it, while the skin, muscle and organs of every modality stay
+    above (Otsu's threshold does not: on a T2 MRI it splits bright from dark tissue, cutting the liver out).
 
     >>> v = np.zeros((20, 20, 3), np.float32); v[5:15, 5:15] = 100.0; v[9:11, 9:11] = 0.0
     >>> int(body_mask(v).sum())
     300
     """
     data = np.asarray(image, np.float32)
-    if float(data.max()) <= float(data.min()):
+    lo, hi = np.percentile(data[::2, ::2], [0.5, 99.5])
+    if hi <= lo:
         return np.zeros(data.shape, bool)
-    otsu = sitk.OtsuThreshold(sitk.GetImageFromArray(data), 0, 1, 128)
-    mask = sitk.GetArrayFromImage(otsu).astype(bool)
+    mask = data > lo + fraction * (hi - lo)
     mask = ndi.binary_closing(mask, np.ones((5, 5, 1), bool), iterations=2, border_value=0) | mask
     mask = np.stack([ndi.binary_fill_holes(mask[..., z]) for z in range(mask.shape[-1])], axis=-1)
     components, n = ndi.label(mask)

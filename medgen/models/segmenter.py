@@ -78,7 +78,7 @@ class PostprocessConfig:
     threshold: float = 0.5  # liver probability threshold
     largest_component: bool = True  # keep the largest connected component
     fill_holes: bool = True  # fill enclosed holes (slice-wise and in 3D)
-    inside_body: bool = False  # medgen runs: no liver outside the input's body (Otsu, closed, filled; any modality)
+    inside_body: bool = False  # medgen runs: no liver outside the input's body (synthseg.body_mask; any modality)
 
 
 @dataclass
