@@ -56,14 +56,28 @@ def test_dotted_overrides():
         _set_dotted(data, "train.iterations", "x")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("fit_")))
 def test_shipped_configs_load(name):
     from medgen.models.registry import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
-    assert cfg.task in ("cyclegan", "segmenter", "vae", "gan") and cfg.train.iterations > 0
+    cfg = load_config(CONFIGS / name)
+    assert cfg.task in ("cyclegan", "synthct", "segmenter", "vae", "gan") and cfg.train.iterations > 0
     patch = cfg.data.patch_size
     assert len(patch) == cfg.spatial_dims
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("fit_*.yaml")))
+def test_fit_presets_load_and_name_existing_stage_configs(name):
+    from medgen.models.fit import load_fit_config
+    from medgen.models.registry import load_config
+
+    cfg = load_fit_config(CONFIGS / name)
+    assert cfg.route in ("direct", "synthct")
+    for stage, task in ((cfg.segmenter, "segmenter"), (cfg.translator, "synthct")):
+        assert load_config(CONFIGS / stage.config, stage.set).task == task
 
 
 @pytest.mark.parametrize("native, amp, device, expect", [
