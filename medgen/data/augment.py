@@ -141,6 +141,7 @@ def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequenc
         transforms.append(RandOrganIntensityd(k, Keys.LABEL, organ_offsets))
     if global_intensity:
         warnings.filterwarnings("ignore", message="torch.searchsorted")  # inside MONAI's histogram shift
+        warnings.filterwarnings("ignore", message="The image's intensity is a single value")  # ... on a flat patch
         transforms += [
             RandScaleIntensityd(k, factors=0.15, prob=0.5),
             RandShiftIntensityd(k, offsets=0.15, prob=0.5),
