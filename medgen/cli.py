@@ -10,10 +10,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from medgen.data.datalist import input_output_pairs
 from medgen.errors import MedgenError
 from medgen.info import describe
 from medgen.models.fit import read_model
 from medgen.phantoms import DEFAULT_SHAPE, DEFAULT_SPACING, write_dataset
+from medgen.validate import check_output_of
 
 LIVER_INDEX_HELP = ("output channel / class of the liver (default: the backend's own: 1, or a TorchScript "
                     "sidecar's liver_index)")
@@ -92,6 +94,7 @@ def _label_map(text: str | None) -> dict[int, int] | None:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from medgen.inference.segment import segment_files  # lazy: torch + MONAI (3.5 s)
 
+    check_output_of(args.input, args.output, input_output_pairs(args.input, args.output)[0])
     segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index, args.overwrite, args.modality)
     return 0
 

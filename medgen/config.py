@@ -49,6 +49,14 @@ class TrainConfig:
     val_every: int = 0  # iterations between validations (0: only at the end; needs validation data)
     threads: int = 0  # torch intra-op threads on CPU (0: torch's default)
 
+    def __post_init__(self) -> None:  # checked before a run directory is made (from_dict names the file and key)
+        for name in ("iterations", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(name, f"must be a positive integer, not {getattr(self, name)}")
+        for name in ("num_workers", "image_every", "val_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(name, f"must be 0 or more, not {getattr(self, name)}")
+
 
 @dataclass
 class OptimConfig:
@@ -148,7 +156,11 @@ def from_dict(cls: type, data: dict, source: str = "<config>", prefix: str = "")
     if unknown:
         raise MedgenError(source, f"unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
     kwargs = {k: _convert(v, hints[k], f"{prefix}{k}", source) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a dataclass's own check: ValueError(field, problem)
+        key, problem = exc.args if len(exc.args) == 2 else ("", short(exc))
+        raise MedgenError(source, f"'{prefix}{key}' {problem}") from None
 
 
 def _set_dotted(data: dict, assignment: str, source: str) -> None:
@@ -161,7 +173,10 @@ def _set_dotted(data: dict, assignment: str, source: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise MedgenError(source, f"override {key!r}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise MedgenError(source, f"override {assignment!r}: value is not valid YAML ({short(exc, 80)})") from None
 
 
 def read_yaml(path: str | Path, overrides: Sequence[str] = ()) -> dict:

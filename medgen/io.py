@@ -18,8 +18,12 @@ caller passes ``nonfinite="fill"``, which replaces them with the lowest finite v
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
+import struct
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ OUTPUT_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".mha")  # single-file formats only
 SUPPORTED = NIFTI_SUFFIXES + ITK_SUFFIXES + ("<DICOM series directory>",)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 HU_RANGE = (-1024, 3071)  # CT on disk: int16 Hounsfield units
+MAX_VOXELS_ENV, MAX_VOXELS = "MEDGEN_MAX_VOXELS", 1024**3 // 2  # claimed voxel counts above it: refused unread
+_REFUSED_NIFTI = {32: "complex", 1792: "complex", 2048: "complex", 128: "RGB", 2304: "RGBA"}  # NIfTI datatype codes
 
 
 def suffix_of(path: str | os.PathLike) -> str:
@@ -207,17 +213,93 @@ def load_image(
     return _handle_nonfinite(array, p, nonfinite), ref
 
 
-def _load_nifti(p: Path) -> tuple[np.ndarray, ImageRef]:
+def max_voxels() -> int:
+    """The largest voxel count a header may claim: env ``MEDGEN_MAX_VOXELS``, default 1024**3 / 2."""
+    text = os.environ.get(MAX_VOXELS_ENV, "")
+    return int(text) if text.strip().isdigit() else MAX_VOXELS
+
+
+def check_claim(p: Path, shape: tuple[int, ...], what: str = "voxels") -> None:
+    """Refuse a header whose claimed voxel count exceeds :func:`max_voxels`, before anything is read."""
+    n = int(np.prod([max(int(d), 0) for d in shape], dtype=object))
+    if n > max_voxels():
+        raise MedgenError(p, f"header claims {n} {what} ({' x '.join(map(str, shape))}), over the limit of "
+                             f"{max_voxels()} (raise {MAX_VOXELS_ENV} for larger volumes)")
+
+
+def _nifti_precheck(p: Path) -> tuple[bytes, str, int, int, tuple[int, ...], int] | None:
+    """Check a NIfTI header's claims against limits and the file size before reading voxels.
+
+    Returns (header bytes, byte order, datatype, bitpix, shape, voxel offset), or None when the file is not
+    recognisably NIfTI (nibabel then reports it).
+    """
     try:
+        with (gzip.open if suffix_of(p) == ".nii.gz" else open)(p, "rb") as f:
+            raw = f.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise MedgenError(p, f"not a readable NIfTI file ({short(exc)})") from None
+    order = next((o for o in "<>" if len(raw) >= 348 and struct.unpack(o + "i", raw[:4])[0] in (348, 540)), None)
+    if order is None:
+        return None
+    two = struct.unpack(order + "i", raw[:4])[0] == 540
+    if two and len(raw) < 540:
+        return None
+    datatype, bitpix = struct.unpack(order + "hh", raw[12:16] if two else raw[70:74])
+    dims = struct.unpack(order + ("8q" if two else "8h"), raw[16:80] if two else raw[40:56])
+    offset = int(struct.unpack(order + ("q" if two else "f"), raw[168:176] if two else raw[108:112])[0])
+    if not 1 <= dims[0] <= 7 or min(dims[1:dims[0] + 1]) < 0:
+        raise MedgenError(p, f"invalid NIfTI header: dim = {list(dims)}")
+    shape = tuple(int(d) for d in dims[1:dims[0] + 1])
+    check_claim(p, shape)
+    if datatype in _REFUSED_NIFTI:
+        raise MedgenError(p, f"{_REFUSED_NIFTI[datatype]} voxels (NIfTI datatype {datatype}): medgen reads scalar "
+                             "real-valued volumes only")
+    need = max(offset, 348) + int(np.prod(shape, dtype=object)) * max(bitpix, 1) // 8
+    if suffix_of(p) == ".nii" and p.stat().st_size < need:
+        raise MedgenError(p, f"truncated: the header claims {need} bytes, the file has {p.stat().st_size}")
+    return raw[:540 if two else 348], order, datatype, bitpix, shape, max(offset, 348)
+
+
+def _load_binary_nifti(p: Path, check) -> tuple[np.ndarray, ImageRef]:
+    """A NIfTI of datatype 1 (binary, unsupported by nibabel), read as uint8 0/1."""
+    raw, order, _, _, shape, offset = check
+    block = bytearray(raw)
+    at = 12 if len(raw) == 540 else 70
+    block[at:at + 4] = struct.pack(order + "hh", 2, 8)  # -> uint8
+    header = (nib.Nifti2Header if len(raw) == 540 else nib.Nifti1Header).from_fileobj(io.BytesIO(bytes(block)))
+    n = int(np.prod(shape))
+    with (gzip.open if suffix_of(p) == ".nii.gz" else open)(p, "rb") as f:
+        f.seek(offset)
+        data = f.read(n)
+    flat = np.frombuffer(data, np.uint8)
+    if flat.size < n:  # one bit per voxel
+        flat = np.unpackbits(flat, bitorder="little")
+    if flat.size < n:
+        raise MedgenError(p, "corrupt or truncated image data (binary voxels)")
+    array = (flat[:n].reshape(shape, order="F") != 0).astype(np.uint8)
+    return array, ImageRef(str(p), nib.Nifti1Header.from_header(header), "nifti")
+
+
+def _load_nifti(p: Path) -> tuple[np.ndarray, ImageRef]:
+    check = _nifti_precheck(p)
+    if check is not None and check[2] == 1:
+        return _load_binary_nifti(p, check)
+    log, level = nib.imageglobals.logger, nib.imageglobals.logger.level
+    try:
+        log.setLevel(100)  # nibabel logs its header fixes on stderr: medgen's promise is one line
         img = nib.load(p)
     except Exception as exc:  # nibabel raises many types for bad headers
         raise MedgenError(p, f"not a readable NIfTI file ({short(exc)})") from None
+    finally:
+        log.setLevel(level)
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
         raise MedgenError(p, f"not a NIfTI-1/2 image ({type(img).__name__})")
     try:
         array = np.asanyarray(img.dataobj)
-    except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+    except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile, MemoryError) as exc:
         raise MedgenError(p, f"corrupt or truncated image data ({short(exc)})") from None
+    if array.dtype.names is not None or np.iscomplexobj(array):  # datatypes the header check did not catch
+        raise MedgenError(p, f"voxels of type {array.dtype}: medgen reads scalar real-valued volumes only")
     header = img.header.copy()
     return array, ImageRef(str(p), header, "nifti")
 
@@ -240,8 +322,16 @@ def _itk_to_ref(image, p: Path, fmt: str, modality: str | None = None) -> tuple[
 def _load_itk(p: Path) -> tuple[np.ndarray, ImageRef]:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
     try:
-        image = sitk.ReadImage(str(p))
+        with quiet_stderr():
+            reader.ReadImageInformation()
+        check_claim(p, reader.GetSize() + (reader.GetNumberOfComponents(),), "voxel values")
+        if "complex" in sitk.GetPixelIDValueAsString(reader.GetPixelID()):
+            raise MedgenError(p, "complex voxels: medgen reads scalar real-valued volumes only")
+        with quiet_stderr():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise MedgenError(p, f"not a readable image or truncated ({short(exc)})") from None
     return _itk_to_ref(image, p, "nrrd" if suffix_of(p) in (".nrrd", ".nhdr") else "metaimage")
@@ -251,7 +341,8 @@ def _load_dicom_series(p: Path) -> tuple[np.ndarray, ImageRef]:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(p)) or []
+    with quiet_stderr():
+        series = reader.GetGDCMSeriesIDs(str(p)) or []
     if not series:
         raise MedgenError(p, "directory holds no DICOM series (and is not an image file)")
     files_by_series = {s: reader.GetGDCMSeriesFileNames(str(p), s) for s in series}
@@ -259,13 +350,29 @@ def _load_dicom_series(p: Path) -> tuple[np.ndarray, ImageRef]:
     reader.SetFileNames(files_by_series[uid])
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        image = reader.Execute()
+        with quiet_stderr():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise MedgenError(p, f"unreadable DICOM series ({short(exc)})") from None
     if image.GetDimension() == 3 and image.GetSize()[2] < 2:
         raise MedgenError(p, "DICOM series has a single slice: not a 3D volume")
     modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
     return _itk_to_ref(image, p, "dicom", modality)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence what C++ libraries (ITK, GDCM, MetaIO) print on file descriptor 2 while reading: medgen reports
+    problems itself, on one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _squeeze_to_3d(array: np.ndarray, p: Path) -> np.ndarray:
@@ -377,13 +484,19 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     (writers choose the format from it); it is removed if ``write`` raises.
     """
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix_of(out)}", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix_of(out)}", dir=out.parent)
+    except OSError as exc:
+        raise MedgenError(out, f"cannot write ({short(exc)})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.replace(tmp, out)
+    except OSError as exc:  # disk full, quota, read-only file system
+        tmp.unlink(missing_ok=True)
+        raise MedgenError(out, f"cannot write ({short(exc)})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -66,14 +66,36 @@ def _from_json(path: Path, key: str, section: str | None = None) -> list[Path]:
         data = found
     if not isinstance(data, list):
         raise MedgenError(path, "datalist must be a list of paths or of {image, label} entries")
-    out = []
-    for entry in data:
-        rel = next((entry[k] for k in _ALIASES.get(key, (key,)) if k in entry), None) if isinstance(entry, dict) else entry
-        if rel is None:
-            raise MedgenError(path, f"datalist entry {entry!r} has no '{key}'")
-        p = Path(rel)
-        out.append(p if p.is_absolute() else path.parent / p)
-    return out
+    return [_checked_entry(path, i, entry, key) for i, entry in enumerate(data)]
+
+
+def _checked_entry(path: Path, i: int, entry, key: str) -> Path:
+    """Entry ``i`` of datalist ``path`` as a path, checked up front: a string naming an existing volume, inside
+    the datalist's folder unless given as an absolute path."""
+    rel = next((entry[k] for k in _ALIASES.get(key, (key,)) if k in entry), None) if isinstance(entry, dict) else entry
+    if rel is None:
+        raise MedgenError(path, f"datalist entry {i} {short(repr(entry), 80)} has no '{key}'")
+    if not isinstance(rel, str) or not rel.strip():
+        raise MedgenError(path, f"datalist entry {i}: '{key}' must be a path, not {short(repr(rel), 80)}")
+    p = Path(rel)
+    if not p.is_absolute():
+        p = path.parent / p
+        folder = path.parent.resolve()
+        if not p.resolve().is_relative_to(folder):
+            raise MedgenError(path, f"datalist entry {i} ({rel!r}) points outside the datalist's folder {folder} "
+                                    "(give an absolute path to use a file elsewhere)")
+    return p
+
+
+def check_entries(paths: list[Path], source: str | Path) -> list[Path]:
+    """Raise unless every path of a datalist (or folder) ``source`` is an existing volume, before any is read."""
+    for i, p in enumerate(paths):
+        if not p.exists():
+            raise MedgenError(source, f"datalist entry {i} ({str(p)!r}): no such file or directory")
+        if not is_image_path(p):
+            raise MedgenError(source, f"datalist entry {i} ({str(p)!r}): not a volume (.nii, .nii.gz, .nrrd, .mha, "
+                                      ".mhd or a DICOM series folder)")
+    return paths
 
 
 def pair_by_name(images: list[Path], labels: list[Path], labels_src: str) -> list[tuple[Path, Path]]:
@@ -99,8 +121,10 @@ def image_label_pairs(images: str | Path, labels: str | Path, image_key: str = "
     (PosixPath('phantoms/ct/case_000.nii.gz'), PosixPath('phantoms/labels/case_000.nii.gz'))
     """
     if ".json" in str(images) and (not str(labels) or str(labels) == str(images)):
-        return list(zip(list_volumes(images, image_key), list_volumes(images, label_key)))
-    return pair_by_name(list_volumes(images, image_key), list_volumes(labels, label_key), str(labels))
+        return list(zip(check_entries(list_volumes(images, image_key), images),
+                        check_entries(list_volumes(images, label_key), images)))
+    return pair_by_name(check_entries(list_volumes(images, image_key), images),
+                        check_entries(list_volumes(labels, label_key), labels), str(labels))
 
 
 def input_output_pairs(inputs: str | Path, output: str | Path,

@@ -30,6 +30,7 @@ from medgen.inference.segment import load_segmenter, postprocess, thresholded
 from medgen.inference.translate import load_translator
 from medgen.io import atomic_write, case_name, load_image, save_hu, save_like
 from medgen.metrics import segmentation_metrics
+from medgen.validate import check_label_values, check_output_of, check_same_grid, check_volume_grid
 
 LIVER_ML = (600.0, 3500.0)  # plausible adult liver volume; outside it the case is flagged
 CYCLE_ERROR_MAX = 0.15  # mean |G_ba(G_ab(x)) - x| in [-1, 1] units above which the translation is flagged
@@ -92,6 +93,10 @@ class MriLiverPipeline:
                  baseline_path: str | Path | None = None, truth=None) -> dict:
         """Segment one MRI; returns its QC row (liver mL, cycle error, flags, Dice when ``truth`` is given)."""
         mri, ref = load_image(mri_path)
+        check_volume_grid(mri.shape, mri_path)
+        if isinstance(truth, tuple):  # (mask, its ImageRef): checked on the MRI's grid before any work
+            check_same_grid(ref, truth[1])
+            truth = truth[0]
         sct, cycle = self.translator.translate(mri, ref) if self.translator is not None else (mri, None)
         mask, raw = self._mask(sct, ref)
         voxel_ml = float(np.prod(ref.spacing)) / 1000.0
@@ -142,6 +147,7 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
     pipe = MriLiverPipeline(translator, segmenter, device, liver_index, opts)
     src, out = Path(inputs), Path(output)
     single, pairs = input_output_pairs(src, out)
+    check_output_of(src, out, single)  # before any case runs: OUT == IN, unwritable locations
     if truth and single and Path(truth).is_file():
         truths = {case_name(src): Path(truth)}  # one input, one ground-truth file
     else:
@@ -149,7 +155,10 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
 
     def truth_mask(path: Path):
         t = truths.get(case_name(path))
-        return None if t is None else remap_labels(load_image(t)[0], label_map or {1: 1}) == 1
+        if t is None:
+            return None
+        labels, ref = load_image(t)
+        return remap_labels(check_label_values(labels, t), label_map or {1: 1}) == 1, ref
 
     if single:
         stem = case_name(out)

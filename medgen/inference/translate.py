@@ -25,8 +25,9 @@ from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_hu, save_like
 from medgen.keys import Direction, Modality
 from medgen.models.registry import TASKS
-from medgen.models.run import load_run, load_weights, read_norm
+from medgen.models.run import NORM_TASKS, load_run, load_weights, read_norm
 from medgen.runtime import resolve_device
+from medgen.validate import check_output_of, check_volume_grid
 from medgen.transforms import Preprocessor
 
 
@@ -105,7 +106,7 @@ class RunTranslator:
         models = [nets[name].to(self.device) for name in names]
         self.net, self.back_net = models[0], (models[1] if len(models) > 1 else None)
         self.checkpoint = load_weights(self.run_dir, names, models, checkpoint)
-        self.mri_scale, self.ct_range = read_norm(self.run_dir)
+        self.mri_scale, self.ct_range = read_norm(self.run_dir, self.cfg.task in NORM_TASKS)
 
     def translate(self, array: np.ndarray, ref: ImageRef) -> tuple[np.ndarray, float | None]:
         return translate_array(self.net, self.cfg, array, ref, self.device, self.source, self.mri_scale, self.back_net)
@@ -144,9 +145,12 @@ def translate_files(run_dir: str | Path, inputs: str | Path, output: str | Path,
     """``medgen translate``: file -> file, or every volume of a folder -> a folder (``case.nii.gz``)."""
     translator = load_translator(run_dir, direction, device)
     single, pairs = input_output_pairs(inputs, output)
+    check_output_of(inputs, output, single)  # before any volume is translated
     written = []
     for src, dst in pairs:
-        written.append(save_translation(translator, *load_image(src), dst, overwrite))
+        array, ref = load_image(src)
+        check_volume_grid(array.shape, src)
+        written.append(save_translation(translator, array, ref, dst, overwrite))
         if not single:
             print(f"[medgen] {src} -> {dst}", flush=True)
     return written

@@ -18,6 +18,7 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint"
 NORM_FILE = "norm.json"  # translator runs: training-set intensity references
+NORM_TASKS = ("cyclegan", "synthct")  # the tasks whose training writes it: their runs need it
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -80,9 +81,22 @@ def norm_artifact(mri_scales: Sequence[tuple[float, float]], ct_ranges: Sequence
     return {"mri_scale": [float(lo), float(hi)], "ct_range": [float(c_lo), float(c_hi)]}
 
 
-def read_norm(run_dir: str | Path) -> tuple[tuple[float, float] | None, tuple[float, float]]:
-    """``(mri_scale or None, ct_range)`` from ``RUN/norm.json``; runs without it get ``(None, (-1000, 1000))``."""
+def read_norm(run_dir: str | Path, required: bool = False) -> tuple[tuple[float, float] | None, tuple[float, float]]:
+    """``(mri_scale or None, ct_range)`` from ``RUN/norm.json``; without it: ``(None, (-1000, 1000))``, or with
+    ``required`` (translating whole volumes: the defaults give wrong HU, silently) a ``MedgenError``."""
     path = Path(run_dir) / NORM_FILE
-    refs = json.loads(path.read_text()) if path.exists() else {}
-    mri_scale = tuple(refs["mri_scale"]) if "mri_scale" in refs else None
-    return mri_scale, tuple(refs.get("ct_range", (-1000.0, 1000.0)))
+    if not path.exists():
+        if required:
+            raise MedgenError(path, "missing: the translator's intensity references (written by `medgen train`; "
+                                    "copy the run's norm.json back, or retrain)")
+        return None, (-1000.0, 1000.0)
+    try:
+        refs = json.loads(path.read_text())
+        mri_scale = tuple(float(v) for v in refs["mri_scale"]) if "mri_scale" in refs else None
+        ct_range = tuple(float(v) for v in refs.get("ct_range", (-1000.0, 1000.0)))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise MedgenError(path, f"corrupt intensity references ({short(exc, 100)}): copy the run's norm.json "
+                                "back, or retrain") from None
+    if len(ct_range) != 2 or (mri_scale is not None and len(mri_scale) != 2):
+        raise MedgenError(path, "corrupt intensity references: mri_scale and ct_range must be [low, high]")
+    return mri_scale, ct_range

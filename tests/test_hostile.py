@@ -1,0 +1,246 @@
+"""Issue #13: hostile and broken inputs get one line, ``medgen: error: <file>: <problem>``, exit status 2, no
+traceback, nothing written and the inputs untouched; huge claims are refused before anything is read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medgen.data.datalist import image_label_pairs, list_volumes
+from medgen.errors import MedgenError
+from medgen.io import load_image
+from medgen.validate import check_output_of
+from tests.bad_inputs import binary_nifti, hostile_nifti, save, write_corpus
+from tests.conftest import ROOT, config, tiny
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MEDGEN_PROGRESS": "0"}
+
+
+def medgen(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medgen", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=300, cwd=ROOT)
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file under ``roots`` (or the file itself) -> its SHA-256."""
+    files = [p for r in roots for p in ([r] if r.is_file() else sorted(r.rglob("*")))]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+
+def assert_refused(proc: subprocess.CompletedProcess, name: str | Path, cause: str) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"medgen: error: {name}"), lines[0]
+    assert re.search(cause, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    return write_corpus(tmp_path_factory.mktemp("bad"))
+
+
+# ------------------------------------------------------------------- every bad file through `info`
+
+
+def test_corpus_through_info_one_line_each(corpus):
+    before = snapshot(next(iter(corpus.values()))[0].parent)
+    for name, (path, cause) in corpus.items():
+        if not name.startswith("thin"):  # readable; only whole-volume inference refuses them
+            assert_refused(medgen("info", path), path, cause)
+    assert snapshot(next(iter(corpus.values()))[0].parent) == before
+
+
+@pytest.mark.parametrize("command, name", [
+    ("translate", "huge_nii"), ("translate", "complex"), ("translate", "thin_z"),
+    ("segment", "rgb"), ("segment", "huge_niigz"),
+    ("pipeline", "complex"), ("pipeline", "thin_y"),
+])
+def test_corpus_through_inference_commands(command, name, corpus, cyclegan_run, segmenter_run, tmp_path):
+    path, cause = corpus[name]
+    before = snapshot(path)
+    out = tmp_path / "out" / "result.nii.gz"
+    args = {"translate": ["translate", cyclegan_run, path, out, "--device", "cpu"],
+            "segment": ["segment", segmenter_run, path, out, "--device", "cpu"],
+            "pipeline": ["pipeline", "mri-liver", "--translator", cyclegan_run, "--segmenter", segmenter_run, path,
+                         out, "--device", "cpu"]}[command]
+    assert_refused(medgen(*args), path, cause)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert snapshot(path) == before
+
+
+# ------------------------------------------------------------------- hostile headers: fast, small
+
+
+@pytest.mark.parametrize("name, shape", [("claim.nii", (20000, 20000, 20000)), ("claim.nii.gz", (20000,) * 3),
+                                         ("g1024.nii.gz", (1024, 1024, 1024)), ("g1024.nii", (1024, 1024, 1024))])
+def test_hostile_header_refused_before_reading(name, shape, tmp_path):
+    path = hostile_nifti(tmp_path / name, shape)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(MedgenError, match="over the limit|truncated"):
+        load_image(path)
+    seconds, (_, peak) = time.perf_counter() - start, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert seconds < 1.0 and peak < 200e6
+
+
+def test_voxel_limit_is_configurable(tmp_path, monkeypatch):
+    path = save(tmp_path / "v.nii.gz", np.ones((8, 8, 8), np.float32))
+    monkeypatch.setenv("MEDGEN_MAX_VOXELS", "100")
+    with pytest.raises(MedgenError, match="header claims 512 voxels .* over the limit of 100"):
+        load_image(path)
+    monkeypatch.setenv("MEDGEN_MAX_VOXELS", "512")
+    assert load_image(path)[0].shape == (8, 8, 8)
+
+
+# ------------------------------------------------------------------- dtypes
+
+
+def test_nibabel_header_fixes_are_quiet(tmp_path):
+    path = save(tmp_path / "pix0.nii", np.ones((4, 4, 4), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[80:84] = np.float32(0).tobytes()  # pixdim[1] = 0: nibabel logs a fix on stderr
+    path.write_bytes(bytes(raw))
+    proc = medgen("info", path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_bool_nifti_reads_quietly_as_uint8(tmp_path):
+    path = binary_nifti(tmp_path / "mask.nii")
+    proc = medgen("info", path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    array, _ = load_image(path)
+    assert array.dtype == np.uint8 and set(np.unique(array)) == {0, 1}
+    assert array.reshape(-1, order="F")[:4].tolist() == [1, 0, 0, 1]
+
+
+# ------------------------------------------------------------------- run directories
+
+
+@pytest.mark.parametrize("norm, cause", [(None, "norm.json: missing: .*copy the run's norm.json back"),
+                                         ("{", "norm.json: corrupt intensity references")])
+def test_translator_run_without_or_with_corrupt_norm(norm, cause, cyclegan_run, tmp_path, phantom_dir):
+    run = shutil.copytree(cyclegan_run, tmp_path / "run", ignore=shutil.ignore_patterns("tb", "norm.json"))
+    if norm is not None:
+        (run / "norm.json").write_text(norm)
+    proc = medgen("translate", run, phantom_dir / "mri" / "case_000.nii.gz", tmp_path / "sct.nii.gz", "--device", "cpu")
+    assert_refused(proc, run / "norm.json", cause)
+    assert not (tmp_path / "sct.nii.gz").exists()
+
+
+# ------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("where, cause", [("/proc/medgen_out/sct.nii.gz", r"not an output location \(under /proc\)"),
+                                          ("/sys/medgen/sct.nii.gz", r"not an output location \(under /sys\)"),
+                                          ("FILE/sct.nii.gz", "is a file, not a folder")])
+def test_unwritable_output_refused_before_the_work(where, cause, tmp_path, phantom_dir):
+    (tmp_path / "FILE").write_text("a regular file")
+    out = where.replace("FILE", str(tmp_path / "FILE"))
+    with pytest.raises(MedgenError, match=cause):
+        check_output_of(phantom_dir / "mri" / "case_000.nii.gz", out, single=True)
+
+
+def test_output_under_proc_through_translate(cyclegan_run, phantom_dir):
+    proc = medgen("translate", cyclegan_run, phantom_dir / "mri" / "case_000.nii.gz", "/proc/medgen/sct.nii.gz")
+    assert_refused(proc, "/proc/medgen/sct.nii.gz", "not an output location")
+
+
+def test_write_error_is_one_line(tmp_path, monkeypatch):
+    from medgen.io import atomic_write
+
+    def disk_full(tmp):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(MedgenError, match="cannot write .*No space left on device"):
+        atomic_write(tmp_path / "x.nii.gz", disk_full)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pipeline_out_equal_in_refused_up_front(cyclegan_run, segmenter_run, phantom_dir, tmp_path):
+    src = shutil.copytree(phantom_dir / "mri", tmp_path / "mri")
+    before = snapshot(src)
+    proc = medgen("pipeline", "mri-liver", "--translator", cyclegan_run, "--segmenter", segmenter_run, src, src,
+                  "--device", "cpu")
+    assert_refused(proc, src, "output folder is the input folder")
+    assert snapshot(src) == before
+
+
+# ------------------------------------------------------------------- label maps
+
+
+def test_truth_on_another_grid_refused_before_the_mask(cyclegan_run, segmenter_run, phantom_dir, tmp_path):
+    mri = phantom_dir / "mri" / "case_000.nii.gz"
+    _, ref = load_image(mri)
+    import nibabel as nib
+
+    shifted = nib.load(phantom_dir / "labels" / "case_000.nii.gz")
+    affine = shifted.affine.copy()
+    affine[0, 3] += 30.0  # 30 mm off
+    truth = tmp_path / "truth.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(shifted.dataobj), affine), truth)
+    out = tmp_path / "mask.nii.gz"
+    proc = medgen("pipeline", "mri-liver", "--translator", cyclegan_run, "--segmenter", segmenter_run, mri, out,
+                  "--truth", truth, "--device", "cpu")
+    assert_refused(proc, truth, "grid differs from .*affines differ by up to 30")
+    assert not out.exists()
+
+
+def test_float_label_values_refused(tmp_path):
+    from medgen.validate import check_label_values
+
+    path = save(tmp_path / "soft.nii.gz", np.full((4, 4, 4), 0.6, np.float32))
+    with pytest.raises(MedgenError, match="soft.nii.gz: not a label map: non-integer values"):
+        check_label_values(load_image(path)[0], path)
+    assert check_label_values(np.array([0.0, 1.0, 2.0]), path) is not None
+
+
+# ------------------------------------------------------------------- datalists
+
+
+@pytest.mark.parametrize("content, cause", [
+    (["../../../../etc/passwd"], r"entry 0 \('../../../../etc/passwd'\) points outside the datalist's folder"),
+    ({"training": [{"image": "missing.nii.gz", "label": "missing.nii.gz"}]}, r"entry 0 \('.*missing.nii.gz'\): no such"),
+    ({"training": [{"image": "notes.txt", "label": "notes.txt"}]}, r"entry 0 \('.*notes.txt'\): not a volume"),
+    ({"training": [5]}, "entry 0: 'image' must be a path, not 5"),
+    ({"training": [{"label": "x.nii.gz"}]}, "entry 0 .* has no 'image'"),
+])
+def test_datalist_checked_up_front(content, cause, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a volume")
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(MedgenError, match=f"^{re.escape(str(path))}: datalist {cause}"):
+        image_label_pairs(path, path)
+
+
+def test_datalist_absolute_paths_outside_are_allowed(tmp_path, phantom_dir):
+    path = tmp_path / "sub" / "list.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps([str(phantom_dir / "mri" / "case_000.nii.gz")]))
+    assert list_volumes(path) == [phantom_dir / "mri" / "case_000.nii.gz"]
+
+
+# ------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("override, cause", [("data.patch_size=[1,", "override 'data.patch_size=\\[1,': value is not "
+                                                                        "valid YAML"),
+                                             ("train.iterations=-5", "'train.iterations' must be a positive integer, "
+                                                                     "not -5")])
+def test_bad_config_refused_before_the_run_directory(override, cause, tmp_path, phantom_dir):
+    run = tmp_path / "run"
+    proc = medgen("train", config(2), "--out", run, *[a for s in tiny(phantom_dir) for a in ("--set", s)],
+                  "--set", override)
+    assert_refused(proc, config(2), cause)
+    assert not run.exists()
