@@ -6,7 +6,9 @@ Every ``MedgenError`` becomes one line on stderr, ``medgen: error: <file>: <prob
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -354,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MedgenError as exc:
         print(f"medgen: error: {exc}", file=sys.stderr)
+        if argv is None and threading.active_count() > 1:  # the command line, with data-loading threads still in
+            sys.stdout.flush()  # ITK: interpreter shutdown would kill them mid-C++ and abort ("FATAL: exception not
+            sys.stderr.flush()  # rethrown", status 134); a caller passing argv (tests, scripts) gets 2 back
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print("medgen: interrupted", file=sys.stderr)

@@ -177,6 +177,16 @@ def test_pipeline_out_equal_in_refused_up_front(cyclegan_run, segmenter_run, pha
     assert snapshot(src) == before
 
 
+def test_pipeline_foreign_summary_is_one_line(cyclegan_run, segmenter_run, phantom_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("[1, 2]")  # a bare list, not a medgen summary
+    proc = medgen("pipeline", "mri-liver", "--translator", cyclegan_run, "--segmenter", segmenter_run,
+                  phantom_dir / "mri", out, "--device", "cpu")
+    assert_refused(proc, out / "summary.json", "not a medgen pipeline summary .*--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
 # ------------------------------------------------------------------- label maps
 
 
@@ -243,4 +253,23 @@ def test_bad_config_refused_before_the_run_directory(override, cause, tmp_path, 
     proc = medgen("train", config(2), "--out", run, *[a for s in tiny(phantom_dir) for a in ("--set", s)],
                   "--set", override)
     assert_refused(proc, config(2), cause)
+    assert not run.exists()
+
+
+def test_nan_volume_in_a_training_datalist_is_one_line(tmp_path, phantom_dir):
+    import nibabel as nib
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("case_000", "case_001"):
+        shutil.copy(phantom_dir / "mri" / f"{name}.nii.gz", data / f"{name}.nii.gz")
+    img = nib.load(data / "case_001.nii.gz")
+    array = np.asarray(img.dataobj, np.float32)
+    array[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(array, img.affine, img.header), data / "case_001.nii.gz")
+    (data / "list.json").write_text(json.dumps(["case_000.nii.gz", "case_001.nii.gz"]))
+    run = tmp_path / "run"
+    sets = [a for s in tiny(phantom_dir) for a in ("--set", s)]
+    proc = medgen("train", config(2), "--out", run, *sets, "--set", f"data.mri={data / 'list.json'}")
+    assert_refused(proc, data / "case_001.nii.gz", r"1 non-finite \(NaN/Inf\) voxels")
     assert not run.exists()

@@ -169,7 +169,12 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
 
     previous = {}
     if (out / "summary.json").is_file() and not opts.overwrite:
-        previous = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"] if r["status"] == "ok"}
+        try:
+            previous = {r["case"]: r for r in json.loads((out / "summary.json").read_text())["cases"]
+                        if r["status"] == "ok"}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise MedgenError(out / "summary.json", f"not a medgen pipeline summary ({short(exc, 80)}): pass "
+                                                    "--overwrite to recompute every case, or another output folder") from None
     rows, failed = [], 0
     for path, mask_path in tqdm(pairs, desc="mri-liver", unit="case", disable=None):
         name = case_name(path)
