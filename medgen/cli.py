@@ -17,7 +17,7 @@ from medgen.errors import MedgenError
 from medgen.info import describe
 from medgen.models.fit import read_model
 from medgen.phantoms import DEFAULT_SHAPE, DEFAULT_SPACING, write_dataset
-from medgen.validate import check_output_of
+from medgen.validate import check_output_folder, check_output_of
 
 LIVER_INDEX_HELP = ("output channel / class of the liver (default: the backend's own: 1, or a TorchScript "
                     "sidecar's liver_index)")
@@ -60,6 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or (args.resume if isinstance(args.resume, str) else None)
     if out is None:
         raise MedgenError(None, "--out RUN is required (or --resume RUN)")
+    check_output_folder(out)  # before the data are read and the run directory is made
     train(args.config, out, args.set, resume=bool(args.resume))
     return 0
 
@@ -67,6 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from medgen.engines.fit import fit_mri_liver  # lazy: torch + MONAI (3.5 s)
 
+    check_output_folder(args.out)
     fit_mri_liver(args.ct, args.ct_labels, args.label_map, args.mri, args.out, args.preset, args.segmenter, args.set,
                   args.resume)
     return 0
@@ -168,6 +170,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from medgen.inference.synthesize import write_synthetic  # lazy: torch + MONAI (3.5 s)
 
+    check_output_folder(args.out)
     info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite)
     print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}")
     return 0

@@ -158,6 +158,14 @@ def test_output_under_proc_through_translate(cyclegan_run, phantom_dir):
     assert_refused(proc, "/proc/medgen/sct.nii.gz", "not an output location")
 
 
+@pytest.mark.parametrize("command", ["train", "synth"])
+def test_output_folder_of_train_and_synth_checked_first(command, tmp_path, phantom_dir):
+    (tmp_path / "FILE").write_text("a regular file")
+    out = tmp_path / "FILE" / "run"
+    args = {"train": ["train", config(2), "--out", out], "synth": ["synth", tmp_path, out]}[command]
+    assert_refused(medgen(*args), out, "is a file, not a folder")
+
+
 def test_write_error_is_one_line(tmp_path, monkeypatch):
     from medgen.io import atomic_write
 
