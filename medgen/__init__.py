@@ -5,7 +5,7 @@ one; two different entries of one layer do not import each other. ``tests/test_l
 package with ``ast`` and fails on any import against this order and on any import cycle.
 
 0. ``errors``, ``keys``: the exception and the dict keys
-1. ``io``: volumes in and out with their geometry
+1. ``headers``: what a file claims, checked before reading; then ``io``: volumes in and out with their geometry
 2. ``validate``, ``transforms``, ``runtime``, ``phantoms``, ``info``: checks, modality presets, device /
    precision / seeding, the embedded phantoms, ``medgen info``
 3. ``metrics``, ``config``: metrics on arrays and paired files; YAML -> dataclass machinery and the
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "keys"),
+    ("headers",),
     ("io",),
     ("validate", "transforms", "runtime", "phantoms", "info"),
     ("metrics", "config"),

@@ -18,12 +18,10 @@ caller passes ``nonfinite="fill"``, which replaces them with the lowest finite v
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import os
 import struct
-import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from medgen.errors import MedgenError, short
+from medgen.headers import check_claim, nifti_precheck, quiet_stderr
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -41,8 +40,6 @@ OUTPUT_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".mha")  # single-file formats only
 SUPPORTED = NIFTI_SUFFIXES + ITK_SUFFIXES + ("<DICOM series directory>",)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 HU_RANGE = (-1024, 3071)  # CT on disk: int16 Hounsfield units
-MAX_VOXELS_ENV, MAX_VOXELS = "MEDGEN_MAX_VOXELS", 1024**3 // 2  # claimed voxel counts above it: refused unread
-_REFUSED_NIFTI = {32: "complex", 1792: "complex", 2048: "complex", 128: "RGB", 2304: "RGBA"}  # NIfTI datatype codes
 
 
 def suffix_of(path: str | os.PathLike) -> str:
@@ -213,53 +210,6 @@ def load_image(
     return _handle_nonfinite(array, p, nonfinite), ref
 
 
-def max_voxels() -> int:
-    """The largest voxel count a header may claim: env ``MEDGEN_MAX_VOXELS``, default 1024**3 / 2."""
-    text = os.environ.get(MAX_VOXELS_ENV, "")
-    return int(text) if text.strip().isdigit() else MAX_VOXELS
-
-
-def check_claim(p: Path, shape: tuple[int, ...], what: str = "voxels") -> None:
-    """Refuse a header whose claimed voxel count exceeds :func:`max_voxels`, before anything is read."""
-    n = int(np.prod([max(int(d), 0) for d in shape], dtype=object))
-    if n > max_voxels():
-        raise MedgenError(p, f"header claims {n} {what} ({' x '.join(map(str, shape))}), over the limit of "
-                             f"{max_voxels()} (raise {MAX_VOXELS_ENV} for larger volumes)")
-
-
-def _nifti_precheck(p: Path) -> tuple[bytes, str, int, int, tuple[int, ...], int] | None:
-    """Check a NIfTI header's claims against limits and the file size before reading voxels.
-
-    Returns (header bytes, byte order, datatype, bitpix, shape, voxel offset), or None when the file is not
-    recognisably NIfTI (nibabel then reports it).
-    """
-    try:
-        with (gzip.open if suffix_of(p) == ".nii.gz" else open)(p, "rb") as f:
-            raw = f.read(540)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise MedgenError(p, f"not a readable NIfTI file ({short(exc)})") from None
-    order = next((o for o in "<>" if len(raw) >= 348 and struct.unpack(o + "i", raw[:4])[0] in (348, 540)), None)
-    if order is None:
-        return None
-    two = struct.unpack(order + "i", raw[:4])[0] == 540
-    if two and len(raw) < 540:
-        return None
-    datatype, bitpix = struct.unpack(order + "hh", raw[12:16] if two else raw[70:74])
-    dims = struct.unpack(order + ("8q" if two else "8h"), raw[16:80] if two else raw[40:56])
-    offset = int(struct.unpack(order + ("q" if two else "f"), raw[168:176] if two else raw[108:112])[0])
-    if not 1 <= dims[0] <= 7 or min(dims[1:dims[0] + 1]) < 0:
-        raise MedgenError(p, f"invalid NIfTI header: dim = {list(dims)}")
-    shape = tuple(int(d) for d in dims[1:dims[0] + 1])
-    check_claim(p, shape)
-    if datatype in _REFUSED_NIFTI:
-        raise MedgenError(p, f"{_REFUSED_NIFTI[datatype]} voxels (NIfTI datatype {datatype}): medgen reads scalar "
-                             "real-valued volumes only")
-    need = max(offset, 348) + int(np.prod(shape, dtype=object)) * max(bitpix, 1) // 8
-    if suffix_of(p) == ".nii" and p.stat().st_size < need:
-        raise MedgenError(p, f"truncated: the header claims {need} bytes, the file has {p.stat().st_size}")
-    return raw[:540 if two else 348], order, datatype, bitpix, shape, max(offset, 348)
-
-
 def _load_binary_nifti(p: Path, check) -> tuple[np.ndarray, ImageRef]:
     """A NIfTI of datatype 1 (binary, unsupported by nibabel), read as uint8 0/1."""
     raw, order, _, _, shape, offset = check
@@ -281,7 +231,7 @@ def _load_binary_nifti(p: Path, check) -> tuple[np.ndarray, ImageRef]:
 
 
 def _load_nifti(p: Path) -> tuple[np.ndarray, ImageRef]:
-    check = _nifti_precheck(p)
+    check = nifti_precheck(p)
     if check is not None and check[2] == 1:
         return _load_binary_nifti(p, check)
     log, level = nib.imageglobals.logger, nib.imageglobals.logger.level
@@ -358,21 +308,6 @@ def _load_dicom_series(p: Path) -> tuple[np.ndarray, ImageRef]:
         raise MedgenError(p, "DICOM series has a single slice: not a 3D volume")
     modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
     return _itk_to_ref(image, p, "dicom", modality)
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence what C++ libraries (ITK, GDCM, MetaIO) print on file descriptor 2 while reading: medgen reports
-    problems itself, on one line."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _squeeze_to_3d(array: np.ndarray, p: Path) -> np.ndarray:

@@ -1,0 +1,83 @@
+"""Checks of what a file's header claims, made before any voxel is read: a huge or hostile file is refused
+while it costs nothing (claimed voxel count against a limit, claimed bytes against the file size, voxel
+types medgen does not read), and the C++ readers' own stderr chatter is silenced so an error stays one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from medgen.errors import MedgenError, short
+
+MAX_VOXELS_ENV, MAX_VOXELS = "MEDGEN_MAX_VOXELS", 1024**3 // 2  # claimed voxel counts above it: refused unread
+REFUSED_NIFTI = {32: "complex", 1792: "complex", 2048: "complex", 128: "RGB", 2304: "RGBA"}  # NIfTI datatype codes
+
+
+def max_voxels() -> int:
+    """The largest voxel count a header may claim: env ``MEDGEN_MAX_VOXELS``, default 1024**3 / 2."""
+    text = os.environ.get(MAX_VOXELS_ENV, "")
+    return int(text) if text.strip().isdigit() else MAX_VOXELS
+
+
+def check_claim(p: Path, shape: tuple[int, ...], what: str = "voxels") -> None:
+    """Refuse a header whose claimed voxel count exceeds :func:`max_voxels`, before anything is read."""
+    n = int(np.prod([max(int(d), 0) for d in shape], dtype=object))
+    if n > max_voxels():
+        raise MedgenError(p, f"header claims {n} {what} ({' x '.join(map(str, shape))}), over the limit of "
+                             f"{max_voxels()} (raise {MAX_VOXELS_ENV} for larger volumes)")
+
+
+def nifti_precheck(p: Path) -> tuple[bytes, str, int, int, tuple[int, ...], int] | None:
+    """Check a NIfTI header's claims against limits and the file size before reading voxels.
+
+    Returns (header bytes, byte order, datatype, bitpix, shape, voxel offset), or None when the file is not
+    recognisably NIfTI (nibabel then reports it).
+    """
+    try:
+        with (gzip.open if str(p).lower().endswith(".nii.gz") else open)(p, "rb") as f:
+            raw = f.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise MedgenError(p, f"not a readable NIfTI file ({short(exc)})") from None
+    order = next((o for o in "<>" if len(raw) >= 348 and struct.unpack(o + "i", raw[:4])[0] in (348, 540)), None)
+    if order is None:
+        return None
+    two = struct.unpack(order + "i", raw[:4])[0] == 540
+    if two and len(raw) < 540:
+        return None
+    datatype, bitpix = struct.unpack(order + "hh", raw[12:16] if two else raw[70:74])
+    dims = struct.unpack(order + ("8q" if two else "8h"), raw[16:80] if two else raw[40:56])
+    offset = int(struct.unpack(order + ("q" if two else "f"), raw[168:176] if two else raw[108:112])[0])
+    if not 1 <= dims[0] <= 7 or min(dims[1:dims[0] + 1]) < 0:
+        raise MedgenError(p, f"invalid NIfTI header: dim = {list(dims)}")
+    shape = tuple(int(d) for d in dims[1:dims[0] + 1])
+    check_claim(p, shape)
+    if datatype in REFUSED_NIFTI:
+        raise MedgenError(p, f"{REFUSED_NIFTI[datatype]} voxels (NIfTI datatype {datatype}): medgen reads scalar "
+                             "real-valued volumes only")
+    need = max(offset, 348) + int(np.prod(shape, dtype=object)) * max(bitpix, 1) // 8
+    if str(p).lower().endswith(".nii") and p.stat().st_size < need:
+        raise MedgenError(p, f"truncated: the header claims {need} bytes, the file has {p.stat().st_size}")
+    return raw[:540 if two else 348], order, datatype, bitpix, shape, max(offset, 348)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence what C++ libraries (ITK, GDCM, MetaIO) print on file descriptor 2 while reading: medgen reports
+    problems itself, on one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
