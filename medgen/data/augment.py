@@ -18,7 +18,7 @@ from monai.transforms import (Compose, Lambdad, MapTransform, RandAdjustContrast
                               RandBiasFieldd, RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd,
                               RandomizableTransform, RandScaleIntensityd, RandShiftIntensityd)
 
-from medgen.data.synthseg import RandLabelToImaged
+from medgen.data.synthseg import RandLabelToImaged, robust_unit, smooth_field
 
 from medgen.keys import Keys
 
@@ -48,8 +48,7 @@ class RandOrganIntensityd(RandomizableTransform, MapTransform):
             if value <= 0:
                 continue
             mask = pool((label == value).float()[None], 3, stride=1, padding=1, count_include_pad=False)[0]
-            coarse = torch.as_tensor(self.R.uniform(0.0, 1.0, (1, 1) + (self.grid,) * len(spatial)), dtype=torch.float32)
-            smooth = F.interpolate(coarse, size=spatial, mode=mode, align_corners=True)[0]
+            smooth = smooth_field(self.R, spatial, self.grid, 0.0, 1.0, mode)
             image = image + float(self.R.uniform(*self.offsets)) * smooth * mask
         d[self.keys[0]] = image
         return d
@@ -94,12 +93,9 @@ class RandGINd(RandomizableTransform, MapTransform):
         image = torch.as_tensor(d[self.keys[0]], dtype=torch.float32)
         x = (image + 1) / 2
         spatial = tuple(x.shape[1:])
-        coarse = torch.as_tensor(self.R.uniform(-1, 1, (1, 1) + (4,) * len(spatial)), dtype=torch.float32)
-        mode = "bicubic" if len(spatial) == 2 else "trilinear"
-        mask = torch.sigmoid(4 * F.interpolate(coarse, size=spatial, mode=mode, align_corners=True)[0])
+        mask = torch.sigmoid(4 * smooth_field(self.R, spatial))
         out = mask * self._gin(x) + (1 - mask) * self._gin(x)
-        lo, hi = torch.quantile(out.flatten()[:: max(1, out.numel() // 100_000)], torch.tensor([0.005, 0.995]))
-        d[self.keys[0]] = ((out - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) * 2 - 1
+        d[self.keys[0]] = robust_unit(out) * 2 - 1
         return d
 
 

@@ -24,6 +24,21 @@ from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage as ndi
 
 
+def smooth_field(rng: np.random.RandomState, spatial: Sequence[int], grid: int = 4, low: float = -1.0,
+                 high: float = 1.0, mode: str | None = None) -> torch.Tensor:
+    """A smooth random field ``(1, *spatial)``: a ``grid``-point lattice drawn uniformly in ``[low, high]`` from
+    ``rng``, interpolated (bicubic in 2D, trilinear in 3D, unless ``mode`` says otherwise)."""
+    coarse = torch.as_tensor(rng.uniform(low, high, (1, 1) + (grid,) * len(spatial)), dtype=torch.float32)
+    mode = mode or ("bicubic" if len(spatial) == 2 else "trilinear")
+    return F.interpolate(coarse, size=tuple(spatial), mode=mode, align_corners=True)[0]
+
+
+def robust_unit(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its 0.5th..99.5th percentiles (of at most ~100k voxels) mapped to [0, 1], clipped."""
+    lo, hi = torch.quantile(x.flatten()[:: max(1, x.numel() // 100_000)], torch.tensor([0.005, 0.995]))
+    return ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+
+
 def body_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """The body of a volume ``(X, Y, Z)``: voxels above ``fraction`` of the way up the image's robust range
     (0.5th to 99.5th percentile), closed, holes filled per axial slice, largest connected component. No
@@ -130,8 +145,7 @@ class RandLabelToImage(RandomizableTransform):
         sigma = float(self.R.uniform(0.0, self.max_blur))
         if sigma > 0.3:
             out = GaussianFilter(dims, sigma)(out[None])[0]
-        coarse = self._uniform(-1.0, 1.0, (1, 1) + (4,) * dims)
-        field = F.interpolate(coarse, size=spatial, mode="bicubic" if dims == 2 else "trilinear", align_corners=True)[0]
+        field = smooth_field(self.R, spatial)
         out = out * torch.exp(field * float(self.R.uniform(0.0, self.bias)))
         factor = float(self.R.uniform(1.0, self.max_downsample))
         if factor > 1.2:
@@ -143,9 +157,7 @@ class RandLabelToImage(RandomizableTransform):
                                 size=spatial, mode=mode, align_corners=False)[0]
         out = out + float(self.R.uniform(0.0, self.max_noise)) * torch.as_tensor(
             self.R.standard_normal(out.shape), dtype=torch.float32)
-        lo, hi = torch.quantile(out.flatten()[:: max(1, out.numel() // 100_000)], torch.tensor([0.005, 0.995]))
-        out = ((out - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
-        out = out ** float(np.exp(self.R.normal(0.0, 0.3)))
+        out = robust_unit(out) ** float(np.exp(self.R.normal(0.0, 0.3)))
         return out * 2.0 - 1.0
 
 
@@ -181,9 +193,3 @@ class RandLabelToImaged(RandomizableTransform, MapTransform):
             d[key] = self.painter(gen, d[key]).to(torch.as_tensor(d[key]).dtype)
         return d
 
-
-def synthseg_defaults() -> dict[str, float]:
-    """The generator's default ranges (the keys of ``augment.synthseg`` in a segmenter config)."""
-    names: Sequence[str] = ("max_std", "texture", "max_blur", "bias", "max_downsample", "max_noise")
-    defaults = RandLabelToImage.__init__.__defaults__
-    return dict(zip(names, defaults[: len(names)]))
