@@ -81,3 +81,72 @@ def quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file (by its ``.dcm``/``.ima`` suffix or the ``DICM`` preamble)."""
+    if path.suffix.lower() in (".dcm", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_series_files(p: Path) -> tuple[str, list[str]]:
+    """The series UID and slice files of the DICOM folder ``p``, from the headers only, checked: exactly one
+    series, every DICOM file of the folder part of it (GDCM silently drops a truncated slice), and evenly
+    spaced slices (ITK averages a gap into a wrong slice thickness). Anything else is a :class:`MedgenError`
+    naming the series or the file: medgen never guesses which series or slices were meant."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    with quiet_stderr():
+        series = reader.GetGDCMSeriesIDs(str(p)) or []
+    if not series:
+        raise MedgenError(p, "directory holds no DICOM series (and is not an image file)")
+    if len(series) > 1:
+        raise MedgenError(p, f"holds {len(series)} DICOM series ({', '.join(series)}): put each series in its own folder")
+    with quiet_stderr():
+        files = list(reader.GetGDCMSeriesFileNames(str(p), series[0]))
+    listed = {Path(f).resolve() for f in files}
+    strays = sorted(f.name for f in p.iterdir() if f.is_file() and looks_like_dicom(f) and f.resolve() not in listed)
+    if strays:
+        raise MedgenError(p, f"{len(strays)} DICOM file(s) not readable as part of series {series[0]} "
+                             f"(truncated or corrupt?): {', '.join(strays[:3])}")
+    _check_slice_spacing(p, files)
+    return series[0], files
+
+
+def _check_slice_spacing(p: Path, files: list[str]) -> None:
+    """Refuse a DICOM series whose slice positions (along the slice normal) are not evenly spaced: a missing
+    slice would otherwise be averaged into a wrong slice thickness (ITK only warns)."""
+    import SimpleITK as sitk
+
+    positions = []
+    for name in files:
+        info = sitk.ImageFileReader()
+        info.SetFileName(name)
+        try:
+            with quiet_stderr():
+                info.ReadImageInformation()
+        except RuntimeError as exc:
+            raise MedgenError(p, f"unreadable DICOM slice {Path(name).name} ({short(exc)})") from None
+        try:
+            position = [float(v) for v in info.GetMetaData("0020|0032").split("\\")]
+            row_col = [float(v) for v in info.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):  # no or malformed position tags: nothing to check the order against
+            return
+        positions.append(float(np.dot(position, np.cross(row_col[:3], row_col[3:]))))
+    if len(positions) < 3:
+        return
+    steps = np.abs(np.diff(positions))
+    typical = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - typical) > max(0.01 * typical, 1e-3))
+    if typical <= 1e-3 or bad.size:
+        i = int(bad[0]) if bad.size else 0
+        raise MedgenError(p, f"DICOM slices are not evenly spaced: {steps[i]:.3g} mm between "
+                             f"{Path(files[i]).name} and {Path(files[i + 1]).name}, {typical:.3g} mm elsewhere "
+                             "(a missing or duplicated slice?)")

@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from medgen.errors import MedgenError, short
-from medgen.headers import check_claim, nifti_precheck, quiet_stderr
+from medgen.headers import check_claim, dicom_series_files, looks_like_dicom, nifti_precheck, quiet_stderr
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -56,7 +56,7 @@ def is_image_path(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a supported image file or a directory holding DICOM files."""
     p = Path(path)
     if p.is_dir():
-        return any(f.is_file() and _looks_like_dicom(f) for f in p.iterdir())
+        return any(f.is_file() and looks_like_dicom(f) for f in p.iterdir())
     return suffix_of(p) in NIFTI_SUFFIXES + ITK_SUFFIXES
 
 
@@ -155,17 +155,6 @@ def hu_int16(hu: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".ima"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def load_image(
     path: str | os.PathLike, nonfinite: Literal["error", "fill"] = "error"
 ) -> tuple[np.ndarray, ImageRef]:
@@ -198,7 +187,7 @@ def load_image(
             array, ref = _load_nifti(p)
         elif suffix in ITK_SUFFIXES:
             array, ref = _load_itk(p)
-        elif _looks_like_dicom(p):
+        elif looks_like_dicom(p):
             raise MedgenError(p, "a single DICOM file: pass the directory holding the whole series")
         else:
             raise MedgenError(p, f"unsupported extension {suffix!r} (supported: {', '.join(SUPPORTED)})")
@@ -290,14 +279,9 @@ def _load_itk(p: Path) -> tuple[np.ndarray, ImageRef]:
 def _load_dicom_series(p: Path) -> tuple[np.ndarray, ImageRef]:
     import SimpleITK as sitk
 
+    _, files = dicom_series_files(p)
     reader = sitk.ImageSeriesReader()
-    with quiet_stderr():
-        series = reader.GetGDCMSeriesIDs(str(p)) or []
-    if not series:
-        raise MedgenError(p, "directory holds no DICOM series (and is not an image file)")
-    files_by_series = {s: reader.GetGDCMSeriesFileNames(str(p), s) for s in series}
-    uid = max(files_by_series, key=lambda s: len(files_by_series[s]))
-    reader.SetFileNames(files_by_series[uid])
+    reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         with quiet_stderr():

@@ -40,6 +40,36 @@ def binary_nifti(path: Path, shape=(8, 8, 8)) -> Path:
     return path
 
 
+def dicom_series(folder: Path, n: int = 6, uid: str = "1.2.826.0.1.3680043.2.1125.1", skip=(), first: int = 0,
+                 spacing: float = 2.0) -> Path:
+    """A small CT DICOM series (16 x 16 slices, ``spacing`` mm apart) in ``folder``; slices in ``skip`` left out,
+    files numbered from ``first``."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(n):
+        if k in skip:
+            continue
+        s = sitk.GetImageFromArray((np.arange(256).reshape(16, 16) % 50 + 10 * k).astype(np.int16))
+        for tag, value in [("0008|0060", "CT"), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0020|000d", "1.2.3.4"),
+                           ("0020|000e", uid), ("0008|0018", f"{uid}.{k + 1}"), ("0020|0013", str(k + 1)),
+                           ("0020|0032", f"0\\0\\{k * spacing}"), ("0020|0037", "1\\0\\0\\0\\1\\0")]:
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{first + k:03d}.dcm"))
+        writer.Execute(s)
+    return folder
+
+
+def truncated_slice(folder: Path) -> Path:
+    """A DICOM series whose third slice lost its last 300 bytes (GDCM drops such a file without a word)."""
+    dicom_series(folder)
+    f = folder / "002.dcm"
+    f.write_bytes(f.read_bytes()[:-300])
+    return folder
+
+
 def save(path: Path, data: np.ndarray) -> Path:
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), path)
     return path
@@ -66,6 +96,10 @@ def write_corpus(folder: str | Path) -> dict[str, tuple[Path, str]]:
         "thin_y": (save(d / "thin_y.nii.gz", np.ones((128, 1, 64), np.float32)), r"degenerate grid \(128, 1, 64\)"),
         "corrupt_mha": (d / "corrupt.mha", "not a readable image or truncated"),
         "empty_folder": (d / "empty_folder", "holds no DICOM series"),
+        "dicom_gap": (dicom_series(d / "dicom_gap", skip=(3,)), "not evenly spaced: 4 mm between 002.dcm and 004.dcm"),
+        "dicom_two_series": (dicom_series(d / "dicom_two", uid="1.2.826.0.1.3680043.2.1125.2", first=10) and
+                             dicom_series(d / "dicom_two"), r"holds 2 DICOM series \(1\.2\.826.*\): put each series"),
+        "dicom_truncated": (truncated_slice(d / "dicom_truncated"), r"1 DICOM file\(s\) not readable .*: 002\.dcm"),
     }
 
 

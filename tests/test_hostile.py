@@ -21,7 +21,7 @@ from medgen.data.datalist import image_label_pairs, list_volumes
 from medgen.errors import MedgenError
 from medgen.io import load_image
 from medgen.validate import check_output_of
-from tests.bad_inputs import binary_nifti, hostile_nifti, save, write_corpus
+from tests.bad_inputs import binary_nifti, dicom_series, hostile_nifti, save, write_corpus
 from tests.conftest import ROOT, config, tiny
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MEDGEN_PROGRESS": "0"}
@@ -66,6 +66,7 @@ def test_corpus_through_info_one_line_each(corpus):
     ("translate", "huge_nii"), ("translate", "complex"), ("translate", "thin_z"),
     ("segment", "rgb"), ("segment", "huge_niigz"),
     ("pipeline", "complex"), ("pipeline", "thin_y"),
+    ("translate", "dicom_gap"), ("segment", "dicom_two_series"), ("pipeline", "dicom_truncated"),
 ])
 def test_corpus_through_inference_commands(command, name, corpus, cyclegan_run, segmenter_run, tmp_path):
     path, cause = corpus[name]
@@ -78,6 +79,12 @@ def test_corpus_through_inference_commands(command, name, corpus, cyclegan_run, 
     assert_refused(medgen(*args), path, cause)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert snapshot(path) == before
+
+
+def test_clean_dicom_series_reads_with_its_slice_spacing(tmp_path):
+    array, ref = load_image(dicom_series(tmp_path / "ok"))
+    assert array.shape == (16, 16, 6) and ref.spacing[2] == pytest.approx(2.0) and ref.modality == "CT"
+    assert [int(array[0, 0, k]) for k in range(6)] == [10 * k for k in range(6)]  # slices in position order
 
 
 # ------------------------------------------------------------------- hostile headers: fast, small
