@@ -80,6 +80,8 @@ def test_deterministic_and_resume_continues_exactly(phantom_dir, tmp_path, monke
     assert main(["train", "--resume", str(run)]) == 0
     assert latest_checkpoint(run).name == "checkpoint_4.pt"
     assert max(int(r["iteration"]) for r in metrics(run)) == 4
+    logged = [[{k: r[k] for k in ("iteration", "phase", "name", "value")} for r in metrics(d)] for d in (run, run2d)]
+    assert logged[0] == logged[1]  # rows logged after checkpoint_2 were cut, not duplicated, on resume
     for k, v in weights(run2d).items():  # same weights as the uninterrupted run
         torch.testing.assert_close(weights(run)[k], v, rtol=0, atol=0)
 

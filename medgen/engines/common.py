@@ -123,6 +123,21 @@ class MetricsCSV:
             for k, v in values.items():
                 self.writer.add_scalar(f"{phase}/{k}", float(v), iteration)
 
+    def cut(self, iteration: int) -> None:
+        """Drop the rows logged after ``iteration`` (a resumed run's checkpoint: those iterations run again),
+        rewriting the file atomically."""
+        if idist.get_rank() != 0 or not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= iteration]
+        if len(kept) == len(rows):
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.replace(tmp, self.path)
+
     def flush_train(self, iteration: int, extra: Mapping[str, float]) -> None:
         if self.count:
             self.write(iteration, "train", {**{k: s / self.count for k, s in self.sums.items()}, **extra})
@@ -216,6 +231,7 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
         if last is None:
             raise MedgenError(run_dir, "nothing to resume: no checkpoint in checkpoints/")
         Checkpoint.load_objects(to_load=to_save, checkpoint=load_checkpoint(last))
+        metrics.cut(trainer.state.iteration)
         print(f"[medgen] resumed from {last} at iteration {trainer.state.iteration}", flush=True)
     start = trainer.state.iteration * t.batch_size
     loader = setup.make_loader(start)
