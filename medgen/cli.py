@@ -77,8 +77,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_translate(args: argparse.Namespace) -> int:
     from medgen.inference.translate import translate_files  # lazy: torch + MONAI (3.5 s)
 
-    translate_files(args.run, args.input, args.output, args.direction, args.device, args.overwrite)
-    return 0
+    written, failed = translate_files(args.run, args.input, args.output, args.direction, args.device, args.overwrite)
+    return _folder_status(written, failed, "translated")
+
+
+def _folder_status(written: list, failed: int, done: str) -> int:
+    """A folder run's last line and exit status: 2 when any input failed (each was reported on its line)."""
+    if failed:
+        print(f"{len(written)} cases {done}, {failed} failed")
+    return 2 if failed else 0
 
 
 def _label_map(text: str | None) -> dict[int, int] | None:
@@ -99,8 +106,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from medgen.inference.segment import segment_files  # lazy: torch + MONAI (3.5 s)
 
     check_output_of(args.input, args.output, input_output_pairs(args.input, args.output)[0])
-    segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index, args.overwrite, args.modality)
-    return 0
+    written, failed = segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index,
+                                    args.overwrite, args.modality)
+    return _folder_status(written, failed, "segmented")
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:

@@ -32,3 +32,30 @@ def short(exc: BaseException | str, limit: int = 160) -> str:
     """
     text = " ".join(str(exc).split())[:limit]
     return text or type(exc).__name__
+
+
+def each_case(pairs, single: bool, work) -> tuple[list, int]:
+    """Run ``work(src, dst)`` on every input/output pair of a command. A single input raises its error; in a
+    folder run each bad case gets its one line, ``medgen: error: <file>: <problem>`` on stderr, and the other
+    cases go on (what ``medgen translate``, ``segment`` and ``pipeline`` do alike). Returns the results of the
+    good cases and the number of failed ones; the command then exits 2 when any failed.
+
+    >>> def work(src, dst):
+    ...     if src == "bad.nii.gz":
+    ...         raise MedgenError(src, "not a volume")
+    ...     return dst
+    >>> each_case([("a.nii.gz", "out/a"), ("bad.nii.gz", "out/bad")], False, work)  # doctest: +NORMALIZE_WHITESPACE
+    (['out/a'], 1)
+    """
+    import sys
+
+    done, failed = [], 0
+    for src, dst in pairs:
+        try:
+            done.append(work(src, dst))
+        except MedgenError as exc:
+            if single:
+                raise
+            failed += 1
+            print(f"medgen: error: {exc}", file=sys.stderr, flush=True)
+    return done, failed

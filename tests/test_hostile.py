@@ -231,6 +231,19 @@ def test_float_label_values_refused(tmp_path):
     assert check_label_values(np.array([0.0, 1.0, 2.0]), path) is not None
 
 
+def test_evaluate_segmentation_refuses_float_labels(tmp_path):
+    for name in ("pred", "truth"):
+        (tmp_path / name).mkdir()
+    labels = np.zeros((8, 8, 8), np.float32)
+    labels[2:6, 2:6, 2:6] = 1.0
+    save(tmp_path / "pred" / "case.nii.gz", labels)
+    save(tmp_path / "truth" / "case.nii.gz", labels * 1.7)  # resampled with interpolation: 0 and 1.7
+    proc = medgen("evaluate", "segmentation", "--pred", tmp_path / "pred", "--truth", tmp_path / "truth",
+                  "--out", tmp_path / "report")
+    assert_refused(proc, tmp_path / "truth" / "case.nii.gz", r"not a label map: non-integer values \(e.g. 1.7\)")
+    assert not (tmp_path / "report").exists()
+
+
 # ------------------------------------------------------------------- datalists
 
 
@@ -288,3 +301,26 @@ def test_nan_volume_in_a_training_datalist_is_one_line(tmp_path, phantom_dir):
     proc = medgen("train", config(2), "--out", run, *sets, "--set", f"data.mri={data / 'list.json'}")
     assert_refused(proc, data / "case_001.nii.gz", r"1 non-finite \(NaN/Inf\) voxels")
     assert not run.exists()
+
+
+@pytest.mark.parametrize("command", ["translate", "segment"])
+def test_folder_run_reports_each_bad_file_and_goes_on(command, cyclegan_run, segmenter_run, phantom_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
+    shutil.copy(good, folder / "a_good.nii.gz")
+    hostile_nifti(folder / "b_huge.nii.gz", (20000, 20000, 20000))
+    save(folder / "c_complex.nii.gz", np.ones((8, 8, 8), np.complex64))
+    shutil.copy(good, folder / "d_good.nii.gz")
+    before = snapshot(folder)
+    out = tmp_path / "out"
+    run = cyclegan_run if command == "translate" else segmenter_run
+    proc = medgen(command, run, folder, out, "--device", "cpu")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 2, lines
+    assert_refused(subprocess.CompletedProcess([], 2, "", lines[0]), folder / "b_huge.nii.gz", "header claims")
+    assert_refused(subprocess.CompletedProcess([], 2, "", lines[1]), folder / "c_complex.nii.gz", "complex voxels")
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", "d_good.nii.gz"]
+    assert "2 cases" in proc.stdout and "2 failed" in proc.stdout
+    assert snapshot(folder) == before

@@ -11,7 +11,7 @@ from medgen.errors import MedgenError
 from medgen.evaluation.report import summarize, write_report
 from medgen.io import case_name, load_image
 from medgen.metrics import segmentation_metrics
-from medgen.validate import check_same_grid
+from medgen.validate import check_label_values, check_same_grid
 
 
 def evaluate_folders(pred: str | Path, truth: str | Path, label_map: Mapping[int, int] | None = None,
@@ -26,8 +26,8 @@ def evaluate_folders(pred: str | Path, truth: str | Path, label_map: Mapping[int
         pa, pref = load_image(p)
         ta, tref = load_image(truths[name])
         check_same_grid(tref, pref)
-        pm = remap_labels(pa, pred_label_map) == cls
-        tm = remap_labels(ta, label_map) == cls
+        pm = remap_labels(check_label_values(pa, p), pred_label_map) == cls
+        tm = remap_labels(check_label_values(ta, truths[name]), label_map) == cls
         rows.append({"case": name, **segmentation_metrics(pm, tm, tref.spacing)})
     if not rows:
         raise MedgenError(pred, "no predictions to evaluate")

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from medgen.data.datalist import input_output_pairs
 from medgen.data.synthseg import body_mask
-from medgen.errors import MedgenError, short
+from medgen.errors import MedgenError, each_case, short
 from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_like
 from medgen.keys import Modality
@@ -304,12 +304,16 @@ def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int | No
 
 
 def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path, device: str = "auto",
-                  liver_index: int | None = None, overwrite: bool = False, modality: str | None = None) -> list[Path]:
-    """``medgen segment``: a file -> mask file, or a folder -> a folder of masks (uint8, input header);
-    ``modality`` as in :func:`load_segmenter`."""
+                  liver_index: int | None = None, overwrite: bool = False,
+                  modality: str | None = None) -> tuple[list[Path], int]:
+    """``medgen segment``: a file -> mask file, or a folder -> a folder of masks (uint8, input header; a bad
+    file is reported on its line and skipped, :func:`medgen.errors.each_case`); ``modality`` as in
+    :func:`load_segmenter`. Returns the written masks and the number of failed inputs."""
     seg = load_segmenter(segmenter, device, liver_index, modality)
-    written = []
-    for src, dst in input_output_pairs(inputs, output)[1]:
+    single, pairs = input_output_pairs(inputs, output)
+
+    def one(src: Path, dst: Path) -> Path:
         array, ref = load_image(src)
-        written.append(save_like(postprocess(seg.predict(array, ref), seg.postprocess), ref, dst, overwrite=overwrite))
-    return written
+        return save_like(postprocess(seg.predict(array, ref), seg.postprocess), ref, dst, overwrite=overwrite)
+
+    return each_case(pairs, single, one)

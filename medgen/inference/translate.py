@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medgen.data.datalist import input_output_pairs
-from medgen.errors import MedgenError
+from medgen.errors import MedgenError, each_case
 from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_hu, save_like
 from medgen.keys import Direction, Modality
@@ -141,16 +141,20 @@ def save_translation(translator: Translator, array: np.ndarray, ref: ImageRef, d
 
 
 def translate_files(run_dir: str | Path, inputs: str | Path, output: str | Path, direction: str = "mri2ct",
-                    device: str = "auto", overwrite: bool = False) -> list[Path]:
-    """``medgen translate``: file -> file, or every volume of a folder -> a folder (``case.nii.gz``)."""
+                    device: str = "auto", overwrite: bool = False) -> tuple[list[Path], int]:
+    """``medgen translate``: file -> file, or every volume of a folder -> a folder (``case.nii.gz``; a bad file
+    is reported on its line and skipped, :func:`medgen.errors.each_case`). Returns the written files and the
+    number of failed inputs."""
     translator = load_translator(run_dir, direction, device)
     single, pairs = input_output_pairs(inputs, output)
     check_output_of(inputs, output, single)  # before any volume is translated
-    written = []
-    for src, dst in pairs:
+
+    def one(src: Path, dst: Path) -> Path:
         array, ref = load_image(src)
         check_volume_grid(array.shape, src)
-        written.append(save_translation(translator, array, ref, dst, overwrite))
+        written = save_translation(translator, array, ref, dst, overwrite)
         if not single:
             print(f"[medgen] {src} -> {dst}", flush=True)
-    return written
+        return written
+
+    return each_case(pairs, single, one)
