@@ -47,7 +47,7 @@ class TrainConfig:
     log_every: int = 50  # iterations between metrics.csv / TensorBoard scalar rows
     image_every: int = 500  # iterations between TensorBoard image grids (0: never)
     val_every: int = 0  # iterations between validations (0: only at the end; needs validation data)
-    threads: int = 0  # torch intra-op threads on CPU (0: torch's default)
+    threads: int = 0  # torch intra-op threads (0: the cores split between the medgen processes running now)
 
     def __post_init__(self) -> None:  # checked before a run directory is made (from_dict names the file and key)
         for name in ("iterations", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):

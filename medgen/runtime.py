@@ -1,4 +1,4 @@
-"""Where and at what precision code runs: device choice, mixed precision, seeding.
+"""Where and at what precision code runs: device choice, mixed precision, seeding, CPU threads.
 
 Shared by training (``medgen.engines``) and inference (``medgen.inference``); no medgen import but
 :mod:`medgen.errors`.
@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
+import tempfile
+import time
 import warnings
+from pathlib import Path
 
 import ignite.distributed as idist
 import numpy as np
@@ -91,3 +95,66 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+class CpuShare:
+    """The CPU cores shared fairly between the medgen processes of one user on one machine.
+
+    torch gives every process one intra-op thread per core; two trainings on the same cores then run twice
+    the threads the machine has, and OpenMP threads that spin while waiting for each other turn a 0.07 s step
+    into 0.45 s (``benchmarks/contention.py``). Inside this context a process registers its PID under
+    :attr:`folder` and, every ``interval`` seconds (:meth:`update`, called from the training loop), sets its
+    threads to ``cores // live medgen processes`` (at least 1), so that a second training, or a rank of
+    CPU DDP, takes half the cores and both keep going at about half speed. ``fixed`` > 0 (``train.threads``)
+    or ``OMP_NUM_THREADS`` in the environment (torchrun sets it to 1) pin the count instead.
+    """
+
+    def __init__(self, fixed: int = 0, interval: float = 2.0, folder: str | os.PathLike | None = None):
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        self.fixed = fixed if fixed > 0 else (int(env) if env.isdigit() and int(env) > 0 else 0)
+        self.interval = interval
+        self.folder = Path(folder) if folder else Path(tempfile.gettempdir()) / f"medgen-cpu-{os.getuid()}"
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._file: Path | None = None
+        self._next = 0.0
+
+    def peers(self) -> int:
+        """Live registered medgen processes (this one included); stale entries are removed."""
+        alive = 0
+        for entry in self.folder.glob("*.pid"):
+            try:
+                os.kill(int(entry.stem), 0)
+                alive += 1
+            except ProcessLookupError:
+                entry.unlink(missing_ok=True)
+            except (ValueError, PermissionError):  # not ours to judge: count it
+                alive += 1
+        return max(alive, 1)
+
+    def threads(self) -> int:
+        """The intra-op thread count this process should use now."""
+        return self.fixed or max(1, self.cores // self.peers())
+
+    def update(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.interval
+        n = self.threads()
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+
+    def __enter__(self) -> CpuShare:
+        if not self.fixed:
+            try:
+                self.folder.mkdir(mode=0o700, exist_ok=True)
+                self._file = self.folder / f"{os.getpid()}.pid"
+                self._file.touch()
+            except OSError:  # an unwritable temp dir: no sharing, torch's default
+                self._file = None
+        self.update(force=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 
 from medgen.config import PreprocessConfig, TrainConfig, _set_dotted, from_dict
 from medgen.errors import MedgenError
+from medgen.runtime import CpuShare
 
 
 @dataclass
@@ -142,3 +144,26 @@ def test_translation_runs_channels_last(cyclegan_run):
     for net in (t.net, t.back_net):
         conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cpu_share_splits_the_cores_between_live_medgen_processes(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        share = CpuShare(folder=tmp_path)
+        share.cores = 4
+        (tmp_path / f"{os.getppid()}.pid").touch()  # a live peer (the test runner's parent)
+        (tmp_path / "999999999.pid").touch()  # a dead one: removed, not counted
+        with share:
+            assert (tmp_path / f"{os.getpid()}.pid").is_file()
+            assert share.peers() == 2 and torch.get_num_threads() == 2
+            assert not (tmp_path / "999999999.pid").exists()
+            (tmp_path / f"{os.getppid()}.pid").unlink()  # the peer ended: the cores come back
+            share.update(force=True)
+            assert torch.get_num_threads() == 4
+        assert not (tmp_path / f"{os.getpid()}.pid").exists()
+        assert CpuShare(fixed=3, folder=tmp_path).threads() == 3  # train.threads pins the count
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it
+        assert CpuShare(folder=tmp_path).threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from medgen.data.patches import IndexStream
 from medgen.errors import MedgenError
 from medgen.models.run import CHECKPOINT_DIR, CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint
+from medgen.runtime import CpuShare
 
 
 def set_requires_grad(nets: Iterable[torch.nn.Module], flag: bool) -> None:
@@ -162,6 +163,8 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
     t = cfg.train
     trainer = Engine(setup.step)
     trainer.state.diverged = None
+    share = CpuShare(t.threads)  # the CPU's cores split between the medgen processes running now
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda _: share.update())
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _stop_on_non_finite(engine: Engine) -> None:  # checked first: a diverged state is never saved
@@ -236,7 +239,8 @@ def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
     start = trainer.state.iteration * t.batch_size
     loader = setup.make_loader(start)
     if trainer.state.iteration < t.iterations:
-        trainer.run(loader, max_epochs=1, epoch_length=t.iterations)
+        with share:
+            trainer.run(loader, max_epochs=1, epoch_length=t.iterations)
     if writer is not None:
         writer.close()
     if trainer.state.diverged:

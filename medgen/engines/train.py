@@ -53,8 +53,6 @@ def prepare_run(config: str | Path | None, out: str | Path, overrides: list[str]
 
 def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
     device = resolve_device(cfg.train.device)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank
     setup = task_setup(cfg, device)  # reads data, writes nothing
     if idist.get_rank() == 0:

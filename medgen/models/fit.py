@@ -46,7 +46,7 @@ class FitConfig:
     translator: StageConfig = field(default_factory=lambda: StageConfig("synthct_2d.yaml"))
     device: str = "auto"  # every stage: auto | cpu | cuda
     amp: str = "none"  # every stage: none | bf16 | fp16
-    threads: int = 0  # torch CPU threads of every stage (0: torch's default)
+    threads: int = 0  # torch CPU threads of every stage (0: the cores split between running medgen processes)
 
 
 def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FitConfig:
