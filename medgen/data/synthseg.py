@@ -142,7 +142,7 @@ class RandLabelToImage(RandomizableTransform):
         max_noise: largest noise standard deviation.
     """
 
-    def __init__(self, max_std: float = 0.06, texture: float = 0.25, max_blur: float = 1.2, bias: float = 0.6,
+    def __init__(self, max_std: float = 0.06, texture: float = 0.5, max_blur: float = 1.2, bias: float = 0.6,
                  max_downsample: float = 2.5, max_noise: float = 0.04, prob: float = 1.0):
         RandomizableTransform.__init__(self, prob)
         self.max_std, self.texture, self.max_blur, self.bias = max_std, texture, max_blur, bias

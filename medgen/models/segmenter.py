@@ -44,7 +44,7 @@ class SynthSegConfig:
     prob: float = 0.0  # fraction of training patches whose image is replaced by a random-contrast one (0: off)
     classes: int = 4  # intensity classes of the unlabelled body (1D k-means of the real image; no HU constant)
     max_std: float = 0.06  # largest within-structure standard deviation ([0, 1] image units)
-    texture: float = 0.25  # largest amplitude (random sign per structure) of the real detail, per its std; 0: flat
+    texture: float = 0.5  # largest amplitude (random sign per structure) of the real detail, per its std; 0: flat
     max_blur: float = 1.2  # largest Gaussian blur sigma (voxels)
     bias: float = 0.6  # largest log-amplitude of the smooth multiplicative bias field
     max_downsample: float = 2.5  # largest resolution loss along one random axis (thick slices)
