@@ -38,6 +38,13 @@ def guess_modality(array: np.ndarray, ref: ImageRef | None = None) -> str:
     return f"unknown (intensities {lo:.4g} to {hi:.4g})"
 
 
+def _stored_shape_note(ref) -> str:
+    stored = tuple(int(n) for n in ref.header.get_data_shape())
+    if len(stored) > 3:
+        return f" (stored {' x '.join(map(str, stored))}: singleton axes beyond the third dropped, accepted)"
+    return ""
+
+
 def describe(path: str) -> str:
     """A readable multi-line summary of a volume file or DICOM directory.
 
@@ -51,14 +58,16 @@ def describe(path: str) -> str:
     affine = "\n".join("             " + " ".join(f"{v:10.4f}" for v in row) for row in ref.affine)
     lines = [
         f"file:        {ref.path} ({ref.source_format})",
-        f"shape:       {' x '.join(map(str, ref.shape))}",
+        f"shape:       {' x '.join(map(str, ref.shape))}" + _stored_shape_note(ref),
         f"spacing:     {' x '.join(f'{s:.4g}' for s in ref.spacing)} mm",
         f"orientation: {ref.orientation} (voxel axes point to these RAS+ world directions)",
         f"qform/sform: codes {ref.qform_code}/{ref.sform_code}; medgen uses the "
-        + ("sform" if ref.sform_code > 0 else "qform" if ref.qform_code > 0 else "pixdim"),
+        + ("sform" if ref.sform_code > 0 else "qform" if ref.qform_code > 0 else
+           "pixdim (warning: no qform or sform code: the orientation is a guess, as nibabel makes it)"),
         "affine (voxel -> RAS+ mm):",
         affine,
-        f"dtype:       {array.dtype}",
+        f"dtype:       {array.dtype}" + (" (accepted: read as is, outputs are written as float32/int16/uint8)"
+                                          if array.dtype in (np.int64, np.uint64) else ""),
         f"range:       {float(array.min()):.6g} .. {float(array.max()):.6g}",
         "percentiles: " + ", ".join(f"p{p:g}={v:.6g}" for p, v in zip(PERCENTILES, pct)),
         f"modality:    {guess_modality(array, ref)}",

@@ -22,6 +22,7 @@ import gzip
 import io
 import os
 import struct
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -240,6 +241,9 @@ def _load_nifti(p: Path) -> tuple[np.ndarray, ImageRef]:
     if array.dtype.names is not None or np.iscomplexobj(array):  # datatypes the header check did not catch
         raise MedgenError(p, f"voxels of type {array.dtype}: medgen reads scalar real-valued volumes only")
     header = img.header.copy()
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        print(f"medgen: warning: {p}: no qform or sform code: orientation taken from pixdim, as nibabel does",
+              file=sys.stderr, flush=True)
     return array, ImageRef(str(p), header, "nifti")
 
 

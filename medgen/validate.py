@@ -84,13 +84,19 @@ def check_label_values(array: np.ndarray, path: str | os.PathLike) -> np.ndarray
 MIN_SIZE = 2  # voxels along each axis for whole-volume inference (N4 fails on 1-voxel-thick grids)
 
 
-def check_volume_grid(shape: tuple[int, ...], path: str | os.PathLike) -> None:
-    """Raise for a grid too thin for whole-volume inference (translation, the pipeline): an axis under
-    :data:`MIN_SIZE` voxels. (Training reads single-slice 2D samples; inference of whole volumes cannot.)
+def check_volume(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Raise for a volume whole-volume inference (translation, the pipeline) cannot use: an axis under
+    :data:`MIN_SIZE` voxels (training reads single-slice 2D samples; inference of whole volumes cannot), or
+    one value everywhere (an all-zero or constant volume has no anatomy to translate).
 
-    >>> check_volume_grid((128, 128, 1), "thin.nii.gz")
+    >>> check_volume(np.zeros((128, 128, 1)), "thin.nii.gz")
     Traceback (most recent call last):
     medgen.errors.MedgenError: thin.nii.gz: degenerate grid (128, 128, 1): every axis needs at least 2 voxels
+    >>> check_volume(np.full((8, 8, 8), 7.0), "flat.nii.gz")
+    Traceback (most recent call last):
+    medgen.errors.MedgenError: flat.nii.gz: constant volume (every voxel 7): nothing to translate or segment
     """
-    if min(shape) < MIN_SIZE:
-        raise MedgenError(path, f"degenerate grid {tuple(shape)}: every axis needs at least {MIN_SIZE} voxels")
+    if min(array.shape) < MIN_SIZE:
+        raise MedgenError(path, f"degenerate grid {tuple(array.shape)}: every axis needs at least {MIN_SIZE} voxels")
+    if array.size and array.min() == array.max():
+        raise MedgenError(path, f"constant volume (every voxel {float(array.flat[0]):.6g}): nothing to translate or segment")

@@ -94,6 +94,7 @@ def write_corpus(folder: str | Path) -> dict[str, tuple[Path, str]]:
         "complex": (save(d / "complex.nii.gz", np.ones((8, 8, 8), np.complex64)), "complex voxels"),
         "thin_z": (save(d / "thin_z.nii.gz", np.ones((128, 128, 1), np.float32)), r"degenerate grid \(128, 128, 1\)"),
         "thin_y": (save(d / "thin_y.nii.gz", np.ones((128, 1, 64), np.float32)), r"degenerate grid \(128, 1, 64\)"),
+        "zeros": (save(d / "zeros.nii.gz", np.zeros((16, 16, 8), np.float32)), r"constant volume \(every voxel 0\)"),
         "corrupt_mha": (d / "corrupt.mha", "not a readable image or truncated"),
         "empty_folder": (d / "empty_folder", "holds no DICOM series"),
         "dicom_gap": (dicom_series(d / "dicom_gap", skip=(3,)), "not evenly spaced: 4 mm between 002.dcm and 004.dcm"),

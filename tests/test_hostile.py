@@ -57,7 +57,7 @@ def corpus(tmp_path_factory) -> dict[str, tuple[Path, str]]:
 def test_corpus_through_info_one_line_each(corpus):
     before = snapshot(next(iter(corpus.values()))[0].parent)
     for name, (path, cause) in corpus.items():
-        if not name.startswith("thin"):  # readable; only whole-volume inference refuses them
+        if not name.startswith("thin") and name != "zeros":  # readable; only whole-volume inference refuses them
             assert_refused(medgen("info", path), path, cause)
     assert snapshot(next(iter(corpus.values()))[0].parent) == before
 
@@ -66,6 +66,7 @@ def test_corpus_through_info_one_line_each(corpus):
     ("translate", "huge_nii"), ("translate", "complex"), ("translate", "thin_z"),
     ("segment", "rgb"), ("segment", "huge_niigz"),
     ("pipeline", "complex"), ("pipeline", "thin_y"),
+    ("translate", "zeros"), ("pipeline", "zeros"),
     ("translate", "dicom_gap"), ("segment", "dicom_two_series"), ("pipeline", "dicom_truncated"),
 ])
 def test_corpus_through_inference_commands(command, name, corpus, cyclegan_run, segmenter_run, tmp_path):
@@ -324,3 +325,20 @@ def test_folder_run_reports_each_bad_file_and_goes_on(command, cyclegan_run, seg
     assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", "d_good.nii.gz"]
     assert "2 cases" in proc.stdout and "2 failed" in proc.stdout
     assert snapshot(folder) == before
+
+
+def test_judgement_calls_accepted_and_said(tmp_path):
+    import nibabel as nib
+
+    i64 = tmp_path / "i64.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(512, dtype=np.int64).reshape(8, 8, 8), np.eye(4), dtype=np.int64), i64)
+    four = save(tmp_path / "4d.nii.gz", np.ones((8, 8, 8, 1), np.float32))
+    nocode = tmp_path / "nocode.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(512, dtype=np.float32).reshape(8, 8, 8), None), nocode)
+    out = medgen("info", i64, four, nocode)
+    assert out.returncode == 0, out.stderr
+    assert "dtype:       int64 (accepted" in out.stdout
+    assert "(stored 8 x 8 x 8 x 1: singleton axes beyond the third dropped, accepted)" in out.stdout
+    assert "codes 0/0; medgen uses the pixdim (warning" in out.stdout
+    assert out.stderr.strip().splitlines() == [
+        f"medgen: warning: {nocode}: no qform or sform code: orientation taken from pixdim, as nibabel does"]

@@ -30,7 +30,7 @@ from medgen.inference.segment import load_segmenter, postprocess, thresholded
 from medgen.inference.translate import load_translator
 from medgen.io import atomic_write, case_name, load_image, save_hu, save_like
 from medgen.metrics import segmentation_metrics
-from medgen.validate import check_label_values, check_output_of, check_same_grid, check_volume_grid
+from medgen.validate import check_label_values, check_output_of, check_same_grid, check_volume
 
 LIVER_ML = (600.0, 3500.0)  # plausible adult liver volume; outside it the case is flagged
 CYCLE_ERROR_MAX = 0.15  # mean |G_ba(G_ab(x)) - x| in [-1, 1] units above which the translation is flagged
@@ -93,7 +93,7 @@ class MriLiverPipeline:
                  baseline_path: str | Path | None = None, truth=None) -> dict:
         """Segment one MRI; returns its QC row (liver mL, cycle error, flags, Dice when ``truth`` is given)."""
         mri, ref = load_image(mri_path)
-        check_volume_grid(mri.shape, mri_path)
+        check_volume(mri, mri_path)
         if isinstance(truth, tuple):  # (mask, its ImageRef): checked on the MRI's grid before any work
             check_same_grid(ref, truth[1])
             truth = truth[0]

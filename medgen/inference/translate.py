@@ -27,7 +27,7 @@ from medgen.keys import Direction, Modality
 from medgen.models.registry import TASKS
 from medgen.models.run import NORM_TASKS, load_run, load_weights, read_norm
 from medgen.runtime import resolve_device
-from medgen.validate import check_output_of, check_volume_grid
+from medgen.validate import check_output_of, check_volume
 from medgen.transforms import Preprocessor
 
 
@@ -151,7 +151,7 @@ def translate_files(run_dir: str | Path, inputs: str | Path, output: str | Path,
 
     def one(src: Path, dst: Path) -> Path:
         array, ref = load_image(src)
-        check_volume_grid(array.shape, src)
+        check_volume(array, src)
         written = save_translation(translator, array, ref, dst, overwrite)
         if not single:
             print(f"[medgen] {src} -> {dst}", flush=True)
