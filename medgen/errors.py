@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 class MedgenError(Exception):
@@ -30,8 +31,24 @@ def short(exc: BaseException | str, limit: int = 160) -> str:
     >>> short(ValueError("bad\\n   header   field"))
     'bad header field'
     """
-    text = " ".join(str(exc).split())[:limit]
+    text = " ".join(_itk_reason(str(exc)).split())[:limit]
     return text or type(exc).__name__
+
+
+def _itk_reason(message: str) -> str:
+    """SimpleITK's exception text without its boilerplate (the C++ source location, ``ITK ERROR: Class(0x..):``
+    prefixes, NRRD's chain of "trouble" lines): the reason a user can act on.
+
+    >>> _itk_reason("Exception thrown in SimpleITK ImageFileReader_Execute: /src/itkMetaImageIO.cxx:490:\\n"
+    ...             "ITK ERROR: MetaImageIO(0x5619): File cannot be read: a.mhd for reading.\\nReason: No such file")
+    'File cannot be read: a.mhd for reading.; Reason: No such file'
+    """
+    if not message.startswith("Exception thrown in SimpleITK"):
+        return message
+    lines = [re.sub(r"^(sitk::ERROR:|ITK ERROR:|itk::ERROR:)\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", line.strip())
+             for line in message.splitlines()[1:]]
+    lines = [re.sub(r"^\[\w+\]\s*\w+:\s*", "", line) for line in lines if line and "trouble" not in line]
+    return "; ".join(lines) or message
 
 
 def each_case(pairs, single: bool, work) -> tuple[list, int]:

@@ -150,3 +150,28 @@ def _check_slice_spacing(p: Path, files: list[str]) -> None:
         raise MedgenError(p, f"DICOM slices are not evenly spaced: {steps[i]:.3g} mm between "
                              f"{Path(files[i]).name} and {Path(files[i + 1]).name}, {typical:.3g} mm elsewhere "
                              "(a missing or duplicated slice?)")
+
+
+DETACHED_KEYS = {".mhd": ("elementdatafile",), ".mha": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
+
+
+def check_detached_data(p: Path, suffix: str) -> None:
+    """Refuse a MetaImage/NRRD header whose voxel file lies outside the header's own folder (an absolute path
+    or ``..``): ITK would read any file it names (``/etc/passwd`` as voxels). Reads at most the first 64 kB."""
+    keys = DETACHED_KEYS.get(suffix)
+    if not keys:
+        return
+    with open(p, "rb") as f:
+        head = f.read(65536).decode("latin-1")
+    for line in head.splitlines():
+        key, sep, value = line.partition(":" if suffix == ".nhdr" else "=")
+        if not sep or key.strip().lower() not in keys:
+            continue
+        target = value.strip().split()[0] if value.strip() else ""
+        if not target or target.upper() in ("LOCAL", "LIST") or "%" in target:
+            return
+        folder = p.resolve().parent
+        resolved = (folder / target).resolve()
+        if Path(target).is_absolute() or folder not in resolved.parents:
+            raise MedgenError(p, f"its voxel data file {target!r} lies outside the header's folder: refused")
+        return

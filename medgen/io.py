@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 
 from medgen.errors import MedgenError, short
-from medgen.headers import check_claim, dicom_series_files, looks_like_dicom, nifti_precheck, quiet_stderr
+from medgen.headers import check_claim, check_detached_data, dicom_series_files, looks_like_dicom, nifti_precheck, quiet_stderr
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -265,6 +265,7 @@ def _itk_to_ref(image, p: Path, fmt: str, modality: str | None = None) -> tuple[
 def _load_itk(p: Path) -> tuple[np.ndarray, ImageRef]:
     import SimpleITK as sitk
 
+    check_detached_data(p, suffix_of(p))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 import sys
 from pathlib import Path
 
@@ -75,6 +76,133 @@ def save(path: Path, data: np.ndarray) -> Path:
     return path
 
 
+def raw_nifti(path: Path, shape=(8, 8, 8), dtype=np.int16, mutate=None, data: bytes | None = None) -> Path:
+    """An uncompressed NIfTI-1 written byte by byte: ``mutate(header)`` may set fields nibabel would refuse."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    if mutate:
+        mutate(header)
+    payload = data if data is not None else np.zeros(int(np.prod(shape)), dtype).tobytes()
+    path.write_bytes(header.binaryblock + b"\0" * 4 + payload)
+    return path
+
+
+def patched_nifti(path: Path, offset: int, fmt: str, value) -> Path:
+    """A valid 8^3 NIfTI-1 with one header field overwritten at byte ``offset``."""
+    raw_nifti(path)
+    block = bytearray(path.read_bytes())
+    struct.pack_into(fmt, block, offset, value)
+    path.write_bytes(bytes(block))
+    return path
+
+
+def mha(path: Path, header: str, data: bytes = b"") -> Path:
+    path.write_bytes(("ObjectType = Image\n" + header + "ElementType = MET_SHORT\nElementDataFile = LOCAL\n").encode()
+                     + data)
+    return path
+
+
+def file_corpus(d: Path) -> dict[str, tuple[Path, str]]:
+    """Broken and hostile files of every format, beyond the headline cases of :func:`write_corpus`."""
+    good = save(d / "good_src.nii.gz", np.arange(512, dtype=np.float32).reshape(8, 8, 8)).read_bytes()
+    nan, inf = np.ones((8, 8, 8), np.float32), np.ones((8, 8, 8), np.float32)
+    nan[1, 1, 1], inf[1, 1, 1] = np.nan, np.inf
+    (d / "empty.nii.gz").write_bytes(b"")
+    (d / "empty.nii").write_bytes(b"")
+    (d / "text.nii.gz").write_text("hello")
+    (d / "garbage.nii.gz").write_bytes(gzip.compress(bytes(range(256)) * 4))
+    (d / "cut.nii.gz").write_bytes(good[: len(good) // 2])
+    (d / "random_header.nii").write_bytes(bytes((i * 37) % 256 for i in range(600)))
+    nifti2 = nib.Nifti2Header()
+    nifti2.set_data_shape((20000, 20000, 20000))
+    nifti2.set_data_dtype(np.int16)
+    nifti2["vox_offset"] = 544
+    (d / "huge2.nii").write_bytes(nifti2.binaryblock + b"\0" * 260)
+    (d / "garbage.mha").write_bytes(bytes((i * 91) % 256 for i in range(500)))
+    (d / "missing_raw.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\n"
+                                       "ElementDataFile = missing.raw\n")
+    (d / "garbage.nrrd").write_bytes(b"NRRD0004\n" + bytes((i * 53) % 256 for i in range(300)))
+    (d / "huge.nrrd").write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 20000 20000 20000\nendian: little\n"
+                                  b"encoding: raw\n\n" + b"\0" * 256)
+    (d / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    dicom_series(d / "one_series", n=3)
+    (d / "single.dcm").write_bytes((d / "one_series" / "000.dcm").read_bytes())
+    (d / "not_dicom").mkdir(exist_ok=True)
+    (d / "not_dicom" / "notes.txt").write_text("x")
+    (d / "folder.nii.gz").mkdir(exist_ok=True)
+    if not (d / "dangling.nii.gz").is_symlink():
+        (d / "dangling.nii.gz").symlink_to(d / "nowhere.nii.gz")
+    dicom_series(d / "dicom_fake")
+    (d / "dicom_fake" / "010.dcm").write_text("not a dicom")
+    dicom_series(d / "dicom_dup")
+    (d / "dicom_dup" / "100.dcm").write_bytes((d / "dicom_dup" / "002.dcm").read_bytes())
+    (d / "double.nii.gz").write_bytes(gzip.compress(good))
+    (d / "analyze.hdr").write_bytes(nib.Nifti1Header().binaryblock)
+    (d / "sub").mkdir(exist_ok=True)
+    (d / "sub" / "up.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\n"
+                                      "ElementDataFile = ../garbage.mha\n")
+    (d / "passwd.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\n"
+                                  "ElementDataFile = /etc/passwd\n")
+    (d / "passwd.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 8\nendian: little\n"
+                                   "encoding: raw\ndata file: /etc/passwd\n\n")
+    (d / "twod.nrrd").write_bytes(b"NRRD0004\ntype: short\ndimension: 2\nsizes: 8 8\nendian: little\nencoding: raw\n\n"
+                                  + b"\0" * 128)
+    outside = "lies outside the header's folder: refused"
+    return {
+        "double_gzip": (d / "double.nii.gz", "not a readable NIfTI file|corrupt or truncated"),
+        "analyze_pair": (d / "analyze.hdr", "unsupported extension '.hdr'"),
+        "mhd_data_outside": (d / "sub" / "up.mhd", outside),
+        "mhd_etc_passwd": (d / "passwd.mhd", outside),
+        "nhdr_etc_passwd": (d / "passwd.nhdr", outside),
+        "nrrd_2d": (d / "twod.nrrd", "not a 3D scalar volume"),
+        "mha_claim_1024": (mha(d / "g1024.mha", "NDims = 3\nDimSize = 1024 1024 1024\n"), "over the limit"),
+        "mha_negative_size": (mha(d / "negdim.mha", "NDims = 3\nDimSize = 8 -8 8\n"), "over the limit|not a readable"),
+        "mha_rgb": (mha(d / "rgb.mha", "NDims = 3\nDimSize = 8 8 8\nElementNumberOfChannels = 3\n", b"\0" * 3072),
+                    r"3 component\(s\) per voxel"),
+        "empty_niigz": (d / "empty.nii.gz", "not a readable NIfTI file"),
+        "empty_nii": (d / "empty.nii", "not a readable NIfTI file"),
+        "text_niigz": (d / "text.nii.gz", "not a readable NIfTI file"),
+        "gz_garbage": (d / "garbage.nii.gz", "not a readable NIfTI file"),
+        "gz_cut": (d / "cut.nii.gz", "corrupt or truncated image data"),
+        "random_header": (d / "random_header.nii", "not a readable NIfTI file|invalid NIfTI header"),
+        "zero_axis": (save(d / "zero_axis.nii.gz", np.zeros((8, 0, 8), np.float32)), "zero-size axis"),
+        "two_d": (save(d / "two_d.nii.gz", np.ones((8, 8), np.float32)), r"not a 3D volume: 2D"),
+        "five_d": (save(d / "five_d.nii.gz", np.ones((8, 8, 8, 2), np.float32)), r"not a 3D volume: 4D"),
+        "nan": (save(d / "nan.nii.gz", nan), r"1 non-finite \(NaN/Inf\) voxels"),
+        "inf": (save(d / "inf.nii.gz", inf), r"1 non-finite \(NaN/Inf\) voxels"),
+        "singular_affine": (raw_nifti(d / "singular.nii", mutate=lambda h: h.__setitem__("srow_y", [0.0] * 4)),
+                            "affine is singular"),
+        "nan_affine": (raw_nifti(d / "nan_affine.nii", mutate=lambda h: h.__setitem__("srow_x", [1, 0, 0, np.nan])),
+                       "affine has non-finite entries"),
+        "negative_dim": (patched_nifti(d / "neg_dim.nii", 42, "<h", -5), r"invalid NIfTI header: dim = \[3, -5"),
+        "dim0_out_of_range": (patched_nifti(d / "dim0.nii", 40, "<h", 9), r"invalid NIfTI header: dim = \[9"),
+        "offset_past_end": (patched_nifti(d / "offset.nii", 108, "<f", 1e6), "truncated: the header claims"),
+        "unknown_datatype": (patched_nifti(d / "dtype.nii", 70, "<h", 9999), "data code 9999 not recognized"),
+        "complex128": (save(d / "c128.nii.gz", np.ones((8, 8, 8), np.complex128)), "complex voxels"),
+        "header_only": (raw_nifti(d / "header_only.nii", data=b""), "truncated: the header claims 1376 bytes"),
+        "huge_nifti2": (d / "huge2.nii", "header claims 8000000000000 voxels"),
+        "mha_garbage": (d / "garbage.mha", "Unable to determine ImageIO reader"),
+        "mhd_missing_raw": (d / "missing_raw.mhd", "File cannot be read.*No such file"),
+        "nrrd_garbage": (d / "garbage.nrrd", "not a readable image"),
+        "nrrd_huge": (d / "huge.nrrd", "header claims 8000000000000 voxel|not a readable image"),
+        "mha_2d": (mha(d / "two_d.mha", "NDims = 2\nDimSize = 8 8\n", b"\0" * 128), "not a 3D scalar volume"),
+        "mha_4d": (mha(d / "four_d.mha", "NDims = 4\nDimSize = 8 8 8 2\n", b"\0" * 2048), "not a 3D scalar volume"),
+        "mha_zero_axis": (mha(d / "zero.mha", "NDims = 3\nDimSize = 8 0 8\n"), "zero-size axis"),
+        "png": (d / "image.png", "unsupported extension '.png'"),
+        "single_dicom_file": (d / "single.dcm", "a single DICOM file: pass the directory"),
+        "folder_without_dicom": (d / "not_dicom", "holds no DICOM series"),
+        "missing": (d / "does_not_exist.nii.gz", "no such file or directory"),
+        "folder_named_nii": (d / "folder.nii.gz", "holds no DICOM series"),
+        "dangling_link": (d / "dangling.nii.gz", "no such file or directory"),
+        "dicom_single_slice": (dicom_series(d / "dicom_one", n=1), "a single slice: not a 3D volume"),
+        "dicom_fake_member": (d / "dicom_fake", r"1 DICOM file\(s\) not readable .*: 010\.dcm"),
+        "dicom_duplicate": (d / "dicom_dup", "not evenly spaced"),
+    }
+
+
 def write_corpus(folder: str | Path) -> dict[str, tuple[Path, str]]:
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
@@ -101,6 +229,7 @@ def write_corpus(folder: str | Path) -> dict[str, tuple[Path, str]]:
         "dicom_two_series": (dicom_series(d / "dicom_two", uid="1.2.826.0.1.3680043.2.1125.2", first=10) and
                              dicom_series(d / "dicom_two"), r"holds 2 DICOM series \(1\.2\.826.*\): put each series"),
         "dicom_truncated": (truncated_slice(d / "dicom_truncated"), r"1 DICOM file\(s\) not readable .*: 002\.dcm"),
+        **file_corpus(d),
     }
 
 
