@@ -344,7 +344,7 @@ def test_judgement_calls_accepted_and_said(tmp_path):
         f"medgen: warning: {nocode}: no qform or sform code: orientation taken from pixdim, as nibabel does"]
 
 
-@pytest.mark.parametrize("command", ["translate", "segment"])
+@pytest.mark.parametrize("command", ["translate", "segment", "pipeline"])
 def test_whole_corpus_as_one_folder_run(command, corpus, cyclegan_run, segmenter_run, tmp_path):
     """Every corpus file a folder run picks up gets its own line with its cause; the good ones are written."""
     folder = next(iter(corpus.values()))[0].parent
@@ -353,7 +353,9 @@ def test_whole_corpus_as_one_folder_run(command, corpus, cyclegan_run, segmenter
     expected = {p: cause for name, (p, cause) in corpus.items() if p in listed and name not in readable}
     before = snapshot(folder)
     out = tmp_path / "out"
-    proc = medgen(command, cyclegan_run if command == "translate" else segmenter_run, folder, out, "--device", "cpu")
+    args = {"translate": ["translate", cyclegan_run], "segment": ["segment", segmenter_run],
+            "pipeline": ["pipeline", "mri-liver", "--translator", cyclegan_run, "--segmenter", segmenter_run]}[command]
+    proc = medgen(*args, folder, out, "--device", "cpu")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) == len(expected) >= 40, (len(lines), len(expected))
@@ -361,6 +363,8 @@ def test_whole_corpus_as_one_folder_run(command, corpus, cyclegan_run, segmenter
         path = next(p for p in expected if line.startswith(f"medgen: error: {p}: "))
         assert re.search(expected.pop(path), line), line
     written = sorted(p.name for p in out.iterdir())
-    assert written == (["good_src.nii.gz", "one_series.nii.gz"] if command == "translate" else
-                       ["good_src.nii.gz", "one_series.nii.gz", "thin_y.nii.gz", "thin_z.nii.gz", "zeros.nii.gz"])
+    assert written == {"translate": ["good_src.nii.gz", "one_series.nii.gz"],
+                       "pipeline": ["good_src.nii.gz", "one_series.nii.gz", "summary.csv", "summary.json"],
+                       "segment": ["good_src.nii.gz", "one_series.nii.gz", "thin_y.nii.gz", "thin_z.nii.gz",
+                                   "zeros.nii.gz"]}[command]
     assert snapshot(folder) == before
