@@ -106,7 +106,8 @@ class CpuShare:
     :attr:`folder` and, every ``interval`` seconds (:meth:`update`, called from the training loop), sets its
     threads to ``cores // live medgen processes`` (at least 1), so that a second training, or a rank of
     CPU DDP, takes half the cores and both keep going at about half speed. ``fixed`` > 0 (``train.threads``)
-    or ``OMP_NUM_THREADS`` in the environment (torchrun sets it to 1) pin the count instead.
+    or ``OMP_NUM_THREADS`` in the environment (torchrun sets it to 1) pin this process's count instead; it
+    still registers, so that the others make room for it.
     """
 
     def __init__(self, fixed: int = 0, interval: float = 2.0, folder: str | os.PathLike | None = None):
@@ -145,13 +146,12 @@ class CpuShare:
             torch.set_num_threads(n)
 
     def __enter__(self) -> CpuShare:
-        if not self.fixed:
-            try:
-                self.folder.mkdir(mode=0o700, exist_ok=True)
-                self._file = self.folder / f"{os.getpid()}.pid"
-                self._file.touch()
-            except OSError:  # an unwritable temp dir: no sharing, torch's default
-                self._file = None
+        try:  # a pinned process registers too: the others must count it
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            self._file = self.folder / f"{os.getpid()}.pid"
+            self._file.touch()
+        except OSError:  # an unwritable temp dir: no sharing, torch's default
+            self._file = None
         self.update(force=True)
         return self
 
