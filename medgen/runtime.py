@@ -106,13 +106,14 @@ class CpuShare:
     :attr:`folder` and, every ``interval`` seconds (:meth:`update`, called from the training loop), sets its
     threads to ``cores // live medgen processes`` (at least 1), so that a second training, or a rank of
     CPU DDP, takes half the cores and both keep going at about half speed. ``fixed`` > 0 (``train.threads``)
-    or ``OMP_NUM_THREADS`` in the environment (torchrun sets it to 1) pin this process's count instead; it
-    still registers, so that the others make room for it.
+    pins this process's count (it still registers, so that the others make room for it); ``OMP_NUM_THREADS``
+    in the environment (torchrun sets it to 1) caps it.
     """
 
     def __init__(self, fixed: int = 0, interval: float = 2.0, folder: str | os.PathLike | None = None):
         env = os.environ.get("OMP_NUM_THREADS", "")
-        self.fixed = fixed if fixed > 0 else (int(env) if env.isdigit() and int(env) > 0 else 0)
+        self.fixed = fixed if fixed > 0 else 0
+        self.cap = int(env) if env.isdigit() and int(env) > 0 else None
         self.interval = interval
         self.folder = Path(folder) if folder else Path(tempfile.gettempdir()) / f"medgen-cpu-{os.getuid()}"
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -134,7 +135,10 @@ class CpuShare:
 
     def threads(self) -> int:
         """The intra-op thread count this process should use now."""
-        return self.fixed or max(1, self.cores // self.peers())
+        if self.fixed:
+            return self.fixed
+        share = max(1, self.cores // self.peers())
+        return min(share, self.cap) if self.cap else share
 
     def update(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -165,7 +165,11 @@ def test_cpu_share_splits_the_cores_between_live_medgen_processes(tmp_path, monk
         assert CpuShare(fixed=3, folder=tmp_path).threads() == 3  # train.threads pins the count ...
         with CpuShare(fixed=1, folder=tmp_path) as pinned:  # ... and the pinned process still counts for the others
             assert (tmp_path / f"{os.getpid()}.pid").is_file() and pinned.threads() == 1
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it: a cap
         assert CpuShare(folder=tmp_path).threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "8")
+        capped = CpuShare(folder=tmp_path)
+        capped.cores = 4
+        assert capped.threads() == 4
     finally:
         torch.set_num_threads(before)
