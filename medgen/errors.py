@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 
 class MedgenError(Exception):
@@ -64,8 +65,6 @@ def each_case(pairs, single: bool, work) -> tuple[list, int]:
     >>> each_case([("a.nii.gz", "out/a"), ("bad.nii.gz", "out/bad")], False, work)  # doctest: +NORMALIZE_WHITESPACE
     (['out/a'], 1)
     """
-    import sys
-
     done, failed = [], 0
     for src, dst in pairs:
         try:

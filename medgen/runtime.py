@@ -112,7 +112,7 @@ class CpuShare:
 
     def __init__(self, fixed: int = 0, interval: float = 2.0, folder: str | os.PathLike | None = None):
         env = os.environ.get("OMP_NUM_THREADS", "")
-        self.fixed = fixed if fixed > 0 else 0
+        self.fixed = max(fixed, 0)
         self.cap = int(env) if env.isdigit() and int(env) > 0 else None
         self.interval = interval
         self.folder = Path(folder) if folder else Path(tempfile.gettempdir()) / f"medgen-cpu-{os.getuid()}"
