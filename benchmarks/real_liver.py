@@ -12,7 +12,9 @@ ten (transductive). Columns:
 
 - ``fit``: ``medgen fit mri-liver --preset P`` on the 4 labelled CTs and the 7 unlabelled training MRIs,
   then ``medgen pipeline mri-liver --model``: the product's route;
-- ``byo``: the same with ``--segmenter`` set to a plain CT segmenter trained on the CTs alone (route
+- ``any_contrast``: the fit's segmenter stage alone (``configs/segmenter_liver_any_contrast.yaml``, trained on
+  the CT labels only, no MRI seen) through ``medgen segment --modality mri``;
+- ``byo``: the same fit with ``--segmenter`` set to a plain CT segmenter trained on the CTs alone (route
   MRI -> synthetic CT -> that frozen segmenter);
 - ``direct``: that plain CT segmenter applied to the MRI itself (its robust range mapped onto [-1, 1]);
 - ``histmatch``: the plain CT segmenter on the MRI histogram-matched to a CT (SimpleITK);
@@ -39,7 +41,7 @@ from medgen.evaluation.segmentation import evaluate_folders
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [1, 2, 3, 5, 8, 10, 13]
 HELD_OUT = [15, 19, 20]
-COLUMNS = ("fit", "byo", "direct", "histmatch", "ceiling")
+COLUMNS = ("fit", "any_contrast", "byo", "direct", "histmatch", "ceiling")
 
 
 def medgen(*args: str, log: Path) -> float:
@@ -127,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         pipeline("fit", model)
         commands["fit"] = (f"medgen fit mri-liver --ct CT --ct-labels LABELS --label-map 6:1 --mri MRI_TRAIN "
                            f"--out {model} --preset {args.preset}; " + commands["fit"])
+        out = work / "masks_any_contrast"  # the fit's first stage alone: CT labels only, no MRI seen (issue 12)
+        if not out.is_dir():
+            medgen("segment", str(model / "segmenter"), str(mri), str(out), "--modality", "mri", log=log)
+        scores["any_contrast"] = dice_by_case(out, mri_labels)
+        commands["any_contrast"] = f"medgen segment {model / 'segmenter'} MRI OUT --modality mri"
     if "byo" in steps:
         model = work / "model_byo"
         if not (model / "model.json").is_file():

@@ -17,7 +17,8 @@ from medgen.cli import main
 from medgen.engines.fit import split_sets
 from medgen.io import load_image
 from medgen.models.fit import read_model
-from medgen.models.run import latest_checkpoint
+from medgen.inference.translate import load_translator
+from medgen.models.run import latest_checkpoint, load_checkpoint
 
 TINY = {"train.iterations": 2, "train.batch_size": 2, "train.checkpoint_every": 1, "train.log_every": 1,
         "data.cache_workers": 1, "preprocess.spacing": "null", "data.patch_size": "[32, 32]", "train.amp": "none"}
@@ -65,6 +66,16 @@ def test_fit_then_pipeline_with_the_model(phantom_dir, tmp_path, route, capsys):
     truth = load_image(phantom_dir / "labels" / mri.name)[0] == 1
     expected = 2 * np.logical_and(mask > 0, truth).sum() / max((mask > 0).sum() + truth.sum(), 1)
     assert row["dice"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_synthct_translator_runs_on_its_weight_average(phantom_dir, tmp_path):
+    model = tmp_path / "model"
+    assert main(_args(phantom_dir, model, "synthct", ["--set", "translator.ema_decay=0.5"])) == 0
+    state = load_checkpoint(latest_checkpoint(model / "translator"))
+    average = {k.removeprefix("module."): v for k, v in state["G_ema"].items() if k.startswith("module.")}
+    used = load_translator(model / "translator").net.state_dict()
+    assert used.keys() == average.keys() and all(torch.equal(used[k], average[k]) for k in used)
+    assert any(not torch.equal(average[k], state["G"][k]) for k in average)  # the average, not the last step
 
 
 def test_fit_resume_finishes_an_interrupted_fit(phantom_dir, tmp_path):

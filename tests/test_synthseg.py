@@ -108,12 +108,12 @@ def test_segmenter_trains_on_synthetic_contrast(phantom_dir, tmp_path, dims):
     from medgen.engines.train import train
 
     extra = ["augment.synthseg.prob=1.0", "augment.spatial=true", "augment.organ_intensity=null",
-             "network.ema_decay=0.5"]
+             "network.ema_decay=0.5", "augment.deform=0.1"]
     run = train(ROOT / "configs" / ("segmenter_ct_liver.yaml"), tmp_path / "seg",
                 tiny_segmenter(phantom_dir, dims, iterations=2) + extra)
     ckpt = torch.load(latest_checkpoint(run), weights_only=True)
     cfg = load_config(run / "config.yaml")
-    assert cfg.augment.synthseg.prob == 1.0 and cfg.augment.spatial
+    assert cfg.augment.synthseg.prob == 1.0 and cfg.augment.spatial and cfg.augment.deform == 0.1
     # the weight average after two steps: ema = 0.5 * (0.5 * w0 + 0.5 * w1) + 0.5 * w2 differs from the last weights,
     # and inference loads the average, not the last weights
     name = next(k for k in ckpt["net"] if k.endswith("weight"))
@@ -164,3 +164,24 @@ def test_inside_body_keeps_the_liver_out_of_the_air(segmenter_run, tmp_path):
     assert not body.all() and body.any() and p0[~body].max() > 0.01  # the plain run does predict in the air
     assert np.array_equal(p1[~body], np.zeros((~body).sum(), np.float32))
     assert np.allclose(p1[body], p0[body])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_smooth_deformation_moves_image_and_labels_together(dims):
+    size = [32] * dims
+    label = torch.zeros([1, *size])
+    label[(0, *[slice(8, 24)] * dims)] = 1
+    image = label * 2 - 1
+    t = intensity_augmentation(False, None, dims, None, 0.0, deform=0.15, patch_size=size)
+    moved = []
+    for seed in (0, 0, 1, 2, 3):
+        t.set_random_state(seed)
+        out = t({Keys.IMAGE: image.clone(), Keys.LABEL: label.clone()})
+        assert set(torch.unique(out[Keys.LABEL]).tolist()) <= {0.0, 1.0}  # labels stay labels (nearest)
+        agree = (out[Keys.IMAGE] > 0) == (out[Keys.LABEL] > 0)
+        assert float(agree.float().mean()) > 0.98  # the image moves with its labels (one field for both)
+        moved.append(out[Keys.LABEL])
+    assert torch.equal(moved[0], moved[1])  # seeded
+    assert any(not torch.equal(moved[0], m) for m in moved[2:])
+    plain = intensity_augmentation(False, None, dims, None, 0.0, deform=0.0, patch_size=size)
+    assert not any("Deform" in type(x).__name__ for x in plain.transforms)

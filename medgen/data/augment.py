@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import (Compose, Lambdad, MapTransform, RandAdjustContrastd, RandAffined,
                               RandBiasFieldd, RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd,
-                              RandomizableTransform, RandScaleIntensityd, RandShiftIntensityd)
+                              RandomizableTransform, RandScaleIntensityd, RandShiftIntensityd, RandSmoothDeformd)
 
 from medgen.data.synthseg import RandLabelToImaged, robust_unit, smooth_field
 
@@ -108,11 +108,14 @@ def _shift_down(x):
 
 
 def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequence[float] | None = None,
-                           spatial_dims: int | None = None, synthseg: Mapping | None = None, gin: float = 0.0):
+                           spatial_dims: int | None = None, synthseg: Mapping | None = None, gin: float = 0.0,
+                           deform: float = 0.0, patch_size: Sequence[int] | None = None):
     """The random transforms of a segmenter's training patches, or None when all are off.
 
     In order: ``spatial_dims`` (when given) a random rotation (+-15 degrees, in the axial plane) and scaling
-    (+-15 %) of image, label and generation labels; ``synthseg`` (when given: ``prob`` and the keyword
+    (+-15 %) of image, label and generation labels, then, with ``deform`` > 0, a smooth random deformation
+    of them (MONAI's ``RandSmoothDeformd`` on ``patch_size`` patches: a random displacement on a 6-point lattice
+    per axis, interpolated, at most ``deform`` of the half-width); ``synthseg`` (when given: ``prob`` and the keyword
     arguments of :class:`medgen.data.synthseg.RandLabelToImage`) the label -> image synthesis that replaces
     the image by a random-contrast one, after ``gin``, the probability of :class:`RandGINd` (so a fraction
     ``gin * (1 - synthseg.prob)`` of the patches keeps the real anatomy in random contrast); ``organ_offsets`` the range of :class:`RandOrganIntensityd` (half the
@@ -126,8 +129,14 @@ def intensity_augmentation(global_intensity: bool = True, organ_offsets: Sequenc
         transforms += [Lambdad(k, _shift_up),  # so that padding (0) is the darkest value, -1 after the shift
                        RandAffined([k, Keys.LABEL, Keys.GEN], prob=0.8, rotate_range=rotate, scale_range=0.15,
                                    mode=("bilinear", "nearest", "nearest"), padding_mode="zeros",
-                                   allow_missing_keys=True),
-                       Lambdad(k, _shift_down)]
+                                   allow_missing_keys=True)]
+        if deform > 0:
+            keys = [k, Keys.LABEL] + ([Keys.GEN] if synthseg else [])
+            transforms.append(RandSmoothDeformd(keys, spatial_size=list(patch_size), rand_size=[6] * spatial_dims,
+                                                field_mode="bicubic" if spatial_dims == 2 else "trilinear",
+                                                align_corners=True, prob=0.8, def_range=deform,
+                                                grid_mode=["bilinear", "nearest", "nearest"][: len(keys)]))
+        transforms.append(Lambdad(k, _shift_down))
     if gin > 0:
         transforms.append(RandGINd(k, prob=gin))
     if synthseg:

@@ -108,7 +108,8 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
     synthseg = dataclasses.asdict(cfg.augment.synthseg) if cfg.augment.synthseg.prob > 0 else None
     gen_classes = synthseg.pop("classes") if synthseg else None
     transform = intensity_augmentation(cfg.augment.intensity, cfg.augment.organ_intensity,
-                                       cfg.spatial_dims if cfg.augment.spatial else None, synthseg, cfg.augment.gin)
+                                       cfg.spatial_dims if cfg.augment.spatial else None, synthseg, cfg.augment.gin,
+                                       cfg.augment.deform, cfg.data.patch_size)
 
     def patches(volumes, stream_seed):
         return labelled_patches(volumes, cfg.data, cfg.spatial_dims, stream_seed, transform)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.transforms import Compose, CopyItemsd
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
@@ -27,7 +28,7 @@ from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter
 from medgen.keys import Keys
 from medgen.models.run import NORM_FILE, norm_artifact
-from medgen.models.synthct import SynthCTConfig, build_nets
+from medgen.models.synthct import EMA_SUFFIX, SynthCTConfig, build_nets
 from medgen.runtime import autocast, grad_scaler, prefers_channels_last
 from medgen.transforms import ct_to_unit, unit_to_ct
 
@@ -57,8 +58,10 @@ class FrozenSegmenter(torch.nn.Module):
 
 
 def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, device: torch.device,
-                 segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None):
-    """Training step ``(engine, batch) -> {"loss", "l1", "seg"}``."""
+                 segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None,
+                 ema: AveragedModel | None = None):
+    """Training step ``(engine, batch) -> {"loss", "l1", "seg"}`` (``ema``: a weight average of ``net``,
+    updated after each step)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
 
@@ -81,6 +84,8 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         average_gradients([net])
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(net)
         return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
 
@@ -105,7 +110,9 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if cfg.segmenter and cfg.loss.lambda_seg > 0:
         frozen = FrozenSegmenter(cfg.segmenter, cfg.preprocess.ct_window, device).to(device)
     scaler = grad_scaler(device, cfg.train.amp)
-    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
+    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema)
     norm = norm_artifact([], [cfg.preprocess.ct_window])
-    return TaskSetup(step, {"G": net, "opt": opt, "scaler": scaler}, make_loader, [opt], cfg.optim.lr, None,
+    to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {})}
+    return TaskSetup(step, to_save, make_loader, [opt], cfg.optim.lr, None,
                      {NORM_FILE: norm})

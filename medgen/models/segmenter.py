@@ -58,6 +58,9 @@ class AugmentConfig:
     # in the demo's [-175, 250] window), varying smoothly across it, in half the patches; [] or null: off
     organ_intensity: list[float] | None = field(default_factory=lambda: [-0.7, 0.2])
     spatial: bool = False  # random rotation (+-15 degrees) and scaling (+-15 %) of image and label
+    # with ``spatial``: a smooth random deformation of image and labels (SynthSeg's non-linear one), its largest
+    # displacement as a fraction of the patch's half-width (0.06 of a 160-voxel patch: 4.8 voxels); 0: off
+    deform: float = 0.0
     synthseg: SynthSegConfig = field(default_factory=SynthSegConfig)
     gin: float = 0.0  # probability of random-convolution intensity augmentation (GIN+IPA), before the synthesis
     synthetic: SyntheticAugmentConfig = field(default_factory=SyntheticAugmentConfig)

@@ -20,6 +20,7 @@ from medgen.models.segmenter import SynthSegConfig
 from medgen.networks.cyclegan import build_generator
 
 GENERATORS = {"mri2ct": "G"}
+EMA_SUFFIX = "_ema"  # checkpoint entry of a generator's weight average (an ``AveragedModel``)
 
 
 @dataclass
@@ -38,6 +39,8 @@ class SynthCTConfig:
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=16))
     synthseg: SynthSegConfig = field(default_factory=lambda: SynthSegConfig(prob=1.0))
     spatial: bool = True  # random rotation and scaling of the training patches
+    # exponential moving average of the generator's weights (0: off); inference uses the average (``G_ema``)
+    ema_decay: float = 0.0
     loss: SynthCTLossConfig = field(default_factory=SynthCTLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
