@@ -2,7 +2,7 @@
 
 Every model and mask is made by the documented ``medgen`` commands (run as a user would, one at a time);
 this script only lays out the data (symbolic links), times the trainings, scores the masks against the
-manual labels and prints one table. Slow (about an hour on 2 CPU cores); not part of ``make test``.
+manual labels and prints one table. Slow (about 90 minutes on 2 CPU cores); not part of ``make test``.
 
     python benchmarks/real_liver.py [--work DIR] [--data ../shared/data/real/abdomen_uda_dev] [--preset cpu]
                                     [--only fit,baselines,ceiling,byo]
