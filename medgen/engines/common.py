@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, PiecewiseLinear, ProgressBar
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from medgen.data.patches import IndexStream
@@ -43,6 +44,12 @@ def gan_loss(logits: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
     if mode == "lsgan":
         return F.mse_loss(logits.float(), target.float())
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def weight_average(net: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``net``'s weights (updated by the step after each optimizer step,
+    checkpointed as ``NAME_ema`` and used by inference); None when ``decay`` is 0."""
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay > 0 else None
 
 
 def average_gradients(nets: Iterable[torch.nn.Module]) -> None:

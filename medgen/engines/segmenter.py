@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
 from medgen.data.synthetic import MixedSamples
 from medgen.data.volumes import labelled_volumes, remap_labels
-from medgen.engines.common import TaskSetup, average_gradients, loader_factory
+from medgen.engines.common import TaskSetup, average_gradients, loader_factory, weight_average
 from medgen.errors import MedgenError
 from medgen.inference.segment import segment_array
 from medgen.inference.synthesize import write_synthetic
@@ -154,9 +154,7 @@ def setup(cfg: SegmenterConfig, device: torch.device) -> TaskSetup:
                            weight_decay=cfg.optim.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce)
     scaler = grad_scaler(device, cfg.train.amp)
-    ema = None
-    if cfg.network.ema_decay > 0:
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.network.ema_decay))
+    ema = weight_average(net, cfg.network.ema_decay)
     step = supervised_step(net, opt, loss_fn, device, cfg.train.amp, scaler, ema)
     used = ema.module if ema is not None else net
     validate = validation_fn(cfg, used, device) if cfg.data.val_images and cfg.data.val_labels else None

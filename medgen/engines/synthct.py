@@ -16,19 +16,19 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.transforms import Compose, CopyItemsd
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
 from medgen.data.synthseg import RandLabelToImaged
 from medgen.data.volumes import labelled_volumes
-from medgen.engines.common import TaskSetup, average_gradients, loader_factory
+from medgen.engines.common import TaskSetup, average_gradients, loader_factory, weight_average
 from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter
 from medgen.keys import Keys
-from medgen.models.run import NORM_FILE, norm_artifact
-from medgen.models.synthct import EMA_SUFFIX, SynthCTConfig, build_nets
+from medgen.models.run import EMA_SUFFIX, NORM_FILE, norm_artifact
+from medgen.models.synthct import SynthCTConfig, build_nets
 from medgen.runtime import autocast, grad_scaler, prefers_channels_last
 from medgen.transforms import ct_to_unit, unit_to_ct
 
@@ -110,7 +110,7 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if cfg.segmenter and cfg.loss.lambda_seg > 0:
         frozen = FrozenSegmenter(cfg.segmenter, cfg.preprocess.ct_window, device).to(device)
     scaler = grad_scaler(device, cfg.train.amp)
-    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
+    ema = weight_average(net, cfg.ema_decay)
     step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema)
     norm = norm_artifact([], [cfg.preprocess.ct_window])
     to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {})}

@@ -29,7 +29,6 @@ import torch
 import yaml
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
-from torch.optim.swa_utils import AveragedModel
 from scipy import ndimage
 
 from medgen.data.datalist import input_output_pairs
@@ -38,7 +37,7 @@ from medgen.errors import MedgenError, each_case, short
 from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_like
 from medgen.keys import Modality
-from medgen.models.run import CONFIG_FILE, load_run, load_weights
+from medgen.models.run import CONFIG_FILE, load_averages, load_run, load_weights
 from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, weights_name
 from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor
@@ -113,10 +112,8 @@ class RunSegmenter:
         self.net = build_network(self.cfg).to(self.device)
         if weights_name(self.cfg) == "net":
             load_weights(self.run_dir, ["net"], [self.net])
-        else:  # the weight average: an AveragedModel around the network
-            average = AveragedModel(self.net)
-            load_weights(self.run_dir, [weights_name(self.cfg)], [average])
-            self.net = average.module.eval()
+        else:  # the weight average
+            _, (self.net,) = load_averages(self.run_dir, [weights_name(self.cfg)], [self.net])
         self.liver_index = 1 if liver_index is None else liver_index
         self.postprocess = self.cfg.postprocess
 

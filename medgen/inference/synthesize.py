@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from medgen.errors import MedgenError
 from medgen.io import atomic_write, ref_from_affine, save_hu, save_like
 from medgen.keys import Modality
-from medgen.models.run import load_run, load_weights
+from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
 from medgen.models.synth import build_model, read_synth, split_joint
 from medgen.runtime import resolve_device
 from medgen.transforms import unit_to_ct, unit_to_mri
@@ -27,9 +26,7 @@ def load_synthesizer(run_dir: str | Path, device: torch.device):
     cfg = load_run(run, "synthesizer")
     model = build_model(cfg).to(device)
     if cfg.task == "gan":
-        ema = AveragedModel(model)
-        load_weights(run, ["model_ema"], [ema])
-        model = ema.module
+        _, (model,) = load_averages(run, ["model" + EMA_SUFFIX], [model])
     else:
         load_weights(run, ["model"], [model])
     return cfg, model.eval(), read_synth(run)

@@ -18,7 +18,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from medgen.data.datalist import input_output_pairs
 from medgen.errors import MedgenError, each_case
@@ -26,8 +25,7 @@ from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_hu, save_like
 from medgen.keys import Direction, Modality
 from medgen.models.registry import TASKS
-from medgen.models.synthct import EMA_SUFFIX
-from medgen.models.run import NORM_TASKS, load_run, load_weights, read_norm
+from medgen.models.run import EMA_SUFFIX, NORM_TASKS, load_averages, load_run, load_weights, read_norm
 from medgen.runtime import resolve_device
 from medgen.validate import check_output_of, check_volume
 from medgen.transforms import Preprocessor
@@ -107,9 +105,7 @@ class RunTranslator:
         nets = task.build(self.cfg)  # channels-last: faster in inference at every precision (see prefers_channels_last)
         models = [nets[name].to(self.device) for name in names]
         if getattr(self.cfg, "ema_decay", 0.0) > 0:  # the generators' weight averages (synthct)
-            averages = [AveragedModel(m) for m in models]
-            self.checkpoint = load_weights(self.run_dir, [n + EMA_SUFFIX for n in names], averages, checkpoint)
-            models = [a.module.eval() for a in averages]
+            self.checkpoint, models = load_averages(self.run_dir, [n + EMA_SUFFIX for n in names], models, checkpoint)
         else:
             self.checkpoint = load_weights(self.run_dir, names, models, checkpoint)
         self.net, self.back_net = models[0], (models[1] if len(models) > 1 else None)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from medgen.errors import MedgenError, short
 from medgen.models.registry import load_config, tasks_of
@@ -19,6 +20,7 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint"
 NORM_FILE = "norm.json"  # translator runs: training-set intensity references
 NORM_TASKS = ("cyclegan", "synthct")  # the tasks whose training writes it: their runs need it
+EMA_SUFFIX = "_ema"  # checkpoint entry of a network's weight average (an ``AveragedModel``): ``net_ema``, ``G_ema``
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -64,6 +66,15 @@ def load_weights(run_dir: Path, names: Sequence[str], nets: Sequence[torch.nn.Mo
         net.load_state_dict(state[name])
         net.eval()
     return path
+
+
+def load_averages(run_dir: Path, names: Sequence[str], nets: Sequence[torch.nn.Module],
+                  checkpoint: str | Path | None = None) -> tuple[Path, list[torch.nn.Module]]:
+    """Load weight averages (entries ``names``, each an ``AveragedModel`` of the matching network of ``nets``);
+    returns the file used and the averaged networks, in eval mode (copies: ``nets`` are left as they were)."""
+    averages = [AveragedModel(net) for net in nets]
+    path = load_weights(run_dir, names, averages, checkpoint)
+    return path, [average.module.eval() for average in averages]
 
 
 def norm_artifact(mri_scales: Sequence[tuple[float, float]], ct_ranges: Sequence[tuple[float, float]]) -> dict:

@@ -20,7 +20,6 @@ from medgen.models.segmenter import SynthSegConfig
 from medgen.networks.cyclegan import build_generator
 
 GENERATORS = {"mri2ct": "G"}
-EMA_SUFFIX = "_ema"  # checkpoint entry of a generator's weight average (an ``AveragedModel``)
 
 
 @dataclass
