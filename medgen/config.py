@@ -48,6 +48,9 @@ class TrainConfig:
     image_every: int = 500  # iterations between TensorBoard image grids (0: never)
     val_every: int = 0  # iterations between validations (0: only at the end; needs validation data)
     threads: int = 0  # torch intra-op threads (0: the cores split between the medgen processes running now)
+    # fine-tuning: a run directory (its latest checkpoint) or a checkpoint file whose network weights (and
+    # weight averages) this run starts from; optimizers and the learning-rate schedule start afresh
+    init: str | None = None
 
     def __post_init__(self) -> None:  # checked before a run directory is made (from_dict names the file and key)
         for name in ("iterations", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -18,6 +18,7 @@ from medgen.engines.fit import split_sets
 from medgen.io import load_image
 from medgen.models.fit import read_model
 from medgen.inference.translate import load_translator
+from medgen.models.registry import load_config
 from medgen.models.run import latest_checkpoint, load_checkpoint
 
 TINY = {"train.iterations": 2, "train.batch_size": 2, "train.checkpoint_every": 1, "train.log_every": 1,
@@ -30,7 +31,7 @@ def _args(phantom_dir: Path, out: Path, route: str = "direct", extra: list[str] 
     sets = [f"segmenter.{k}={v}" for k, v in SEG.items()] + [f"translator.{k}={v}" for k, v in TRANS.items()]
     args = ["fit", "mri-liver", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(out), "--set", f"route={route}",
-            "--set", "device=cpu"]
+            "--set", "device=cpu", "--set", "adapt.iterations=0"]
     for s in sets:
         args += ["--set", s]
     return args + list(extra)
@@ -88,6 +89,34 @@ def test_fit_resume_finishes_an_interrupted_fit(phantom_dir, tmp_path):
     assert read_model(model)[0] == "direct"
     assert latest_checkpoint(model / "segmenter").stat().st_mtime_ns == before  # the finished stage kept
     assert main(_args(phantom_dir, model)) == 2  # a finished model is not overwritten
+
+
+def test_fit_self_trains_from_its_segmenter_on_pseudo_labelled_mris(phantom_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(_args(phantom_dir, model, extra=["--set", "adapt.iterations=2"])) == 0
+    said = capsys.readouterr().out
+    listing = model / "pseudo" / "dataset.json"
+    rows = json.loads((model / "pseudo" / "summary.json").read_text())["cases"]
+    plausible = [r["case"] for r in rows if r["status"] == "ok" and not
+                 {"empty_mask", "liver_volume_low", "liver_volume_high"} & set(r["flags"].split(";"))]
+    kept = json.loads(listing.read_text())["training"]
+    assert [Path(e["image"]).name.removesuffix(".nii.gz") for e in kept] == plausible
+    assert all(Path(e["label"]) == model / "pseudo" / Path(e["image"]).name for e in kept)
+    if not kept:  # a 2-iteration segmenter's masks: the fit says so and keeps the segmenter
+        assert "no MRI has a plausible mask" in said and Path(read_model(model)[2]) == model / "segmenter"
+    # plausible pseudo-labels (here the phantoms' own masks) where the pass left them: --resume self-trains
+    (model / "model.json").unlink()
+    mris = sorted((phantom_dir / "mri").glob("*.nii.gz"))
+    listing.write_text(json.dumps({"training": [{"image": str(p), "label": str(phantom_dir / "labels" / p.name)}
+                                                for p in mris]}))
+    assert main(_args(phantom_dir, model, extra=["--set", "adapt.iterations=2", "--resume"])) == 0
+    assert Path(read_model(model)[2]) == model / "adapted"
+    cfg = load_config(model / "adapted" / "config.yaml")
+    assert (cfg.train.init, cfg.target.images, cfg.target.ratio) == (str(model / "segmenter"), str(listing), 0.5)
+    assert cfg.train.iterations == 2 and cfg.optim.lr == pytest.approx(3e-4)
+    start = load_checkpoint(latest_checkpoint(model / "segmenter"))["net"]
+    tuned = load_checkpoint(latest_checkpoint(model / "adapted"))["net"]
+    assert any(not torch.equal(start[k], tuned[k]) for k in start)  # fine-tuned from it, not a copy
 
 
 class _Liver(torch.nn.Module):

@@ -49,6 +49,38 @@ def dice(a, b) -> float:
     return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
+def test_fine_tuning_starts_from_another_runs_weights(phantom_dir, segmenter_run, cyclegan_run, tmp_path):
+    sets = tiny_segmenter(phantom_dir, iterations=1, **{"train.init": str(segmenter_run), "optim.lr": 0.0,
+                                                        "train.checkpoint_every": 1})
+    run = train(ROOT / "configs" / "segmenter_ct_liver.yaml", tmp_path / "ft", sets)
+    start = torch.load(latest_checkpoint(segmenter_run), weights_only=True)["net"]
+    end = torch.load(latest_checkpoint(run), weights_only=True)
+    assert end["trainer"]["iteration"] == 1  # a new run (its own schedule), from the other run's weights
+    assert start.keys() == end["net"].keys() and all(torch.equal(start[k], end["net"][k]) for k in start)
+    sets = tiny_segmenter(phantom_dir, iterations=1, **{"train.init": str(cyclegan_run)})
+    with pytest.raises(MedgenError, match="train.init: the checkpoint has no net weights"):
+        train(ROOT / "configs" / "segmenter_ct_liver.yaml", tmp_path / "wrong", sets)
+    assert not (tmp_path / "wrong").exists()  # refused before the run directory is written
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_target_pairs_are_mixed_into_training_at_their_ratio(phantom_dir, tmp_path, ratio):
+    from medgen.engines.segmenter import segmentation_samples
+    from medgen.models.registry import load_config
+
+    empty = tmp_path / "masks"
+    empty.mkdir()
+    for mri in sorted((phantom_dir / "mri").glob("*.nii.gz")):  # pseudo-labels without liver: recognisable
+        img = nib.load(mri)
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), empty / mri.name)
+    cfg = load_config(ROOT / "configs" / "segmenter_ct_liver.yaml", tiny_segmenter(phantom_dir, **{
+        "target.images": str(phantom_dir / "mri"), "target.labels": str(empty), "target.ratio": ratio,
+        "data.pos_prob": 1.0}))
+    samples = segmentation_samples(cfg, seed=0)
+    with_liver = [bool((samples[n]["label"] > 0).any()) for n in range(24)]
+    assert (not any(with_liver)) if ratio == 1.0 else all(with_liver)
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_train_segmenter_few_iterations(phantom_dir, tmp_path, segmenter_run, dims):
     run = segmenter_run if dims == 2 else train(ROOT / "configs" / "segmenter_ct_liver.yaml", tmp_path / "s3",

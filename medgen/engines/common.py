@@ -165,6 +165,30 @@ def _visual_grid(visuals: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(tiles, dim=1)[None]
 
 
+def start_from(to_save: Mapping, init: str | Path) -> Path:
+    """Load into the networks of ``to_save`` (weight averages included) their weights from ``init``, a run
+    directory (its latest checkpoint) or a checkpoint file; returns the file read. Optimizers are left alone."""
+    path = Path(init)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise MedgenError(path, "train.init: this run has no checkpoint")
+        path = found
+    state = load_checkpoint(path)
+    nets = {name: obj for name, obj in to_save.items() if isinstance(obj, torch.nn.Module)}
+    missing = [name for name in nets if name not in state]
+    if missing:
+        raise MedgenError(path, f"train.init: the checkpoint has no {', '.join(missing)} weights (another task's run?)")
+    for name, net in nets.items():
+        try:
+            net.load_state_dict(state[name])
+        except RuntimeError as exc:
+            raise MedgenError(path, f"train.init: its '{name}' weights do not fit this network "
+                                    f"({str(exc).splitlines()[0][:120]})") from None
+    print(f"[medgen] weights from {path}", flush=True)
+    return path
+
+
 def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
     """Run ``setup.step`` for ``cfg.train.iterations`` on an Ignite Engine with medgen's handlers."""
     t = cfg.train

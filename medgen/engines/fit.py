@@ -5,6 +5,8 @@ checkpoints), resumable one by one with ``--resume``:
 
 1. ``segmenter/``: the contrast-agnostic liver segmenter (label -> image synthesis on the CTs); skipped
    when the user brings a CT segmenter (``--segmenter``), which is never retrained;
+1b. route ``direct`` with ``adapt.iterations`` > 0: ``pseudo/``, that segmenter's masks of the fit's MRIs, and
+   ``adapted/``, a copy of it fine-tuned on the CTs mixed with those MRIs and masks (self-training);
 2. ``translator/`` (route ``synthct`` only): the MRI -> synthetic CT translator, trained on CTs painted with
    random contrasts and, when the segmenter is a 2D medgen run, through that frozen segmenter;
 3. ``qc/``: the pipeline run on the training MRIs (liver volume, flags), a label-free check of the result.
@@ -14,6 +16,7 @@ checkpoints), resumable one by one with ``--resume``:
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -25,7 +28,7 @@ from medgen.data.datalist import image_label_pairs, list_volumes
 from medgen.engines.train import train
 from medgen.errors import MedgenError
 from medgen.inference.pipeline import run_pipeline
-from medgen.io import load_image
+from medgen.io import atomic_write, case_name, load_image
 from medgen.models.fit import FIT_CONFIG, MODEL_FILE, FitConfig, FitModel, load_fit_config, write_model
 from medgen.models.registry import load_config
 from medgen.models.run import CONFIG_FILE, latest_checkpoint
@@ -111,6 +114,43 @@ def _stage(name: str, config: str, run: Path, sets: list[str], resume: bool) -> 
     return run, time.time() - start
 
 
+PSEUDO_REFUSED = {"empty_mask", "liver_volume_low", "liver_volume_high"}  # QC flags that keep a case out
+
+
+def _pseudo_labels(segmenter: Path, mris: list[Path], mri: str, out: Path, cfg: FitConfig) -> Path:
+    """The segmenter's masks of the fit's MRIs (a pipeline pass into ``out``) as a datalist JSON of the cases
+    whose liver volume is plausible (the pipeline's QC flags); a finished pass is reused (``--resume``)."""
+    listing = out / "dataset.json"
+    if listing.is_file():
+        return listing
+    print(f"[medgen fit] pseudo-labels: the segmenter on the {len(mris)} MRIs -> {out}", flush=True)
+    rows, _ = run_pipeline(None, str(segmenter), mri, out, cfg.device, 1)
+    masks = {r["case"]: r["mask"] for r in rows
+             if r["status"] == "ok" and not PSEUDO_REFUSED & set(r["flags"].split(";"))}
+    entries = [{"image": str(p.resolve()), "label": str(Path(masks[case_name(p)]).resolve())}
+               for p in mris if case_name(p) in masks]
+    print(f"[medgen fit] pseudo-labels: {len(entries)} of {len(mris)} MRIs kept (the others: "
+          f"{', '.join(sorted(PSEUDO_REFUSED))} or failed)", flush=True)
+    text = json.dumps({"training": entries}, indent=2) + "\n"
+    return atomic_write(listing, lambda tmp: Path(tmp).write_text(text))
+
+
+def _adapt(cfg: FitConfig, out: Path, mris: list[Path], mri: str, sets: list[str], resume: bool,
+           times: dict) -> str:
+    """Self-training: pseudo-labels from ``segmenter/``, then ``adapted/`` trained from its weights on the CTs and
+    the pseudo-labelled MRIs; returns the segmenter the model uses (``segmenter`` when no mask was plausible)."""
+    listing = _pseudo_labels(out / "segmenter", mris, mri, out / "pseudo", cfg)
+    if not json.loads(listing.read_text())["training"]:
+        print("[medgen fit] adapted: no MRI has a plausible mask to self-train on; the model keeps the segmenter "
+              "as trained", flush=True)
+        return "segmenter"
+    a = cfg.adapt
+    own = [f"train.init={out / 'segmenter'}", f"target.images={listing}", f"target.labels={listing}",
+           f"target.ratio={a.ratio}", f"train.iterations={a.iterations}", f"optim.lr={a.lr}"]
+    _, times["adapted"] = _stage("adapted", cfg.segmenter.config, out / "adapted", sets + own, resume)
+    return "adapted"
+
+
 def _common_sets(cfg: FitConfig) -> list[str]:
     sets = [f"train.device={cfg.device}", f"train.amp={cfg.amp}"]
     return sets + ([f"train.threads={cfg.threads}"] if cfg.threads > 0 else [])
@@ -145,6 +185,8 @@ def fit_mri_liver(ct: str, ct_labels: str, label_map: dict[int, int], mri: str, 
         run, times["segmenter"] = _stage("segmenter", cfg.segmenter.config, out / "segmenter",
                                          data + _common_sets(cfg) + cfg.segmenter.set, resume)
         seg_spec = "segmenter"
+        if route == "direct" and cfg.adapt.iterations > 0:
+            seg_spec = _adapt(cfg, out, mris, mri, data + _common_sets(cfg) + cfg.segmenter.set, resume, times)
     translator = None
     if route == "synthct":
         frozen = str(out / seg_spec) if segmenter is None else str(segmenter)

@@ -122,7 +122,22 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
     if aug.synthetic.source and aug.synthetic.ratio > 0:
         samples = MixedSamples(samples, patches(synthetic_volumes(aug.synthetic, cfg), seed + 7),
                                aug.synthetic.ratio, seed + 8)
+    if cfg.target.images and cfg.target.ratio > 0:
+        samples = MixedSamples(samples, target_patches(cfg, seed + 9), cfg.target.ratio, seed + 10)
     return samples
+
+
+def target_patches(cfg: SegmenterConfig, seed: int):
+    """Patches of the target-domain pairs (``cfg.target``): their own contrast, with the intensity, spatial and
+    deformation augmentation of the rest but no label -> image synthesis and no random convolutions."""
+    target = cfg.target
+    pairs = image_label_pairs(target.images, target.labels or "")
+    data = dataclasses.replace(cfg.data, modality=target.modality)
+    classes = {c: c for c in cfg.data.label_map.values()}
+    transform = intensity_augmentation(cfg.augment.intensity, None, cfg.spatial_dims if cfg.augment.spatial else None,
+                                       None, 0.0, cfg.augment.deform, cfg.data.patch_size)
+    return labelled_patches(labelled_volumes(pairs, data, cfg.preprocess, label_map=classes), data,
+                            cfg.spatial_dims, seed, transform)
 
 
 def validation_fn(cfg: SegmenterConfig, net: torch.nn.Module, device: torch.device) -> Callable[[], dict]:

@@ -18,7 +18,7 @@ import ignite.distributed as idist
 import torch
 
 from medgen.config import save_config
-from medgen.engines.common import TaskSetup, fit
+from medgen.engines.common import TaskSetup, fit, start_from
 from medgen.errors import MedgenError
 from medgen.io import atomic_write
 from medgen.models.registry import TASKS, load_config
@@ -55,6 +55,8 @@ def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank
     setup = task_setup(cfg, device)  # reads data, writes nothing
+    if cfg.train.init and not resume:
+        start_from(setup.to_save, cfg.train.init)
     if idist.get_rank() == 0:
         save_config(cfg, run / CONFIG_FILE)
         info = {"world_size": idist.get_world_size(), "backend": idist.backend(), "device": str(device),

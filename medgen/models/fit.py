@@ -4,7 +4,7 @@ A fit trains everything the MRI liver pipeline needs from labelled CTs and unlab
 directory, and ``medgen pipeline mri-liver --model MODEL`` runs it. The directory holds the resolved
 ``fit.yaml``, one ``medgen train`` run per stage and ``model.json``, which names the route::
 
-    {"route": "direct", "segmenter": "segmenter-adapted", "translator": null, "liver_index": 1}
+    {"route": "direct", "segmenter": "adapted", "translator": null, "liver_index": 1}
 
 Routes:
 
@@ -39,11 +39,22 @@ class StageConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Self-training (route ``direct``): the segmenter's masks of the fit's MRIs become pseudo-labels, and a
+    copy of it is fine-tuned on the CTs (synthesis as before) mixed with those MRIs in their own contrast."""
+
+    iterations: int = 0  # fine-tuning steps (0: no adaptation)
+    ratio: float = 0.5  # fraction of the training samples drawn from the pseudo-labelled MRIs
+    lr: float = 3e-4  # learning rate of the fine-tuning (constant, then the segmenter's linear decay)
+
+
+@dataclass
 class FitConfig:
     task: str = "fit_mri_liver"
     route: str = "direct"  # direct | synthct (with --segmenter the route is always synthct)
     segmenter: StageConfig = field(default_factory=lambda: StageConfig("segmenter_liver_any_contrast.yaml"))
     translator: StageConfig = field(default_factory=lambda: StageConfig("synthct_2d.yaml"))
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     device: str = "auto"  # every stage: auto | cpu | cuda
     amp: str = "none"  # every stage: none | bf16 | fp16
     threads: int = 0  # torch CPU threads of every stage (0: the cores split between running medgen processes)

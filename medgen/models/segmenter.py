@@ -69,6 +69,18 @@ class AugmentConfig:
 
 
 @dataclass
+class TargetDataConfig:
+    """Images of the target domain with labels already in classes (pseudo-labels: a segmenter's masks of the
+    MRIs a fit adapts to), mixed into training as they are: no label -> image synthesis, since their own
+    contrast is what the network should learn. Self-training (``medgen fit``'s ``adapt`` stage)."""
+
+    images: str | None = None  # a folder or datalist JSON
+    labels: str | None = None  # masks in class values, matched to images by file name
+    modality: str = "mri"  # ct | mri: intensity preset of these images
+    ratio: float = 0.0  # fraction of training samples drawn from them
+
+
+@dataclass
 class SegLossConfig:
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
@@ -92,6 +104,7 @@ class SegmenterConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     network: SegNetworkConfig = field(default_factory=SegNetworkConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    target: TargetDataConfig = field(default_factory=TargetDataConfig)
     loss: SegLossConfig = field(default_factory=SegLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
