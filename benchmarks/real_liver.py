@@ -2,7 +2,7 @@
 
 Every model and mask is made by the documented ``medgen`` commands (run as a user would, one at a time);
 this script only lays out the data (symbolic links), times the trainings, scores the masks against the
-manual labels and prints one table. Slow (about 90 minutes on 2 CPU cores); not part of ``make test``.
+manual labels and prints one table. Slow (about 100 minutes on 2 CPU cores); not part of ``make test``.
 
     python benchmarks/real_liver.py [--work DIR] [--data ../shared/data/real/abdomen_uda_dev] [--preset cpu]
                                     [--only fit,baselines,ceiling,byo]
@@ -11,7 +11,7 @@ Rows: each MRI, then the mean over the held-out MRIs (15 19 20, never seen by an
 ten (transductive). Columns:
 
 - ``fit``: ``medgen fit mri-liver --preset P`` on the 4 labelled CTs and the 7 unlabelled training MRIs,
-  then ``medgen pipeline mri-liver --model``: the product's route;
+  then ``medgen pipeline mri-liver --model``: the product's route (its segmenter self-trained on those MRIs);
 - ``any_contrast``: the fit's segmenter stage alone (``configs/segmenter_liver_any_contrast.yaml``, trained on
   the CT labels only, no MRI seen) through ``medgen segment --modality mri``;
 - ``byo``: the same fit with ``--segmenter`` set to a plain CT segmenter trained on the CTs alone (route

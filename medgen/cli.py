@@ -157,13 +157,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         report = synthesis.evaluate_synthesis(args.run, args.features, args.n, args.seed, args.device)
         path = synthesis.write_synthesis_report(report, args.out or Path(args.run) / "synthesis_eval", args.run)
         c1 = report.get("class_1", {})
-        print(f"FID {report['fid']:.3f}, KID {report['kid']:.4f}, MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} "
+        print(f"FID {report['fid']:.3f}, KID {report['kid']:.4f} (real vs real {report['fid_real_vs_real']:.3f}, "
+              f"{report['kid_real_vs_real']:.4f}), MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} "
               f"(real {report['ms_ssim_real']:.3f}); class 1 plausible in {c1.get('plausible_fraction', 0):.0%} "
-              f"of samples -> {path}")
+              f"of samples, every organ in {report['organs']['plausible_fraction']:.0%} -> {path}")
     else:
         report = augmentation.augmentation_experiment(
             args.segmenter_config, args.synth_config, (args.train_images, args.train_labels or args.train_images),
-            (args.test_images, args.test_labels or args.test_images), args.out, args.k, args.repeats, args.ratio,
+            (args.test_images, args.test_labels or args.test_images) if args.test_images else None, args.out,
+            args.k, args.repeats, args.ratio,
             args.synthetic, args.set_seg, args.set_synth, args.reference)
         print(f"k={report['k']}, {report['repeats']} repeats: Dice real-only {report['dice_real_mean']:.4f} +- "
               f"{report['dice_real_sd']:.4f}, real+synthetic {report['dice_real_synthetic_mean']:.4f} +- "
@@ -305,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_overwrite(p, "recompute finished cases and replace outputs")
 
-    p = add("synth", _cmd_synth, "sample image+label pairs from a VAE/GAN synthesizer run",
+    p = add("synth", _cmd_synth, "sample image+label pairs from a synthesizer run (VAE, GAN, label2image)",
             "medgen synth runs/vae synthetic/ --n 50 --seed 0")
-    p.add_argument("run", help="synthesizer run directory (task vae or gan)")
+    p.add_argument("run", help="synthesizer run directory (task vae, gan or label2image)")
     p.add_argument("out", help="output folder: images/, labels/, dataset.json")
     p.add_argument("--n", type=_positive, default=20, help="number of pairs")
     p.add_argument("--seed", type=int, default=0)
@@ -338,10 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output folder (default RUN/synthesis_eval)")
     e = ev.add_parser("augmentation", help="segmenter on k real cases vs k real + synthetic, over repeats")
     e.add_argument("--segmenter-config", required=True)
-    e.add_argument("--synth-config", required=True)
+    e.add_argument("--synth-config", required=True,
+                   help="a synthesizer config (trained on the k cases each repeat), or 'synthseg': label -> image "
+                        "synthesis on the fly from the k cases' label maps (augment.synthseg.prob = --ratio)")
     e.add_argument("--train-images", required=True, help="labelled training pool (folder or datalist JSON)")
     e.add_argument("--train-labels", help="its labels (default: the same JSON)")
-    e.add_argument("--test-images", required=True, help="held-out images")
+    e.add_argument("--test-images", help="held-out images (default: each repeat tests on the pool's cases it did "
+                                          "not draw)")
     e.add_argument("--test-labels", help="held-out labels (default: the same JSON)")
     e.add_argument("--k", type=_positive, default=2, help="labelled training cases per repeat")
     e.add_argument("--repeats", type=_positive, default=3)
@@ -350,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", action="store_true",
                    help="add an arm trained on every labelled training case: the gain more real data gives")
     e.add_argument("--set-seg", action="append", default=[], metavar="KEY=VALUE", help="segmenter config override")
-    e.add_argument("--set-synth", action="append", default=[], metavar="KEY=VALUE", help="synthesizer override")
+    e.add_argument("--set-synth", action="append", default=[], metavar="KEY=VALUE",
+                   help="synthesizer override (with synthseg: a segmenter override of the synthetic arm only)")
     e.add_argument("--out", required=True, help="experiment folder")
 
     p = add("demo", _cmd_demo, "run the whole job on the embedded phantoms", "medgen demo demo_out")

@@ -66,7 +66,7 @@ def test_shipped_configs_load(name):
     from medgen.models.registry import load_config
 
     cfg = load_config(CONFIGS / name)
-    assert cfg.task in ("cyclegan", "synthct", "segmenter", "vae", "gan") and cfg.train.iterations > 0
+    assert cfg.task in ("cyclegan", "synthct", "segmenter", "vae", "gan", "label2image") and cfg.train.iterations > 0
     patch = cfg.data.patch_size
     assert len(patch) == cfg.spatial_dims
 

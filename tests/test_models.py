@@ -27,7 +27,7 @@ from .conftest import ROOT
 
 @pytest.mark.parametrize("text, overrides, message", [
     ("task: cyclegan\n", ["data.patch_size=[64, 64, 64]"], r"cfg.yaml: data.patch_size \[64, 64, 64\] needs 2 values"),
-    ("task: fit\n", [], r"cfg.yaml: unknown task 'fit' \(known: cyclegan, synthct, segmenter, vae, gan\)"),
+    ("task: fit\n", [], r"cfg.yaml: unknown task 'fit' \(known: cyclegan, synthct, segmenter, vae, gan, label2image\)"),
     ("train: {}\n", [], "cfg.yaml: a config must be a mapping with a 'task' key"),
     ("task: segmenter\nnetwork: {nam: unet}\n", [], "unknown key 'network.nam'"),
     ("- task\n", [], "cfg.yaml: a config must be a mapping"),

@@ -86,6 +86,66 @@ def test_segmenter_with_synthetic_pairs(phantom_dir, vae_run, tmp_path):
         assert latest_checkpoint(run).name == "checkpoint_2.pt"
 
 
+def test_categorical_label_maps_are_the_argmax_of_one_softmax():
+    from medgen.models.synth import categorical_logits, split_joint
+
+    logits = torch.randn(4, 3, 8, 8) * 3
+    samples = torch.cat([torch.zeros(4, 1, 8, 8), torch.tanh(logits / 2)], dim=1)  # what sample() returns
+    labels = split_joint(samples)[1]
+    probs = categorical_logits(logits).softmax(1)
+    assert torch.equal(labels.long(), probs.argmax(1))  # one class per voxel: the most probable one
+    assert torch.allclose(probs.sum(1), torch.ones(4, 8, 8))
+
+
+def test_multi_organ_vae_samples_categorical_maps(phantom_dir, tmp_path, capsys):
+    sets = tiny_synth(phantom_dir, "vae", 2) + ["data.label_map={1: 1, 2: 2, 3: 3, 4: 3}"]
+    run = train(ROOT / "configs" / "vae_2d.yaml", tmp_path / "vae", sets)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert any(",loss_label," in r for r in rows)
+    _, labels, _, _ = sample_pairs(run, 6, seed=0)
+    assert set(np.unique(np.stack(labels))) <= {0, 1, 2, 3}
+    bad = tiny_synth(phantom_dir, "vae", 2) + ["loss.label_loss=softmaxish"]
+    assert main(["train", str(ROOT / "configs" / "vae_2d.yaml"), "--out", str(tmp_path / "bad"),
+                 *[a for kv in bad for a in ("--set", kv)]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label_loss" in err[0] and "categorical or independent" in err[0]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_label2image_renders_real_and_synthetic_label_maps(phantom_dir, vae_run, segmenter_run, tmp_path, capsys):
+    from medgen.inference.synthesize import render
+    from medgen.models.label2image import one_hot
+
+    ds = phantom_dir / "dataset.json"
+    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2, 3: 3, 4: 3}",
+            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
+            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
+            "train.checkpoint_every=2", "train.log_every=1"]
+    run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
+    names = {r.split(",")[2] for r in (run / "metrics.csv").read_text().splitlines()[1:]}
+    assert {"loss_g", "loss_d", "l1"} <= names
+    assert main(["synth", str(run), str(tmp_path / "pairs"), "--n", "3"]) == 0
+    info = json.loads((tmp_path / "pairs" / "dataset.json").read_text())
+    assert info["task"] == "label2image" and len(info["training"]) == 3
+    label = np.asarray(nib.load(tmp_path / "pairs" / info["training"][0]["label"]).dataobj)
+    assert label.shape == (32, 32, 1) and set(np.unique(label)) <= {0, 1, 2, 3}
+    images, labels, _, _ = sample_pairs(run, 3, seed=0)
+    assert images.shape == labels.shape == (3, 32, 32)
+    generator = torch.nn.Conv2d(4, 1, 1)  # odd sizes are padded with background, then cropped back
+    assert render(generator, one_hot(torch.zeros(1, 1, 20, 27, dtype=torch.long), 4)).shape == (1, 1, 20, 27)
+    chained = sets + [f"labels={vae_run}"]  # the VAE's synthetic label maps rendered: fully synthetic pairs
+    run2 = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i_vae", chained)
+    _, labels_vae, _, _ = sample_pairs(run2, 3, seed=5)
+    np.testing.assert_array_equal(labels_vae, sample_pairs(vae_run, 3, seed=5)[1])
+    out = tmp_path / "eval"
+    assert main(["evaluate", "synthesis", "--run", str(run), "--features", str(segmenter_run), "--n", "8",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "synthesis.json").read_text())
+    assert report["label_maps"] == "training label maps" and report["organs"]["overlap_fraction"] == 0.0
+    assert report["fid_real_vs_real"] >= 0 and np.isfinite(report["kid_real_vs_real"])
+    assert "real vs real" in capsys.readouterr().out
+
+
 def test_ms_ssim_diversity():
     rng = torch.Generator().manual_seed(0)
     same = torch.rand(1, 1, 64, 64, generator=rng).repeat(8, 1, 1, 1) * 2 - 1
@@ -117,6 +177,9 @@ def test_evaluate_synthesis_cli(vae_run, segmenter_run, tmp_path):
     assert c1["plausible_fraction"] <= c1["single_component_fraction"]  # a plausible sample is one component
     assert c1["real_single_component_fraction"] > 0.5  # real slices go through the liver
     assert c1["size_real_mean"] > 0 and report["size_unit"] == "cm2"
+    organs = report["organs"]  # every organ at once: never more plausible than class 1 alone
+    assert organs["classes"] == [1] and 0 <= organs["plausible_fraction"] <= c1["plausible_fraction"]
+    assert organs["overlap_fraction"] == 0.0  # one label channel cannot overlap itself
     assert (out / "samples.png").stat().st_size > 1000
 
 
@@ -145,3 +208,31 @@ def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
     assert report["gain_real_all_mean"] == pytest.approx(row["dice_real_all"] - row["dice_real"])
     printed = capsys.readouterr().out
     assert "gain" in printed and f"all {pool} real training cases" in printed
+
+
+def test_augmentation_experiment_with_synthseg_on_the_fly_tests_on_the_cases_not_drawn(phantom_dir, tmp_path, capsys):
+    from medgen.models.registry import load_config
+
+    ds = phantom_dir / "dataset.json"
+    seg_sets = ["augment.translator=null", "data.patch_size=[32, 32]", "preprocess.spacing=null", "network.channels=[4, 8]",
+                "network.num_res_units=0", "train.iterations=2", "train.checkpoint_every=2", "train.batch_size=2"]
+    args = ["evaluate", "augmentation", "--segmenter-config", str(ROOT / "configs" / "demo_segmenter_ct_liver.yaml"),
+            "--synth-config", "synthseg", "--train-images", f"{ds}#cases", "--k", "1", "--repeats", "1",
+            "--ratio", "0.7", "--set-synth", "augment.deform=0.1", "--out", str(tmp_path / "exp")]
+    for s in seg_sets:
+        args += ["--set-seg", s]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "exp" / "augmentation.json").read_text())
+    row = report["rows"][0]
+    drawn = {Path(e["image"]).name for e in json.loads((tmp_path / "exp" / "repeat_0" / "train.json").read_text())["training"]}
+    pool = {Path(e["ct"]).name for e in json.loads(ds.read_text())["cases"]}  # phantom entries: mri, ct, label
+    assert len(drawn) == 1 and set(row["test_cases"]) == pool - drawn  # scored on every case it did not draw
+    assert report["tested_on"] == "the pool's cases not drawn" and report["synthetic_pairs"] == "on the fly"
+    arm = load_config(tmp_path / "exp" / "repeat_0" / "segmenter_real_synthetic" / "config.yaml")
+    real = load_config(tmp_path / "exp" / "repeat_0" / "segmenter_real" / "config.yaml")
+    assert (arm.augment.synthseg.prob, arm.augment.deform) == (0.7, 0.1)
+    assert (real.augment.synthseg.prob, real.augment.deform) == (0.0, 0.0)  # the baseline arm as configured
+    assert report["gain_mean"] == pytest.approx(row["dice_real_synthetic"] - row["dice_real"])
+    capsys.readouterr()
+    assert main(args[:-1] + [str(tmp_path / "ref"), "--reference"]) == 2  # all cases to train on, none to test
+    assert "needs a held-out set" in capsys.readouterr().err

@@ -129,8 +129,10 @@ def _pseudo_labels(segmenter: Path, mris: list[Path], mri: str, out: Path, cfg: 
              if r["status"] == "ok" and not PSEUDO_REFUSED & set(r["flags"].split(";"))}
     entries = [{"image": str(p.resolve()), "label": str(Path(masks[case_name(p)]).resolve())}
                for p in mris if case_name(p) in masks]
-    print(f"[medgen fit] pseudo-labels: {len(entries)} of {len(mris)} MRIs kept (the others: "
-          f"{', '.join(sorted(PSEUDO_REFUSED))} or failed)", flush=True)
+    left = sorted(set(map(case_name, mris)) - {case_name(Path(e["image"])) for e in entries})
+    print(f"[medgen fit] pseudo-labels: {len(entries)} of {len(mris)} MRIs kept"
+          + (f"; left out ({', '.join(sorted(PSEUDO_REFUSED))} or failed): {', '.join(left)}" if left else ""),
+          flush=True)
     text = json.dumps({"training": entries}, indent=2) + "\n"
     return atomic_write(listing, lambda tmp: Path(tmp).write_text(text))
 

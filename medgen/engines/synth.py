@@ -4,8 +4,8 @@ are in :mod:`medgen.models.synth`, sampling in :mod:`medgen.inference.synthesize
 Both learn image + label jointly from ``data.images``/``data.labels``/``data.label_map`` (the segmenter's
 keys): samples are ``1 + K`` channels in [-1, 1], the image then one channel per foreground class.
 
-- VAE: L1 image + BCE label reconstruction + KL (weight warmed up linearly), optionally an adversarial
-  term from a PatchGAN discriminator.
+- VAE: L1 image + label reconstruction (categorical cross-entropy by default: one class per voxel; or a BCE
+  per class) + KL (weight warmed up linearly), optionally an adversarial term from a PatchGAN discriminator.
 - GAN: latent -> image+label; non-saturating logistic loss, spectrally normalised discriminator, lazy R1
   penalty, and an exponential moving average (EMA) of the generator, which is what sampling uses.
 
@@ -27,8 +27,8 @@ from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
-from medgen.models.synth import (SYNTH_FILE, GANConfig, VAEConfig, build_model, joint_tensor, n_foreground,
-                                 synth_artifact)
+from medgen.models.synth import (SYNTH_FILE, GANConfig, VAEConfig, build_model, categorical_logits, joint_tensor,
+                                 n_foreground, split_joint, synth_artifact)
 from medgen.networks.cyclegan import build_discriminator as patch_discriminator
 from medgen.networks.synth import build_discriminator
 from medgen.runtime import autocast
@@ -38,6 +38,7 @@ def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=No
     """VAE training step: reconstruction + warmed-up KL (+ optional adversarial term)."""
     k, loss_cfg, amp = n_foreground(cfg), cfg.loss, cfg.train.amp
     warmup = max(1, int(loss_cfg.kl_warmup * cfg.train.iterations))
+    categorical = loss_cfg.label_loss == "categorical"
 
     def step(engine, batch: Mapping) -> dict:
         torch.manual_seed(cfg.train.seed * 1_000_003 + engine.state.iteration)
@@ -48,12 +49,17 @@ def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=No
             image, logits, mu, logvar = vae(x)
         voxels = float(np.prod(x.shape[2:]))
         l_img = F.l1_loss(image.float(), x[:, :1])
-        l_lab = F.binary_cross_entropy_with_logits(logits.float(), (x[:, 1:] > 0).float())
+        if categorical:
+            target = split_joint(x)[1].long()  # the class index of each voxel (0: background)
+            l_lab = F.cross_entropy(categorical_logits(logits.float()), target)
+        else:
+            l_lab = F.binary_cross_entropy_with_logits(logits.float(), (x[:, 1:] > 0).float())
         kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1)) / voxels
         beta = loss_cfg.beta * min(1.0, engine.state.iteration / warmup)
         loss = loss_cfg.lambda_image * l_img + loss_cfg.lambda_label * l_lab + beta * kl
         out = {"loss": 0.0, "loss_image": l_img.item(), "loss_label": l_lab.item(), "kl": kl.item(), "beta": beta}
-        fake = torch.cat([image.clamp(-1, 1), torch.tanh(logits / 2)], dim=1)
+        probs = categorical_logits(logits).softmax(1)[:, 1:] if categorical else torch.sigmoid(logits)
+        fake = torch.cat([image.clamp(-1, 1), probs * 2 - 1], dim=1)
         if disc is not None:
             set_requires_grad([disc], False)
             l_adv = gan_loss(disc(fake), True, "lsgan")

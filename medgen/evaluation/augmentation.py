@@ -1,9 +1,16 @@
 """Does synthetic data help my segmenter? Real-only vs real + synthetic, same seeds, same budget, repeats.
 
-For each repeat r: draw k labelled training cases (seed r); train the synthesizer on those k cases only;
-sample synthetic pairs; train the segmenter on the k cases alone and again with the synthetic pairs mixed
-in at ``ratio`` (same config, seed and iterations); score both on the held-out set (liver Dice after
-post-processing). The report gives per-repeat Dice and mean +- sd of both arms and of the gain.
+For each repeat r: draw k labelled training cases (seed r; another subset than the earlier repeats' while one
+remains); make synthetic pairs from those k cases only;
+train the segmenter on the k cases alone and again with the synthetic pairs mixed in at ``ratio`` (same
+config, seed and iterations); score both on the held-out set (liver Dice after post-processing), or, without
+one, on the pool's cases not drawn in that repeat. The report gives per-repeat Dice and mean +- sd of both
+arms and of the gain. The synthetic pairs come from either
+
+- a synthesizer config (VAE, GAN): trained on the k cases, then ``synthetic`` pairs sampled once; or
+- ``synth_config="synthseg"``: label -> image synthesis on the fly from the k cases' label maps
+  (``augment.synthseg.prob = ratio``; ``synth_sets`` are then segmenter overrides of that arm, e.g. the
+  generative model's deformation ``augment.deform=0.1``).
 
 With ``reference=True`` a third arm trains on every labelled training case (same seed and budget): the
 gain that more *real* data buys, the yardstick for the synthetic gain.
@@ -29,14 +36,39 @@ from medgen.models.registry import load_config
 from medgen.models.run import CONFIG_FILE
 
 
-def _subset_datalist(pairs, k: int, seed: int, path: Path) -> Path:
-    if k > len(pairs):
-        raise MedgenError(path, f"k={k} exceeds the {len(pairs)} labelled training cases")
-    chosen = np.random.default_rng(seed).choice(len(pairs), k, replace=False)
-    entries = [{"image": str(Path(pairs[i][0]).resolve()), "label": str(Path(pairs[i][1]).resolve())}
-               for i in sorted(chosen)]
+def draw_subsets(n: int, k: int, repeats: int) -> list[list[int]]:
+    """The k cases (indices of ``n``) of each repeat: drawn with seed r, redrawn (up to 100 times) while another
+    repeat already has that subset, so that repeats differ in their data whenever enough subsets exist.
+
+    >>> draw_subsets(4, 1, 3), draw_subsets(4, 4, 2)
+    ([[3], [1], [0]], [[0, 1, 2, 3], [0, 1, 2, 3]])
+    """
+    used, out = set(), []
+    for r in range(repeats):
+        rng = np.random.default_rng(r)
+        for _ in range(100):
+            chosen = tuple(sorted(int(i) for i in rng.choice(n, k, replace=False)))
+            if chosen not in used:
+                break
+        used.add(chosen)
+        out.append(list(chosen))
+    return out
+
+
+def _subset_datalist(pairs, chosen: list[int], path: Path) -> Path:
+    entries = [{"image": str(Path(pairs[i][0]).resolve()), "label": str(Path(pairs[i][1]).resolve())} for i in chosen]
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"training": entries}, indent=2)))
     return path
+
+
+def _synthesize(synth_config, rep: Path, data: list[str], synth_sets, n: int, seed: int) -> Path:
+    """A synthesizer trained on the repeat's cases (``data``), and ``n`` pairs sampled from it (both reused)."""
+    synth_run = rep / "synthesizer"
+    if not (synth_run / CONFIG_FILE).exists():
+        train_run(synth_config, synth_run, [*data, *synth_sets])
+    if not (rep / "synthetic" / "dataset.json").exists():
+        write_synthetic(synth_run, rep / "synthetic", n, seed=seed)
+    return rep / "synthetic"
 
 
 def held_out_dice(seg_run: Path, test_pairs, label_map) -> list[float]:
@@ -51,40 +83,53 @@ def held_out_dice(seg_run: Path, test_pairs, label_map) -> list[float]:
     return scores
 
 
+SYNTHSEG = "synthseg"
+
+
 def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, train: tuple[str, str],
-                            test: tuple[str, str], out: str | Path, k: int = 2, repeats: int = 3, ratio: float = 0.5,
+                            test: tuple[str, str] | None, out: str | Path, k: int = 2, repeats: int = 3, ratio: float = 0.5,
                             synthetic: int = 200, seg_sets: list[str] = (), synth_sets: list[str] = (),
                             reference: bool = False) -> dict:
     """Run the experiment into ``out``; returns (and writes ``augmentation.json``) the report.
 
     ``train``/``test``: (images, labels) sources as in configs (folders or datalist JSONs; for one JSON
-    holding both, give it twice).
+    holding both, give it twice); ``test`` None: each repeat is scored on the pool's cases it did not draw.
     """
     out = Path(out)
-    pairs, test_pairs = image_label_pairs(*train), image_label_pairs(*test)
+    pairs = image_label_pairs(*train)
+    fixed_test = image_label_pairs(*test) if test is not None else None
+    if fixed_test is None and k >= len(pairs):
+        raise MedgenError(train[0], f"k={k} leaves none of the {len(pairs)} cases to test on (give --test-images)")
+    if fixed_test is None and reference:
+        raise MedgenError(train[0], "the reference arm trains on every case of the pool: it needs a held-out set "
+                                    "(--test-images)")
+    if k > len(pairs):
+        raise MedgenError(train[0], f"k={k} exceeds the {len(pairs)} labelled training cases")
     label_map = load_config(seg_config, list(seg_sets)).data.label_map
     rows, t0 = [], time.perf_counter()
-    for r in range(repeats):
+    for r, chosen in enumerate(draw_subsets(len(pairs), k, repeats)):
         rep = out / f"repeat_{r}"
-        subset = str(_subset_datalist(pairs, k, r, rep / "train.json"))
+        subset = str(_subset_datalist(pairs, chosen, rep / "train.json"))
         data = [f"data.images={subset}", f"data.labels={subset}", f"train.seed={r}"]
-        synth_run = rep / "synthesizer"
-        if not (synth_run / CONFIG_FILE).exists():
-            train_run(synth_config, synth_run, [*data, *synth_sets])
-        if not (rep / "synthetic" / "dataset.json").exists():
-            write_synthetic(synth_run, rep / "synthetic", synthetic, seed=r)
         seg = [*data, "data.val_images=null", "data.val_labels=null", *seg_sets]
-        arms = {"real": [], "real_synthetic": [f"augment.synthetic.source={rep / 'synthetic'}",
-                                                 f"augment.synthetic.ratio={ratio}"]}
+        if str(synth_config) == SYNTHSEG:
+            synthetic_arm = [f"augment.synthseg.prob={ratio}", *synth_sets]
+        else:
+            synthetic_arm = [f"augment.synthetic.source={_synthesize(synth_config, rep, data, synth_sets, synthetic, r)}",
+                             f"augment.synthetic.ratio={ratio}"]
+        arms = {"real": [], "real_synthetic": synthetic_arm}
         if reference:
-            everything = str(_subset_datalist(pairs, len(pairs), r, rep / "train_all.json"))
+            everything = str(_subset_datalist(pairs, list(range(len(pairs))), rep / "train_all.json"))
             arms["real_all"] = [f"data.images={everything}", f"data.labels={everything}"]
+        drawn = {e["image"] for e in json.loads(Path(subset).read_text())["training"]}
+        test_pairs = fixed_test or [(i, lab) for i, lab in pairs if str(Path(i).resolve()) not in drawn]
         row = {"repeat": r, "cases": k}
         for arm, extra in arms.items():
             run = rep / f"segmenter_{arm}"
             if not (run / CONFIG_FILE).exists():
                 train_run(seg_config, run, [*seg, *extra])
             row[f"dice_{arm}"] = float(np.mean(held_out_dice(run, test_pairs, label_map)))
+        row["test_cases"] = [Path(image).name for image, _ in test_pairs]
         row["gain"] = row["dice_real_synthetic"] - row["dice_real"]
         if reference:
             row["gain_real_all"] = row["dice_real_all"] - row["dice_real"]
@@ -92,7 +137,9 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         print(f"[augmentation] repeat {r}: Dice real-only {row['dice_real']:.4f}, "
               f"real+synthetic {row['dice_real_synthetic']:.4f}, gain {row['gain']:+.4f}"
               + (f"; all {len(pairs)} real cases {row['dice_real_all']:.4f}" if reference else ""), flush=True)
-    report = {"k": k, "repeats": repeats, "ratio": ratio, "synthetic_pairs": synthetic, "test_cases": len(test_pairs),
+    on_the_fly = str(synth_config) == SYNTHSEG
+    report = {"k": k, "repeats": repeats, "ratio": ratio, "synthetic_pairs": "on the fly" if on_the_fly else synthetic, "test_cases": len(test_pairs),
+              "tested_on": "the held-out set" if fixed_test else "the pool's cases not drawn",
               "training_pool": len(pairs),
               "segmenter_config": str(seg_config), "synthesizer_config": str(synth_config), "rows": rows,
               "minutes": round((time.perf_counter() - t0) / 60, 1)}

@@ -1,13 +1,15 @@
 """Synthesis fidelity, diversity and label plausibility, against real samples drawn the way training drew them.
 
-- FID and KID on features of a network trained in this project: the deepest activations (global average
+- FID and KID on features of a network trained in this project (beside the same figures between two draws of
+  real samples, the floor a perfect synthesizer would reach): the deepest activations (global average
   pooled) of a medgen segmenter run, since no pretrained ImageNet/MedicalNet weights can be downloaded.
   FID uses MONAI's ``FIDMetric``; KID is the unbiased MMD^2 with the cubic polynomial kernel
   (Binkowski et al. 2018), averaged over subsets (MONAI has no KID).
 - Diversity: mean MS-SSIM (MONAI) between random pairs of synthetic samples (lower is more diverse),
   beside the same figure for real samples.
 - Label plausibility: per sample, the connected components of each class; a sample is plausible when the
-  class forms one component whose size lies within [0.5 x min, 1.5 x max] of the real sizes. Size
+  class forms one component whose size lies within [0.5 x min, 1.5 x max] of the real sizes; and for all the
+  organs at once (``organs``): each absent or so, and no voxel claimed by two classes. Size
   distributions (area in cm^2 for 2D samples, volume in mL for 3D) are compared by the Wasserstein
   distance and the Kolmogorov-Smirnov statistic.
 """
@@ -25,19 +27,22 @@ from scipy import ndimage, stats
 from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
-from medgen.inference.synthesize import load_synthesizer, sample_pairs
+from medgen.inference.synthesize import label_maps, load_synthesizer, render, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys
 from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
+from medgen.models.label2image import n_label_channels, one_hot
 from medgen.models.synth import joint_tensor, n_foreground, split_joint
 from medgen.runtime import resolve_device
 from medgen.transforms import ct_to_unit, unit_to_ct
 
 
-def real_samples(cfg, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """``n`` real samples drawn like the synthesizer's training samples: ``(n, 1+K, ...)`` in [-1, 1], labels."""
-    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+def real_samples(cfg, n: int, seed: int, volumes: list | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """``n`` real samples drawn like the synthesizer's training samples: ``(n, 1+K, ...)`` in [-1, 1], labels
+    (``volumes``: the training volumes, when already loaded)."""
+    if volumes is None:
+        volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     patches = labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
     batch = [patches[i] for i in range(n)]
     stacked = {k: torch.stack([b[k] for b in batch]) for k in (Keys.IMAGE, Keys.LABEL)}
@@ -129,28 +134,69 @@ def label_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, voxel: 
     }
 
 
+def organs_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, fake_channels: np.ndarray, voxel: float,
+                        classes: list[int]) -> dict:
+    """Every organ of a sample at once: a sample is plausible when each class is either absent (and some real
+    samples lack it too) or one component of a size within [0.5 x smallest, 1.5 x largest] real size, and no
+    voxel is claimed by two classes (label channels ``fake_channels`` ``(n, K, ...)``, > 0 meaning the class).
+
+    >>> real = np.zeros((2, 8, 8), np.uint8); real[0, :2, :2] = 1; real[1, :4, :4] = 1; real[1, 6:, 6:] = 2
+    >>> fake = real.copy(); fake[1, :2, 6:] = 2  # class 2 in two components
+    >>> ch = np.stack([np.where(fake == c, 1.0, -1.0) for c in (1, 2)], axis=1); ch[0, 1, 0, 0] = 1.0  # overlap
+    >>> p = organs_plausibility(real, fake, ch, 1.0, [1, 2])
+    >>> p["plausible_fraction"], p["overlap_fraction"]
+    (0.0, 0.5)
+    """
+    ok = np.ones(len(fake_labels), bool)
+    for cls in classes:
+        rc, rs = label_stats(real_labels, voxel, cls)
+        fc, fs = label_stats(fake_labels, voxel, cls)
+        present = rs[rc > 0]
+        lo, hi = (0.5 * present.min(), 1.5 * present.max()) if present.size else (0.0, 0.0)
+        ok &= ((fc == 0) & bool((rc == 0).any())) | ((fc == 1) & (fs >= lo) & (fs <= hi))
+    overlap = ((fake_channels > 0).sum(axis=1) > 1).reshape(len(fake_channels), -1).any(axis=1)
+    return {"plausible_fraction": float(np.mean(ok & ~overlap)), "overlap_fraction": float(np.mean(overlap)),
+            "classes": classes}
+
+
 def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int = 200, seed: int = 0,
                        device: str = "auto") -> dict:
     """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run."""
     dev = resolve_device(device)
     cfg, model, meta = load_synthesizer(synth_run, dev)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        fake = torch.cat([model.sample(z.to(dev)).float().cpu()
-                          for z in torch.randn(n, model.latent_size, generator=gen).split(32)])
-    fake_labels = split_joint(fake)[1].numpy()
-    real, real_labels = real_samples(cfg, n, seed + 1)
+    if cfg.task == "label2image":  # label maps (a VAE/GAN run's, or real ones) rendered by the generator
+        maps = label_maps(cfg, n, seed + 2, device)
+        with torch.inference_mode():
+            fake_image = torch.cat([render(model, one_hot(c[:, None].to(dev), n_label_channels(cfg)))
+                                    for c in maps.split(32)])
+        fake_labels, channels = maps.numpy(), None
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.inference_mode():
+            fake = torch.cat([model.sample(z.to(dev)).float().cpu()
+                              for z in torch.randn(n, model.latent_size, generator=gen).split(32)])
+        fake_image, fake_labels, channels = fake[:, :1], split_joint(fake)[1].numpy(), fake[:, 1:].numpy()
+    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    real, real_labels = real_samples(cfg, n, seed + 1, volumes)
+    other = real_samples(cfg, n, seed + 3, volumes)[0][:, :1]  # a second real draw: the real-vs-real yardstick
     features = DeepFeatures(features_run, dev)
-    f_fake = features(unit_to_ct(fake[:, :1], cfg.preprocess.ct_window))
-    f_real = features(unit_to_ct(real[:, :1], cfg.preprocess.ct_window))
+    f_fake, f_real, f_other = (features(unit_to_ct(x, cfg.preprocess.ct_window)) for x in (fake_image, real[:, :1], other))
     spacing = meta.get("spacing") or [1.0, 1.0, 1.0]
     dims = cfg.spatial_dims
     voxel = float(np.prod(spacing[:dims])) / (100.0 if dims == 2 else 1000.0)  # cm^2 (2D) or mL (3D)
     report = {"samples": n, "features": str(features_run), "fid": float(FIDMetric()(f_fake, f_real)),
-              "kid": kid(f_fake, f_real, seed=seed), "ms_ssim_synthetic": ms_ssim_diversity(fake[:, :1], dims, seed=seed),
-              "ms_ssim_real": ms_ssim_diversity(real[:, :1], dims, seed=seed), "size_unit": "cm2" if dims == 2 else "mL"}
-    for cls in sorted(set(cfg.data.label_map.values())):
+              "kid": kid(f_fake, f_real, seed=seed), "fid_real_vs_real": float(FIDMetric()(f_other, f_real)),
+              "kid_real_vs_real": kid(f_other, f_real, seed=seed),
+              "ms_ssim_synthetic": ms_ssim_diversity(fake_image, dims, seed=seed),
+              "ms_ssim_real": ms_ssim_diversity(real[:, :1], dims, seed=seed), "size_unit": "cm2" if dims == 2 else "mL",
+              "label_maps": getattr(cfg, "labels", None) or ("training label maps" if cfg.task == "label2image"
+                                                              else "the synthesizer's own")}
+    classes = sorted(set(cfg.data.label_map.values()))
+    for cls in classes:
         report[f"class_{cls}"] = label_plausibility(real_labels, fake_labels, voxel, cls)
+    if channels is None:  # integer label maps: one class per voxel
+        channels = np.stack([np.where(fake_labels == c, 1.0, -1.0) for c in classes], axis=1)
+    report["organs"] = organs_plausibility(real_labels, fake_labels, channels, voxel, classes)
     return report
 
 

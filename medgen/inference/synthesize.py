@@ -1,4 +1,5 @@
-"""Sampling a trained synthesizer run (VAE or GAN): image + label pairs in HU (CT) or MRI units.
+"""Sampling a trained synthesizer run: image + label pairs in HU (CT) or MRI units. A VAE or GAN samples both
+from its latent space; a ``label2image`` run renders label maps (a VAE/GAN run's, or its training ones).
 
 >>> write_synthetic("runs/vae", "synthetic", n=50, seed=0)  # OUT/images, OUT/labels, OUT/dataset.json  # doctest: +SKIP
 """
@@ -10,10 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from medgen.data.datalist import image_label_pairs
+from medgen.data.patches import labelled_patches
+from medgen.data.volumes import labelled_volumes
 from medgen.errors import MedgenError
 from medgen.io import atomic_write, ref_from_affine, save_hu, save_like
-from medgen.keys import Modality
+from medgen.keys import Keys, Modality
+from medgen.models.label2image import build_nets as build_label2image
+from medgen.models.label2image import n_label_channels, one_hot
 from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
 from medgen.models.synth import build_model, read_synth, split_joint
 from medgen.runtime import resolve_device
@@ -24,6 +31,10 @@ def load_synthesizer(run_dir: str | Path, device: torch.device):
     """A trained synthesizer run -> (config, sampling model on ``device``, synth.json dict)."""
     run = Path(run_dir)
     cfg = load_run(run, "synthesizer")
+    if cfg.task == "label2image":
+        model = build_label2image(cfg)["G"].to(device)
+        load_weights(run, ["G"], [model])
+        return cfg, model.eval(), read_synth(run)
     model = build_model(cfg).to(device)
     if cfg.task == "gan":
         _, (model,) = load_averages(run, ["model" + EMA_SUFFIX], [model])
@@ -37,15 +48,45 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
     """``n`` synthetic pairs: images in HU (CT) or MRI units, integer label maps, the voxel spacing, the config."""
     dev = resolve_device(device)
     cfg, model, meta = load_synthesizer(run_dir, dev)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    z = torch.randn(n, model.latent_size, generator=gen).to(dev)
-    image, labels = split_joint(torch.cat([model.sample(chunk) for chunk in z.split(32)]).float().cpu())
+    if cfg.task == "label2image":
+        labels = label_maps(cfg, n, seed, device)
+        k = n_label_channels(cfg)
+        image = torch.cat([render(model, one_hot(chunk[:, None].to(dev), k)) for chunk in labels.split(32)])[:, 0]
+        labels = labels.to(torch.uint8)
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        z = torch.randn(n, model.latent_size, generator=gen).to(dev)
+        image, labels = split_joint(torch.cat([model.sample(chunk) for chunk in z.split(32)]).float().cpu())
     if cfg.data.modality == Modality.CT:
         image = unit_to_ct(image, cfg.preprocess.ct_window)
     else:
         image = unit_to_mri(image, *(meta.get("mri_scale") or (0.0, 1.0)))
     spacing = meta.get("spacing") or [1.0, 1.0, 1.0]
     return image.numpy(), labels.numpy(), spacing, cfg
+
+
+def render(generator: torch.nn.Module, cond: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """A label2image generator's images of one-hot label maps ``cond`` ``(B, K, ...)``, padded with background up
+    to a multiple of ``multiple`` and cropped back; float32 on the CPU."""
+    shape = cond.shape[2:]
+    flat = [v for p in reversed([(-s) % multiple for s in shape]) for v in (0, p)]
+    inside = F.pad(torch.ones_like(cond[:, :1]), flat)
+    cond = F.pad(cond, flat)
+    cond[:, :1] += 1 - inside  # the padding is background
+    return generator(cond).float().cpu()[(slice(None), slice(None), *[slice(0, s) for s in shape])]
+
+
+def label_maps(cfg, n: int, seed: int = 0, device: str = "auto") -> torch.Tensor:
+    """``n`` label maps ``(n, *patch)`` for a ``label2image`` run to render: sampled from its ``labels`` run (VAE or
+    GAN), else drawn from its training label maps the way training drew them."""
+    if cfg.labels:
+        source = load_run(cfg.labels, "synthesizer")
+        if source.task == "label2image" or max(source.data.label_map.values()) >= n_label_channels(cfg):
+            raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run whose classes the label2image run knows")
+        return torch.as_tensor(sample_pairs(cfg.labels, n, seed, device)[1]).long()
+    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    patches = labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
+    return torch.stack([patches[i][Keys.LABEL][0] for i in range(n)]).long()
 
 
 def write_synthetic(run_dir: str | Path, out: str | Path, n: int, seed: int = 0, device: str = "auto",

@@ -17,6 +17,7 @@ from typing import Any
 from medgen.config import from_dict, read_yaml
 from medgen.errors import MedgenError
 from medgen.models.cyclegan import GENERATORS, CycleGANConfig, build_nets
+from medgen.models.label2image import Label2ImageConfig
 from medgen.models.segmenter import SegmenterConfig
 from medgen.models.synth import GANConfig, VAEConfig
 from medgen.models.synthct import GENERATORS as SYNTHCT_GENERATORS
@@ -51,6 +52,7 @@ TASKS: dict[str, Task] = {
     "segmenter": Task(SegmenterConfig, "segmenter", "medgen.engines.segmenter:setup"),
     "vae": Task(VAEConfig, "synthesizer", "medgen.engines.synth:setup"),
     "gan": Task(GANConfig, "synthesizer", "medgen.engines.synth:setup"),
+    "label2image": Task(Label2ImageConfig, "synthesizer", "medgen.engines.label2image:setup"),
 }
 
 
@@ -69,7 +71,7 @@ def tasks_of(kind: str) -> list[str]:
     """Names of the tasks of ``kind``.
 
     >>> tasks_of("synthesizer")
-    ['vae', 'gan']
+    ['vae', 'gan', 'label2image']
     """
     return [name for name, t in TASKS.items() if t.kind == kind]
 

@@ -31,11 +31,18 @@ class VAEModelConfig:
 @dataclass
 class VAELossConfig:
     lambda_image: float = 1.0  # L1 on the image channel
-    lambda_label: float = 1.0  # BCE on the label channels
+    lambda_label: float = 1.0  # weight of the label term
+    # categorical: one class per voxel (softmax over a background logit fixed at 0 and the K class logits,
+    # cross-entropy), so organs never overlap and boundaries are an argmax; independent: a BCE per class
+    label_loss: str = "categorical"
     beta: float = 0.5  # KL weight (per voxel), reached after the warm-up
     kl_warmup: float = 0.3  # fraction of train.iterations over which the KL weight grows from 0 to beta
     lambda_adv: float = 0.0  # optional adversarial term (PatchGAN, LSGAN); 0 disables
     ndf: int = 32  # discriminator filters (only with lambda_adv > 0)
+
+    def __post_init__(self) -> None:  # from_dict turns this into a one-line error naming the file and key
+        if self.label_loss not in ("categorical", "independent"):
+            raise ValueError("label_loss", f"must be categorical or independent, not {self.label_loss!r}")
 
 
 @dataclass
@@ -75,6 +82,16 @@ class GANConfig:
     loss: GANLossConfig = field(default_factory=GANLossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.99], decay_from=1.0))
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def categorical_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, K, ...)`` class logits -> ``(B, 1 + K, ...)`` with the background logit 0 in front: the softmax of a
+    categorical label map whose argmax is the class of :func:`split_joint` (the largest positive logit, else 0).
+
+    >>> categorical_logits(torch.tensor([[[2.0, -1.0]]])).tolist()
+    [[[0.0, 0.0], [2.0, -1.0]]]
+    """
+    return torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1)
 
 
 def n_foreground(cfg: VAEConfig | GANConfig) -> int:

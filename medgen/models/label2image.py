@@ -1,0 +1,72 @@
+"""The learned label -> image generator (task ``label2image``, pix2pix-style), as training and sampling share it.
+
+A generator turns a label map (one channel per class of ``data.label_map``, background included) into an
+image of the training modality; a PatchGAN discriminator judges (label map, image) pairs, and an L1 term ties
+the output to the real image of the same labels (Isola et al. 2017, pix2pix: lambda_l1 100, LSGAN). Label
+maps to render at sampling time come from ``labels``: a VAE or GAN run (their synthetic label maps: a fully
+synthetic image + label pair), else the training label maps. The step is in :mod:`medgen.engines.label2image`,
+sampling in :mod:`medgen.inference.synthesize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+from medgen.models.cyclegan import DiscriminatorConfig, GeneratorConfig
+from medgen.networks.cyclegan import build_discriminator, build_generator
+
+
+@dataclass
+class Label2ImageLossConfig:
+    lambda_l1: float = 100.0  # L1 to the real image ([-1, 1] units), pix2pix's weight
+    gan_mode: str = "lsgan"  # lsgan (MSE) | vanilla (BCE with logits)
+
+
+@dataclass
+class Label2ImageConfig:
+    task: str = "label2image"
+    spatial_dims: int = 2
+    data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[128, 128]))
+    labels: str | None = None  # sampling: label maps from this VAE/GAN run (None: the training label maps)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=32))
+    discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(ndf=32, n_layers=3))
+    spatial: bool = True  # random rotation and scaling of the training patches (label maps with their images)
+    loss: Label2ImageLossConfig = field(default_factory=Label2ImageLossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.5, 0.999], decay_from=0.5))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def n_label_channels(cfg: Label2ImageConfig) -> int:
+    """Generator inputs: background plus each class of ``data.label_map``.
+
+    >>> n_label_channels(Label2ImageConfig(data=LabelledDataConfig(label_map={1: 1, 2: 2, 7: 3})))
+    4
+    """
+    return max(cfg.data.label_map.values(), default=1) + 1
+
+
+def one_hot(labels: torch.Tensor, channels: int) -> torch.Tensor:
+    """Integer label maps ``(B, 1, ...)`` -> ``(B, channels, ...)`` in {0, 1} (values beyond: background).
+
+    >>> one_hot(torch.tensor([[[0, 2, 5]]]), 3)[0].tolist()
+    [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    """
+    labels = labels.long().clamp_min(0)
+    labels = torch.where(labels < channels, labels, torch.zeros_like(labels))
+    out = torch.zeros((labels.shape[0], channels, *labels.shape[2:]), device=labels.device)
+    return out.scatter_(1, labels, 1.0)
+
+
+def build_nets(cfg: Label2ImageConfig) -> dict[str, torch.nn.Module]:
+    """``G`` (label channels -> image in [-1, 1]) and ``D`` (label channels + image -> patch logits).
+
+    >>> sorted(build_nets(Label2ImageConfig(generator=GeneratorConfig(name="unet", ngf=4))))
+    ['D', 'G']
+    """
+    k = n_label_channels(cfg)
+    return {"G": build_generator(cfg.generator, cfg.spatial_dims, k, 1, channels_last_layout=False),
+            "D": build_discriminator(cfg.discriminator, cfg.spatial_dims, k + 1)}
