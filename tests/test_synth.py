@@ -180,6 +180,7 @@ def test_evaluate_synthesis_cli(vae_run, segmenter_run, tmp_path):
     organs = report["organs"]  # every organ at once: never more plausible than class 1 alone
     assert organs["classes"] == [1] and 0 <= organs["plausible_fraction"] <= c1["plausible_fraction"]
     assert organs["overlap_fraction"] == 0.0  # one label channel cannot overlap itself
+    assert 0.0 < organs["real_plausible_fraction"] <= 1.0  # real slices by the same rule (all through the liver)
     assert (out / "samples.png").stat().st_size > 1000
 
 

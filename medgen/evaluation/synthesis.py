@@ -175,7 +175,10 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
         with torch.inference_mode():
             fake = torch.cat([model.sample(z.to(dev)).float().cpu()
                               for z in torch.randn(n, model.latent_size, generator=gen).split(32)])
-        fake_image, fake_labels, channels = fake[:, :1], split_joint(fake)[1].numpy(), fake[:, 1:].numpy()
+        fake_image, fake_labels = fake[:, :1], split_joint(fake)[1].numpy()
+        # independent label channels can claim one voxel twice; a categorical VAE's softmax cannot (its map is the argmax)
+        categorical = cfg.task == "vae" and cfg.loss.label_loss == "categorical"
+        channels = None if categorical else fake[:, 1:].numpy()
     volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     real, real_labels = real_samples(cfg, n, seed + 1, volumes)
     other = real_samples(cfg, n, seed + 3, volumes)[0][:, :1]  # a second real draw: the real-vs-real yardstick
@@ -197,6 +200,9 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     if channels is None:  # integer label maps: one class per voxel
         channels = np.stack([np.where(fake_labels == c, 1.0, -1.0) for c in classes], axis=1)
     report["organs"] = organs_plausibility(real_labels, fake_labels, channels, voxel, classes)
+    real_channels = np.stack([np.where(real_labels == c, 1.0, -1.0) for c in classes], axis=1)
+    report["organs"]["real_plausible_fraction"] = organs_plausibility(  # the yardstick: real maps by the same rule
+        real_labels, real_labels, real_channels, voxel, classes)["plausible_fraction"]
     return report
 
 
