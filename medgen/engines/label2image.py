@@ -18,7 +18,7 @@ from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
 from medgen.models.label2image import Label2ImageConfig, build_nets, n_label_channels, one_hot
-from medgen.models.synth import SYNTH_FILE, synth_artifact
+from medgen.models.synth import synth_artifacts
 from medgen.runtime import autocast
 
 
@@ -68,9 +68,7 @@ def setup(cfg: Label2ImageConfig, device: torch.device) -> TaskSetup:
     betas = tuple(cfg.optim.betas)
     opt_g = torch.optim.Adam(nets["G"].parameters(), lr=cfg.optim.lr, betas=betas)
     opt_d = torch.optim.Adam(nets["D"].parameters(), lr=cfg.optim.lr, betas=betas)
-    scale_key = f"{Keys.IMAGE}_{Keys.SCALE}"
-    artifacts = {SYNTH_FILE: synth_artifact([v[f"{Keys.IMAGE}_{Keys.SPACING}"] for v in volumes],
-                                            [v[scale_key] for v in volumes if scale_key in v])}
+    artifacts = synth_artifacts(volumes)
     step = label2image_step(nets["G"], nets["D"], opt_g, opt_d, cfg, device)
     return TaskSetup(step, {**nets, "opt_g": opt_g, "opt_d": opt_d}, loader_factory(samples, cfg.train, device),
                      [opt_g, opt_d], cfg.optim.lr, None, artifacts)

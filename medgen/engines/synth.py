@@ -26,9 +26,8 @@ from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
-from medgen.keys import Keys
-from medgen.models.synth import (SYNTH_FILE, GANConfig, VAEConfig, build_model, categorical_logits, joint_tensor,
-                                 n_foreground, split_joint, synth_artifact)
+from medgen.models.synth import (GANConfig, VAEConfig, build_model, categorical_logits, joint_tensor, n_foreground,
+                                 split_joint, synth_artifacts)
 from medgen.networks.cyclegan import build_discriminator as patch_discriminator
 from medgen.networks.synth import build_discriminator
 from medgen.runtime import autocast
@@ -131,9 +130,7 @@ def setup(cfg: VAEConfig | GANConfig, device: torch.device) -> TaskSetup:
     """Data, model(s), optimizers and step of a VAE or GAN synthesizer run."""
     volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1)
-    scale_key = f"{Keys.IMAGE}_{Keys.SCALE}"
-    artifacts = {SYNTH_FILE: synth_artifact([v[f"{Keys.IMAGE}_{Keys.SPACING}"] for v in volumes],
-                                            [v[scale_key] for v in volumes if scale_key in v])}
+    artifacts = synth_artifacts(volumes)
     make_loader = loader_factory(samples, cfg.train, device)
     model = build_model(cfg).to(device)
     betas = tuple(cfg.optim.betas)

@@ -98,31 +98,31 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
     out = Path(out)
     pairs = image_label_pairs(*train)
     fixed_test = image_label_pairs(*test) if test is not None else None
-    if fixed_test is None and k >= len(pairs):
+    if k > len(pairs):
+        raise MedgenError(train[0], f"k={k} exceeds the {len(pairs)} labelled training cases")
+    if fixed_test is None and k == len(pairs):
         raise MedgenError(train[0], f"k={k} leaves none of the {len(pairs)} cases to test on (give --test-images)")
     if fixed_test is None and reference:
         raise MedgenError(train[0], "the reference arm trains on every case of the pool: it needs a held-out set "
                                     "(--test-images)")
-    if k > len(pairs):
-        raise MedgenError(train[0], f"k={k} exceeds the {len(pairs)} labelled training cases")
     label_map = load_config(seg_config, list(seg_sets)).data.label_map
+    on_the_fly = str(synth_config) == SYNTHSEG
     rows, t0 = [], time.perf_counter()
     for r, chosen in enumerate(draw_subsets(len(pairs), k, repeats)):
         rep = out / f"repeat_{r}"
         subset = str(_subset_datalist(pairs, chosen, rep / "train.json"))
         data = [f"data.images={subset}", f"data.labels={subset}", f"train.seed={r}"]
         seg = [*data, "data.val_images=null", "data.val_labels=null", *seg_sets]
-        if str(synth_config) == SYNTHSEG:
+        if on_the_fly:
             synthetic_arm = [f"augment.synthseg.prob={ratio}", *synth_sets]
         else:
-            synthetic_arm = [f"augment.synthetic.source={_synthesize(synth_config, rep, data, synth_sets, synthetic, r)}",
-                             f"augment.synthetic.ratio={ratio}"]
+            pairs_dir = _synthesize(synth_config, rep, data, synth_sets, synthetic, r)
+            synthetic_arm = [f"augment.synthetic.source={pairs_dir}", f"augment.synthetic.ratio={ratio}"]
         arms = {"real": [], "real_synthetic": synthetic_arm}
         if reference:
             everything = str(_subset_datalist(pairs, list(range(len(pairs))), rep / "train_all.json"))
             arms["real_all"] = [f"data.images={everything}", f"data.labels={everything}"]
-        drawn = {e["image"] for e in json.loads(Path(subset).read_text())["training"]}
-        test_pairs = fixed_test or [(i, lab) for i, lab in pairs if str(Path(i).resolve()) not in drawn]
+        test_pairs = fixed_test or [pair for i, pair in enumerate(pairs) if i not in chosen]
         row = {"repeat": r, "cases": k}
         for arm, extra in arms.items():
             run = rep / f"segmenter_{arm}"
@@ -137,8 +137,8 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         print(f"[augmentation] repeat {r}: Dice real-only {row['dice_real']:.4f}, "
               f"real+synthetic {row['dice_real_synthetic']:.4f}, gain {row['gain']:+.4f}"
               + (f"; all {len(pairs)} real cases {row['dice_real_all']:.4f}" if reference else ""), flush=True)
-    on_the_fly = str(synth_config) == SYNTHSEG
-    report = {"k": k, "repeats": repeats, "ratio": ratio, "synthetic_pairs": "on the fly" if on_the_fly else synthetic, "test_cases": len(test_pairs),
+    report = {"k": k, "repeats": repeats, "ratio": ratio, "synthetic_pairs": "on the fly" if on_the_fly else synthetic,
+              "test_cases": len(test_pairs),
               "tested_on": "the held-out set" if fixed_test else "the pool's cases not drawn",
               "training_pool": len(pairs),
               "segmenter_config": str(seg_config), "synthesizer_config": str(synth_config), "rows": rows,

@@ -27,12 +27,11 @@ from scipy import ndimage, stats
 from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
-from medgen.inference.synthesize import label_maps, load_synthesizer, render, sample_pairs
+from medgen.inference.synthesize import label_maps, load_synthesizer, render_maps, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys
 from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
-from medgen.models.label2image import n_label_channels, one_hot
 from medgen.models.synth import joint_tensor, n_foreground, split_joint
 from medgen.runtime import resolve_device
 from medgen.transforms import ct_to_unit, unit_to_ct
@@ -164,12 +163,10 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run."""
     dev = resolve_device(device)
     cfg, model, meta = load_synthesizer(synth_run, dev)
+    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     if cfg.task == "label2image":  # label maps (a VAE/GAN run's, or real ones) rendered by the generator
-        maps = label_maps(cfg, n, seed + 2, device)
-        with torch.inference_mode():
-            fake_image = torch.cat([render(model, one_hot(c[:, None].to(dev), n_label_channels(cfg)))
-                                    for c in maps.split(32)])
-        fake_labels, channels = maps.numpy(), None
+        maps = label_maps(cfg, n, seed + 2, device, volumes)
+        fake_image, fake_labels, channels = render_maps(model, maps, cfg, dev), maps.numpy(), None
     else:
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
@@ -179,7 +176,6 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
         # independent label channels can claim one voxel twice; a categorical VAE's softmax cannot (its map is the argmax)
         categorical = cfg.task == "vae" and cfg.loss.label_loss == "categorical"
         channels = None if categorical else fake[:, 1:].numpy()
-    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     real, real_labels = real_samples(cfg, n, seed + 1, volumes)
     other = real_samples(cfg, n, seed + 3, volumes)[0][:, :1]  # a second real draw: the real-vs-real yardstick
     features = DeepFeatures(features_run, dev)

@@ -50,8 +50,7 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
     cfg, model, meta = load_synthesizer(run_dir, dev)
     if cfg.task == "label2image":
         labels = label_maps(cfg, n, seed, device)
-        k = n_label_channels(cfg)
-        image = torch.cat([render(model, one_hot(chunk[:, None].to(dev), k)) for chunk in labels.split(32)])[:, 0]
+        image = render_maps(model, labels, cfg, dev)[:, 0]
         labels = labels.to(torch.uint8)
     else:
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -76,15 +75,24 @@ def render(generator: torch.nn.Module, cond: torch.Tensor, multiple: int = 16) -
     return generator(cond).float().cpu()[(slice(None), slice(None), *[slice(0, s) for s in shape])]
 
 
-def label_maps(cfg, n: int, seed: int = 0, device: str = "auto") -> torch.Tensor:
+@torch.inference_mode()
+def render_maps(generator: torch.nn.Module, maps: torch.Tensor, cfg, device: torch.device) -> torch.Tensor:
+    """Integer label maps ``(n, *spatial)`` -> a label2image run's images ``(n, 1, *spatial)`` in [-1, 1], 32 a pass."""
+    return torch.cat([render(generator, one_hot(chunk[:, None].to(device), n_label_channels(cfg)))
+                      for chunk in maps.split(32)])
+
+
+def label_maps(cfg, n: int, seed: int = 0, device: str = "auto", volumes: list | None = None) -> torch.Tensor:
     """``n`` label maps ``(n, *patch)`` for a ``label2image`` run to render: sampled from its ``labels`` run (VAE or
-    GAN), else drawn from its training label maps the way training drew them."""
+    GAN), else drawn from its training label maps the way training drew them (``volumes``: those, when already
+    loaded)."""
     if cfg.labels:
         source = load_run(cfg.labels, "synthesizer")
         if source.task == "label2image" or max(source.data.label_map.values()) >= n_label_channels(cfg):
             raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run whose classes the label2image run knows")
         return torch.as_tensor(sample_pairs(cfg.labels, n, seed, device)[1]).long()
-    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    if volumes is None:
+        volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     patches = labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
     return torch.stack([patches[i][Keys.LABEL][0] for i in range(n)]).long()
 

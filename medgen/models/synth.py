@@ -149,6 +149,13 @@ def synth_artifact(spacings: Sequence[Sequence[float]], mri_scales: Sequence[Seq
             "mri_scale": np.median(np.asarray(mri_scales, float), axis=0).tolist() if len(mri_scales) else None}
 
 
+def synth_artifacts(volumes: Sequence[Mapping]) -> dict[str, dict]:
+    """The run artifacts of a synthesizer trained on cached ``volumes``: ``{SYNTH_FILE: synth_artifact(...)}``."""
+    scale_key = f"{Keys.IMAGE}_{Keys.SCALE}"
+    return {SYNTH_FILE: synth_artifact([v[f"{Keys.IMAGE}_{Keys.SPACING}"] for v in volumes],
+                                       [v[scale_key] for v in volumes if scale_key in v])}
+
+
 def read_synth(run_dir: Path) -> dict:
     """``RUN/synth.json`` (empty for runs without it)."""
     path = Path(run_dir) / SYNTH_FILE
