@@ -63,6 +63,20 @@ def test_train_and_sample(phantom_dir, tmp_path, vae_run, task, dims):
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "s2" / info["training"][0]["image"]).dataobj), hu)
 
 
+def test_sampling_temperature_scales_the_latents(vae_run):
+    from medgen.inference.synthesize import load_synthesizer, sample_joint
+
+    cfg, model, _ = load_synthesizer(vae_run, torch.device("cpu"))
+    assert cfg.model.temperature == 1.0
+    a, b = sample_joint(model, cfg, 3, 0, "cpu"), sample_joint(model, cfg, 3, 0, "cpu")
+    assert a.shape[:2] == (3, 2) and torch.equal(a, b) and not torch.equal(a[0], a[1])  # seeded, diverse
+    cfg.model.temperature = 0.0  # every latent at the prior's mean: one sample, whatever the seed
+    cold = torch.cat([sample_joint(model, cfg, 2, seed, "cpu") for seed in (0, 1)])
+    assert torch.allclose(cold, cold[:1].expand_as(cold), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(cold[0], model.sample(torch.zeros(1, model.latent_size))[0].float(), atol=1e-5)
+
+
 def test_mixed_samples_ratio():
     real = [{"src": 0}] * 2000
     syn = [{"src": 1}] * 2000
@@ -104,6 +118,15 @@ def test_multi_organ_vae_samples_categorical_maps(phantom_dir, tmp_path, capsys)
     assert any(",loss_label," in r for r in rows)
     _, labels, _, _ = sample_pairs(run, 6, seed=0)
     assert set(np.unique(np.stack(labels))) <= {0, 1, 2, 3}
+    # the Dice term: same seed, same first batch and weights, so the first label loss is the cross-entropy + Dice
+    dice_run = train(ROOT / "configs" / "vae_2d.yaml", tmp_path / "vae_dice", sets + ["loss.lambda_dice=1.0"])
+
+    def first_label_loss(r):
+        return next(float(x.split(",")[3]) for x in (r / "metrics.csv").read_text().splitlines()
+                    if x.startswith("1,train,loss_label,"))
+
+    ce, ce_dice = first_label_loss(run), first_label_loss(dice_run)
+    assert ce < ce_dice <= ce + 1.0  # a soft Dice loss lies in [0, 1]
     bad = tiny_synth(phantom_dir, "vae", 2) + ["loss.label_loss=softmaxish"]
     assert main(["train", str(ROOT / "configs" / "vae_2d.yaml"), "--out", str(tmp_path / "bad"),
                  *[a for kv in bad for a in ("--set", kv)]]) == 2

@@ -75,6 +75,33 @@ def test_painter_is_seeded_and_paints_each_structure(dims):
     assert len({round(float(a[gen == v][0]), 4) for v in (0, 3, 7)}) == 3
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_prior_contrast_shifts_each_structure_of_the_real_image(dims):
+    shape = (1,) + (24,) * dims
+    gen = torch.zeros(shape, dtype=torch.int16)
+    gen[(0, slice(5, 22))] = 9  # body
+    gen[(0, slice(6, 12))] = 6  # organ
+    image = torch.full(shape, -0.8)
+    image[gen == 9] = -0.2
+    image[gen == 6] = 0.3
+    vessel = (0, 8) + (8,) * (dims - 1)
+    image[vessel] = 0.9  # texture inside the organ
+    painter = RandLabelToImage(max_blur=0.0, bias=0.0, max_downsample=1.0, max_noise=0.0, contrast="prior", shift=0.25)
+    a = painter.set_random_state(2)(gen, image)
+    assert a.shape == shape and torch.equal(a, painter.set_random_state(2)(gen, image))
+    delta = a - image  # in [-1, 1] units: twice the [0, 1] offset
+    inside = (0, 17) + (4,) * (dims - 1), (0, 9) + (12,) * (dims - 1)
+    assert float(delta[(0, 0) + (0,) * (dims - 1)]) == pytest.approx(0.0, abs=1e-4)  # outside the body: kept
+    for where in inside:  # deep inside a structure: a constant offset within +-2 * shift
+        assert 0.0 < abs(float(delta[where])) <= 0.5 + 1e-6
+    assert float(delta[vessel]) == pytest.approx(float(delta[inside[1]]), abs=1e-3)  # the vessel moves with its organ
+    assert float(delta[inside[0]]) != pytest.approx(float(delta[inside[1]]), abs=1e-3)
+    with pytest.raises(ValueError, match="real image"):
+        painter(gen)
+    with pytest.raises(ValueError, match="contrast must be one of"):
+        RandLabelToImage(contrast="flat")
+
+
 def test_dict_painter_uses_the_real_texture_and_drops_generation_labels():
     gen = torch.zeros(1, 32, 32, dtype=torch.int16)
     gen[0, 8:24, 8:24] = 6

@@ -24,6 +24,9 @@ from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage as ndi
 
 
+CONTRASTS = ("random", "prior")
+
+
 def smooth_field(rng: np.random.RandomState, spatial: Sequence[int], grid: int = 4, low: float = -1.0,
                  high: float = 1.0, mode: str | None = None) -> torch.Tensor:
     """A smooth random field ``(1, *spatial)``: a ``grid``-point lattice drawn uniformly in ``[low, high]`` from
@@ -124,6 +127,13 @@ def generation_labels(image: np.ndarray, labels: np.ndarray, classes: int = 4) -
 class RandLabelToImage(RandomizableTransform):
     """Paint a random-contrast image from a generation label map ``(1, *spatial)``.
 
+    ``contrast="prior"`` keeps the labelled scan's own intensities as each structure's prior (SynthSeg's
+    priors estimated from labelled scans, BBillot/SynthSeg ``estimate_priors.py``, here the scan itself) and
+    moves every structure by its own random offset in ``[-shift, shift]`` (softened over one voxel): the same
+    modality in another contrast phase (a non-contrast CT's liver at 40 HU, an arterial one at 140), its
+    texture intact. Blur, bias, thick slices and noise follow as in random mode; the result is clipped to the
+    input's range, not stretched to its percentiles.
+
     Per structure: a mean in [0, 1] (the background made dark half the time, as in MRI and CT), a standard
     deviation up to ``max_std``, and the real image's detail inside the structure (:func:`inner_detail`, when
     an image is given) divided by its standard deviation in the structure and scaled by a random amplitude in
@@ -140,13 +150,18 @@ class RandLabelToImage(RandomizableTransform):
         bias: largest log-amplitude of the bias field.
         max_downsample: largest resolution loss along one axis (1 = none).
         max_noise: largest noise standard deviation.
+        contrast: ``random`` (SynthSeg) or ``prior`` (the real image's intensities, shifted per structure).
+        shift: with ``prior``, the largest offset of a structure ([0, 1] image units).
     """
 
     def __init__(self, max_std: float = 0.06, texture: float = 0.5, max_blur: float = 1.2, bias: float = 0.6,
-                 max_downsample: float = 2.5, max_noise: float = 0.04, prob: float = 1.0):
+                 max_downsample: float = 2.5, max_noise: float = 0.04, contrast: str = "random", shift: float = 0.25,
+                 prob: float = 1.0):
         RandomizableTransform.__init__(self, prob)
+        if contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, not {contrast!r}")
         self.max_std, self.texture, self.max_blur, self.bias = max_std, texture, max_blur, bias
-        self.max_downsample, self.max_noise = max_downsample, max_noise
+        self.max_downsample, self.max_noise, self.contrast, self.shift = max_downsample, max_noise, contrast, shift
 
     def _uniform(self, lo: float, hi: float, size=None) -> torch.Tensor:
         return torch.as_tensor(self.R.uniform(lo, hi, size), dtype=torch.float32)
@@ -157,6 +172,12 @@ class RandLabelToImage(RandomizableTransform):
         dims = len(spatial)
         values, index = torch.unique(labels.long(), return_inverse=True)
         n = len(values)
+        if self.contrast == "prior":
+            if image is None:
+                raise ValueError("contrast='prior' paints from the real image: none was given")
+            shifts = self._uniform(-self.shift, self.shift, n).masked_fill(values == 0, 0.0)  # outside the body: kept
+            offset = GaussianFilter(dims, 1.0)(shifts[index].float()[None])[0]
+            return self._degrade((torch.as_tensor(image, dtype=torch.float32) + 1.0) / 2.0 + offset, spatial)
         means = self._uniform(0.0, 1.0, n)
         if values[0] == 0 and self.R.rand() < 0.5:
             means[0] = float(self.R.uniform(0.0, 0.1))
@@ -169,6 +190,11 @@ class RandLabelToImage(RandomizableTransform):
             count = torch.bincount(flat[inner], minlength=n).clamp_min(1)
             scale = (power / count).sqrt().clamp_min(1e-3)  # each structure's own texture, in its standard deviations
             out = out + (self._uniform(-self.texture, self.texture, n) / scale)[index] * detail
+        return self._degrade(out, spatial)
+
+    def _degrade(self, out: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+        """Blur, bias field, thick slices and noise on a painted image in [0, 1] units; then into [-1, 1]."""
+        dims = len(spatial)
         sigma = float(self.R.uniform(0.0, self.max_blur))
         if sigma > 0.3:
             out = GaussianFilter(dims, sigma)(out[None])[0]
@@ -184,6 +210,8 @@ class RandLabelToImage(RandomizableTransform):
                                 size=spatial, mode=mode, align_corners=False)[0]
         out = out + float(self.R.uniform(0.0, self.max_noise)) * torch.as_tensor(
             self.R.standard_normal(out.shape), dtype=torch.float32)
+        if self.contrast == "prior":
+            return out.clamp(0.0, 1.0) * 2.0 - 1.0
         out = robust_unit(out) ** float(np.exp(self.R.normal(0.0, 0.3)))
         return out * 2.0 - 1.0
 

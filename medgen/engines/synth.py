@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medgen.data.datalist import image_label_pairs
@@ -38,6 +39,8 @@ def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=No
     k, loss_cfg, amp = n_foreground(cfg), cfg.loss, cfg.train.amp
     warmup = max(1, int(loss_cfg.kl_warmup * cfg.train.iterations))
     categorical = loss_cfg.label_loss == "categorical"
+    dice = (DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+            if categorical and loss_cfg.lambda_dice > 0 else None)
 
     def step(engine, batch: Mapping) -> dict:
         torch.manual_seed(cfg.train.seed * 1_000_003 + engine.state.iteration)
@@ -51,6 +54,8 @@ def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=No
         if categorical:
             target = split_joint(x)[1].long()  # the class index of each voxel (0: background)
             l_lab = F.cross_entropy(categorical_logits(logits.float()), target)
+            if dice is not None:
+                l_lab = l_lab + loss_cfg.lambda_dice * dice(categorical_logits(logits.float()), target[:, None])
         else:
             l_lab = F.binary_cross_entropy_with_logits(logits.float(), (x[:, 1:] > 0).float())
         kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1)) / voxels

@@ -27,7 +27,7 @@ from scipy import ndimage, stats
 from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
-from medgen.inference.synthesize import label_maps, load_synthesizer, render_maps, sample_pairs
+from medgen.inference.synthesize import label_maps, load_synthesizer, render_maps, sample_joint, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys
 from medgen.models.run import load_run, load_weights
@@ -168,10 +168,7 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
         maps = label_maps(cfg, n, seed + 2, device, volumes)
         fake_image, fake_labels, channels = render_maps(model, maps, cfg, dev), maps.numpy(), None
     else:
-        gen = torch.Generator().manual_seed(seed)
-        with torch.inference_mode():
-            fake = torch.cat([model.sample(z.to(dev)).float().cpu()
-                              for z in torch.randn(n, model.latent_size, generator=gen).split(32)])
+        fake = sample_joint(model, cfg, n, seed, dev)
         fake_image, fake_labels = fake[:, :1], split_joint(fake)[1].numpy()
         # independent label channels can claim one voxel twice; a categorical VAE's softmax cannot (its map is the argmax)
         categorical = cfg.task == "vae" and cfg.loss.label_loss == "categorical"

@@ -53,15 +53,22 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
         image = render_maps(model, labels, cfg, dev)[:, 0]
         labels = labels.to(torch.uint8)
     else:
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        z = torch.randn(n, model.latent_size, generator=gen).to(dev)
-        image, labels = split_joint(torch.cat([model.sample(chunk) for chunk in z.split(32)]).float().cpu())
+        image, labels = split_joint(sample_joint(model, cfg, n, seed, dev))
     if cfg.data.modality == Modality.CT:
         image = unit_to_ct(image, cfg.preprocess.ct_window)
     else:
         image = unit_to_mri(image, *(meta.get("mri_scale") or (0.0, 1.0)))
     spacing = meta.get("spacing") or [1.0, 1.0, 1.0]
     return image.numpy(), labels.numpy(), spacing, cfg
+
+
+@torch.inference_mode()
+def sample_joint(model: torch.nn.Module, cfg, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``n`` raw samples ``(n, 1 + K, ...)`` of a VAE/GAN sampling network, float32 on the CPU: latents from
+    ``N(0, cfg.model.temperature^2)`` (a CPU generator seeded with ``seed``), 32 a pass."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    z = cfg.model.temperature * torch.randn(n, model.latent_size, generator=gen)
+    return torch.cat([model.sample(chunk.to(device)).float().cpu() for chunk in z.split(32)])
 
 
 def render(generator: torch.nn.Module, cond: torch.Tensor, multiple: int = 16) -> torch.Tensor:

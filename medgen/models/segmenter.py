@@ -15,6 +15,7 @@ import torch
 from monai.networks.nets import SegResNet, UNet
 
 from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+from medgen.data.synthseg import CONTRASTS
 
 
 @dataclass
@@ -49,6 +50,15 @@ class SynthSegConfig:
     bias: float = 0.6  # largest log-amplitude of the smooth multiplicative bias field
     max_downsample: float = 2.5  # largest resolution loss along one random axis (thick slices)
     max_noise: float = 0.04  # largest noise standard deviation
+    # random: every structure a random intensity (any modality); prior: the real image's own intensities,
+    # each structure shifted by up to ``shift`` ([0, 1] units; 0.25 = 106 HU in a [-175, 250] window), as
+    # another contrast phase of the same modality
+    contrast: str = "random"
+    shift: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.contrast not in CONTRASTS:
+            raise ValueError("contrast", f"must be one of {', '.join(CONTRASTS)}, not {self.contrast!r}")
 
 
 @dataclass
