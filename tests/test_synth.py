@@ -196,6 +196,7 @@ def test_evaluate_synthesis_cli(vae_run, segmenter_run, tmp_path):
                  "--out", str(out)]) == 0
     report = json.loads((out / "synthesis.json").read_text())
     assert report["samples"] == 12 and np.isfinite(report["fid"]) and report["fid"] >= 0 and np.isfinite(report["kid"])
+    assert report["temperature"] == 1.0  # the latents it sampled with
     c1 = report["class_1"]
     assert c1["plausible_fraction"] <= c1["single_component_fraction"]  # a plausible sample is one component
     assert c1["real_single_component_fraction"] > 0.5  # real slices go through the liver

@@ -187,6 +187,8 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
               "ms_ssim_real": ms_ssim_diversity(real[:, :1], dims, seed=seed), "size_unit": "cm2" if dims == 2 else "mL",
               "label_maps": getattr(cfg, "labels", None) or ("training label maps" if cfg.task == "label2image"
                                                               else "the synthesizer's own")}
+    if cfg.task != "label2image":
+        report["temperature"] = cfg.model.temperature
     classes = sorted(set(cfg.data.label_map.values()))
     for cls in classes:
         report[f"class_{cls}"] = label_plausibility(real_labels, fake_labels, voxel, cls)
