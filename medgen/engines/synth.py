@@ -53,9 +53,10 @@ def vae_step(vae, opt, cfg: VAEConfig, device: torch.device, disc=None, opt_d=No
         l_img = F.l1_loss(image.float(), x[:, :1])
         if categorical:
             target = split_joint(x)[1].long()  # the class index of each voxel (0: background)
-            l_lab = F.cross_entropy(categorical_logits(logits.float()), target)
+            class_logits = categorical_logits(logits.float())
+            l_lab = F.cross_entropy(class_logits, target)
             if dice is not None:
-                l_lab = l_lab + loss_cfg.lambda_dice * dice(categorical_logits(logits.float()), target[:, None])
+                l_lab = l_lab + loss_cfg.lambda_dice * dice(class_logits, target[:, None])
         else:
             l_lab = F.binary_cross_entropy_with_logits(logits.float(), (x[:, 1:] > 0).float())
         kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1)) / voxels

@@ -133,18 +133,21 @@ def label_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, voxel: 
     }
 
 
-def organs_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, fake_channels: np.ndarray, voxel: float,
-                        classes: list[int]) -> dict:
+def organs_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, voxel: float, classes: list[int],
+                        fake_channels: np.ndarray | None = None) -> dict:
     """Every organ of a sample at once: a sample is plausible when each class is either absent (and some real
     samples lack it too) or one component of a size within [0.5 x smallest, 1.5 x largest] real size, and no
-    voxel is claimed by two classes (label channels ``fake_channels`` ``(n, K, ...)``, > 0 meaning the class).
+    voxel is claimed by two classes (independent label channels ``fake_channels`` ``(n, K, ...)``, > 0 meaning the
+    class; None for integer maps, one class per voxel, which cannot overlap).
 
     >>> real = np.zeros((2, 8, 8), np.uint8); real[0, :2, :2] = 1; real[1, :4, :4] = 1; real[1, 6:, 6:] = 2
     >>> fake = real.copy(); fake[1, :2, 6:] = 2  # class 2 in two components
     >>> ch = np.stack([np.where(fake == c, 1.0, -1.0) for c in (1, 2)], axis=1); ch[0, 1, 0, 0] = 1.0  # overlap
-    >>> p = organs_plausibility(real, fake, ch, 1.0, [1, 2])
+    >>> p = organs_plausibility(real, fake, 1.0, [1, 2], ch)
     >>> p["plausible_fraction"], p["overlap_fraction"]
     (0.0, 0.5)
+    >>> organs_plausibility(real, real, 1.0, [1, 2])["plausible_fraction"]
+    1.0
     """
     ok = np.ones(len(fake_labels), bool)
     for cls in classes:
@@ -153,7 +156,8 @@ def organs_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, fake_c
         present = rs[rc > 0]
         lo, hi = (0.5 * present.min(), 1.5 * present.max()) if present.size else (0.0, 0.0)
         ok &= ((fc == 0) & bool((rc == 0).any())) | ((fc == 1) & (fs >= lo) & (fs <= hi))
-    overlap = ((fake_channels > 0).sum(axis=1) > 1).reshape(len(fake_channels), -1).any(axis=1)
+    overlap = (np.zeros(len(fake_labels), bool) if fake_channels is None
+               else ((fake_channels > 0).sum(axis=1) > 1).reshape(len(fake_channels), -1).any(axis=1))
     return {"plausible_fraction": float(np.mean(ok & ~overlap)), "overlap_fraction": float(np.mean(overlap)),
             "classes": classes}
 
@@ -192,12 +196,9 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     classes = sorted(set(cfg.data.label_map.values()))
     for cls in classes:
         report[f"class_{cls}"] = label_plausibility(real_labels, fake_labels, voxel, cls)
-    if channels is None:  # integer label maps: one class per voxel
-        channels = np.stack([np.where(fake_labels == c, 1.0, -1.0) for c in classes], axis=1)
-    report["organs"] = organs_plausibility(real_labels, fake_labels, channels, voxel, classes)
-    real_channels = np.stack([np.where(real_labels == c, 1.0, -1.0) for c in classes], axis=1)
+    report["organs"] = organs_plausibility(real_labels, fake_labels, voxel, classes, channels)
     report["organs"]["real_plausible_fraction"] = organs_plausibility(  # the yardstick: real maps by the same rule
-        real_labels, real_labels, real_channels, voxel, classes)["plausible_fraction"]
+        real_labels, real_labels, voxel, classes)["plausible_fraction"]
     return report
 
 
