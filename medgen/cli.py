@@ -167,7 +167,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.segmenter_config, args.synth_config, (args.train_images, args.train_labels or args.train_images),
             (args.test_images, args.test_labels or args.test_images) if args.test_images else None, args.out,
             args.k, args.repeats, args.ratio,
-            args.synthetic, args.set_seg, args.set_synth, args.reference)
+            args.synthetic, args.set_seg, args.set_synth, args.reference, args.label_config, args.set_label)
         print(f"k={report['k']}, {report['repeats']} repeats: Dice real-only {report['dice_real_mean']:.4f} +- "
               f"{report['dice_real_sd']:.4f}, real+synthetic {report['dice_real_synthetic_mean']:.4f} +- "
               f"{report['dice_real_synthetic_sd']:.4f}, gain {report['gain_mean']:+.4f} +- {report['gain_sd']:.4f} "
@@ -358,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set-seg", action="append", default=[], metavar="KEY=VALUE", help="segmenter config override")
     e.add_argument("--set-synth", action="append", default=[], metavar="KEY=VALUE",
                    help="synthesizer override (with synthseg: a segmenter override of the synthetic arm only)")
+    e.add_argument("--label-config", help="a VAE/GAN config of label maps, trained on the k cases too, whose maps "
+                                          "the label2image --synth-config renders")
+    e.add_argument("--set-label", action="append", default=[], metavar="KEY=VALUE",
+                   help="label-map synthesizer override")
     e.add_argument("--out", required=True, help="experiment folder")
 
     p = add("demo", _cmd_demo, "run the whole job on the embedded phantoms", "medgen demo demo_out")

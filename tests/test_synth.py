@@ -235,6 +235,42 @@ def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
     assert "gain" in printed and f"all {pool} real training cases" in printed
 
 
+def test_augmentation_experiment_renders_a_label_map_synthesizer_trained_on_the_repeat(phantom_dir, tmp_path, capsys):
+    from medgen.models.registry import load_config
+
+    ds = phantom_dir / "dataset.json"
+    seg_sets = ["augment.translator=null", "data.patch_size=[32, 32]", "preprocess.spacing=null", "network.channels=[4, 8]",
+                "network.num_res_units=0", "train.iterations=2", "train.checkpoint_every=2", "train.batch_size=2"]
+    label_sets = [s for s in tiny_synth(phantom_dir, "vae", 2, iterations=2) if not s.startswith("data.images")
+                  and not s.startswith("data.labels")] + ["data.label_map={1: 1, 2: 2}"]
+    synth_sets = ["data.label_map={1: 1, 2: 2}", "data.patch_size=[32, 32]", "preprocess.spacing=null",
+                  "data.cache_workers=1", "generator.ngf=4", "discriminator.ndf=4", "discriminator.n_layers=2",
+                  "train.iterations=2", "train.batch_size=2", "train.checkpoint_every=2"]
+    out = tmp_path / "exp"
+    args = ["evaluate", "augmentation", "--segmenter-config", str(ROOT / "configs" / "demo_segmenter_ct_liver.yaml"),
+            "--synth-config", str(ROOT / "configs" / "label2image_2d.yaml"), "--label-config",
+            str(ROOT / "configs" / "demo_vae_2d.yaml"), "--train-images", f"{ds}#cases", "--k", "1", "--repeats", "1",
+            "--synthetic", "3", "--out", str(out)]
+    for flag, sets in (("--set-seg", seg_sets), ("--set-synth", synth_sets), ("--set-label", label_sets)):
+        for s in sets:
+            args += [flag, s]
+    assert main(args) == 0
+    rep = out / "repeat_0"
+    drawn = json.loads((rep / "train.json").read_text())["training"]
+    vae = load_config(rep / "label_synthesizer" / "config.yaml")
+    l2i = load_config(rep / "synthesizer" / "config.yaml")
+    assert vae.task == "vae" and vae.data.images == str(rep / "train.json") and len(drawn) == 1  # the repeat's case
+    assert l2i.task == "label2image" and l2i.labels == str(rep / "label_synthesizer")  # renders the VAE's maps
+    maps = [np.asarray(nib.load(rep / "synthetic" / e["label"]).dataobj)[..., 0]
+            for e in json.loads((rep / "synthetic" / "dataset.json").read_text())["training"]]
+    np.testing.assert_array_equal(np.stack(maps), sample_pairs(rep / "label_synthesizer", 3, seed=0)[1])
+    assert json.loads((out / "augmentation.json").read_text())["label_config"].endswith("demo_vae_2d.yaml")
+    capsys.readouterr()
+    bad = args[:args.index("--synth-config") + 1] + ["synthseg"] + args[args.index("--synth-config") + 2:]
+    assert main(bad[:-1] + [str(tmp_path / "bad")]) == 2
+    assert "needs a label2image synthesizer config" in capsys.readouterr().err
+
+
 def test_augmentation_experiment_with_synthseg_on_the_fly_tests_on_the_cases_not_drawn(phantom_dir, tmp_path, capsys):
     from medgen.models.registry import load_config
 

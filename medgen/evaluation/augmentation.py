@@ -7,7 +7,9 @@ config, seed and iterations); score both on the held-out set (liver Dice after p
 one, on the pool's cases not drawn in that repeat. The report gives per-repeat Dice and mean +- sd of both
 arms and of the gain. The synthetic pairs come from either
 
-- a synthesizer config (VAE, GAN): trained on the k cases, then ``synthetic`` pairs sampled once; or
+- a synthesizer config (VAE, GAN): trained on the k cases, then ``synthetic`` pairs sampled once;
+- a ``label2image`` config with ``label_config`` (a VAE/GAN config of label maps): both trained on the k cases,
+  the label2image run rendering the label-map synthesizer's maps (new anatomy, sharp images); or
 - ``synth_config="synthseg"``: label -> image synthesis on the fly from the k cases' label maps
   (``augment.synthseg.prob = ratio``; ``synth_sets`` are then segmenter overrides of that arm, e.g. the
   generative model's deformation ``augment.deform=0.1``).
@@ -61,9 +63,17 @@ def _subset_datalist(pairs, chosen: list[int], path: Path) -> Path:
     return path
 
 
-def _synthesize(synth_config, rep: Path, data: list[str], synth_sets, n: int, seed: int) -> Path:
-    """A synthesizer trained on the repeat's cases (``data``), and ``n`` pairs sampled from it (both reused)."""
+def _synthesize(synth_config, rep: Path, data: list[str], synth_sets, n: int, seed: int,
+                label_config=None, label_sets=()) -> Path:
+    """A synthesizer trained on the repeat's cases (``data``), and ``n`` pairs sampled from it (all reused); with
+    ``label_config``, a label-map synthesizer trained on them first, whose maps the (label2image) synthesizer
+    renders."""
     synth_run = rep / "synthesizer"
+    if label_config is not None:
+        label_run = rep / "label_synthesizer"
+        if not (label_run / CONFIG_FILE).exists():
+            train_run(label_config, label_run, [*data, *label_sets])
+        synth_sets = [*synth_sets, f"labels={label_run}"]
     if not (synth_run / CONFIG_FILE).exists():
         train_run(synth_config, synth_run, [*data, *synth_sets])
     if not (rep / "synthetic" / "dataset.json").exists():
@@ -89,7 +99,8 @@ SYNTHSEG = "synthseg"
 def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, train: tuple[str, str],
                             test: tuple[str, str] | None, out: str | Path, k: int = 2, repeats: int = 3, ratio: float = 0.5,
                             synthetic: int = 200, seg_sets: list[str] = (), synth_sets: list[str] = (),
-                            reference: bool = False) -> dict:
+                            reference: bool = False, label_config: str | Path | None = None,
+                            label_sets: list[str] = ()) -> dict:
     """Run the experiment into ``out``; returns (and writes ``augmentation.json``) the report.
 
     ``train``/``test``: (images, labels) sources as in configs (folders or datalist JSONs; for one JSON
@@ -107,6 +118,9 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
                                     "(--test-images)")
     label_map = load_config(seg_config, list(seg_sets)).data.label_map
     on_the_fly = str(synth_config) == SYNTHSEG
+    if label_config is not None and (on_the_fly or load_config(synth_config, list(synth_sets)).task != "label2image"):
+        raise MedgenError(synth_config, "a label-map synthesizer (--label-config) needs a label2image synthesizer "
+                                        "config to render its maps")
     rows, t0 = [], time.perf_counter()
     for r, chosen in enumerate(draw_subsets(len(pairs), k, repeats)):
         rep = out / f"repeat_{r}"
@@ -116,7 +130,7 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         if on_the_fly:
             synthetic_arm = [f"augment.synthseg.prob={ratio}", *synth_sets]
         else:
-            pairs_dir = _synthesize(synth_config, rep, data, synth_sets, synthetic, r)
+            pairs_dir = _synthesize(synth_config, rep, data, synth_sets, synthetic, r, label_config, label_sets)
             synthetic_arm = [f"augment.synthetic.source={pairs_dir}", f"augment.synthetic.ratio={ratio}"]
         arms = {"real": [], "real_synthetic": synthetic_arm}
         if reference:
@@ -141,7 +155,8 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
               "test_cases": len(test_pairs),
               "tested_on": "the held-out set" if fixed_test else "the pool's cases not drawn",
               "training_pool": len(pairs),
-              "segmenter_config": str(seg_config), "synthesizer_config": str(synth_config), "rows": rows,
+              "segmenter_config": str(seg_config), "synthesizer_config": str(synth_config),
+              "label_config": None if label_config is None else str(label_config), "rows": rows,
               "minutes": round((time.perf_counter() - t0) / 60, 1)}
     for key in ("dice_real", "dice_real_synthetic", "gain", "dice_real_all", "gain_real_all"):
         values = [row[key] for row in rows if key in row]
