@@ -267,8 +267,13 @@ def test_augmentation_experiment_renders_a_label_map_synthesizer_trained_on_the_
     assert json.loads((out / "augmentation.json").read_text())["label_config"].endswith("demo_vae_2d.yaml")
     capsys.readouterr()
     bad = args[:args.index("--synth-config") + 1] + ["synthseg"] + args[args.index("--synth-config") + 2:]
-    assert main(bad[:-1] + [str(tmp_path / "bad")]) == 2
+    at = bad.index("--out") + 1
+    assert main(bad[:at] + [str(tmp_path / "bad")] + bad[at + 1:]) == 2 and not (tmp_path / "bad").exists()
     assert "needs a label2image synthesizer config" in capsys.readouterr().err
+    swapped = args[:args.index("--set-label")]  # a segmenter config as the label-map synthesizer
+    swapped[swapped.index("--label-config") + 1] = str(ROOT / "configs" / "demo_segmenter_ct_liver.yaml")
+    assert main(swapped[:at] + [str(tmp_path / "bad2")] + swapped[at + 1:]) == 2 and not (tmp_path / "bad2").exists()
+    assert "demo_segmenter_ct_liver.yaml: the label-map synthesizer must be a VAE or GAN config" in capsys.readouterr().err
 
 
 def test_augmentation_experiment_with_synthseg_on_the_fly_tests_on_the_cases_not_drawn(phantom_dir, tmp_path, capsys):

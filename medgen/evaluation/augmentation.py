@@ -118,9 +118,12 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
                                     "(--test-images)")
     label_map = load_config(seg_config, list(seg_sets)).data.label_map
     on_the_fly = str(synth_config) == SYNTHSEG
-    if label_config is not None and (on_the_fly or load_config(synth_config, list(synth_sets)).task != "label2image"):
-        raise MedgenError(synth_config, "a label-map synthesizer (--label-config) needs a label2image synthesizer "
-                                        "config to render its maps")
+    if label_config is not None:
+        if on_the_fly or load_config(synth_config, list(synth_sets)).task != "label2image":
+            raise MedgenError(synth_config, "a label-map synthesizer (--label-config) needs a label2image synthesizer "
+                                            "config to render its maps")
+        if load_config(label_config, list(label_sets)).task not in ("vae", "gan"):
+            raise MedgenError(label_config, "the label-map synthesizer must be a VAE or GAN config")
     rows, t0 = [], time.perf_counter()
     for r, chosen in enumerate(draw_subsets(len(pairs), k, repeats)):
         rep = out / f"repeat_{r}"
