@@ -13,7 +13,9 @@ from medgen.data.synthetic import MixedSamples
 from medgen.engines.train import train
 from medgen.evaluation.synthesis import kid, label_stats, ms_ssim_diversity
 from medgen.inference.synthesize import sample_pairs
+from medgen.errors import MedgenError
 from medgen.io import hu_int16
+from medgen.keys import Keys
 from medgen.models.run import latest_checkpoint
 
 from .conftest import ROOT
@@ -75,6 +77,32 @@ def test_sampling_temperature_scales_the_latents(vae_run):
     assert torch.allclose(cold, cold[:1].expand_as(cold), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(cold[0], model.sample(torch.zeros(1, model.latent_size))[0].float(), atol=1e-5)
+
+
+def test_posterior_sampling_decodes_around_the_training_patches(vae_run):
+    from medgen.inference.synthesize import load_synthesizer, sample_joint, training_patches
+    from medgen.models.synth import joint_tensor, n_foreground
+
+    cfg, model, _ = load_synthesizer(vae_run, torch.device("cpu"))
+    cfg.model.sampling, cfg.model.temperature = "posterior", 0.0  # each latent at its training patch's mean
+    cold = sample_joint(model, cfg, 3, 7, "cpu")
+    patches = training_patches(cfg, 7)  # the same draw: seed 7
+    x = joint_tensor({k: torch.stack([patches[i][k] for i in range(3)]) for k in (Keys.IMAGE, Keys.LABEL)},
+                     n_foreground(cfg), "cpu")
+    with torch.no_grad():
+        mu, _ = model.vae.encode_forward(x)
+        assert torch.allclose(cold, model.sample(mu).float(), atol=1e-5)
+    cfg.model.temperature = 1.0
+    warm = sample_joint(model, cfg, 3, 7, "cpu")
+    assert warm.shape == cold.shape and not torch.allclose(warm, cold)  # mu + sigma * noise
+    assert torch.equal(warm, sample_joint(model, cfg, 3, 7, "cpu"))  # seeded
+
+
+def test_sampling_must_be_prior_or_posterior(tmp_path):
+    from medgen.models.registry import load_config
+
+    with pytest.raises(MedgenError, match="sampling.*must be prior or posterior, not 'mean'"):
+        load_config(ROOT / "configs" / "vae_2d.yaml", ["model.sampling=mean"])
 
 
 def test_mixed_samples_ratio():

@@ -22,7 +22,8 @@ from medgen.keys import Keys, Modality
 from medgen.models.label2image import build_nets as build_label2image
 from medgen.models.label2image import n_label_channels, one_hot
 from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
-from medgen.models.synth import build_model, read_synth, split_joint
+from medgen.networks.synth import LOGVAR_RANGE
+from medgen.models.synth import build_model, joint_tensor, n_foreground, read_synth, split_joint
 from medgen.runtime import resolve_device
 from medgen.transforms import unit_to_ct, unit_to_mri
 
@@ -65,10 +66,33 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
 @torch.inference_mode()
 def sample_joint(model: torch.nn.Module, cfg, n: int, seed: int, device: torch.device) -> torch.Tensor:
     """``n`` raw samples ``(n, 1 + K, ...)`` of a VAE/GAN sampling network, float32 on the CPU: latents from
-    ``N(0, cfg.model.temperature^2)`` (a CPU generator seeded with ``seed``), 32 a pass."""
+    ``N(0, cfg.model.temperature^2)`` (a CPU generator seeded with ``seed``), 32 a pass; a VAE with
+    ``model.sampling: posterior`` draws them around the encodings of ``n`` training patches instead."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     z = cfg.model.temperature * torch.randn(n, model.latent_size, generator=gen)
+    if getattr(cfg.model, "sampling", "prior") == "posterior":  # a VAE: around encoded training patches
+        z = _posterior_latents(model, cfg, z, seed, device)
     return torch.cat([model.sample(chunk.to(device)).float().cpu() for chunk in z.split(32)])
+
+
+def _posterior_latents(model: torch.nn.Module, cfg, noise: torch.Tensor, seed: int,
+                       device: torch.device) -> torch.Tensor:
+    """``mu + sigma * noise`` of ``len(noise)`` training patches (drawn with ``seed`` as training draws them)."""
+    patches, out = training_patches(cfg, seed), []
+    for index, chunk in zip(torch.arange(len(noise)).split(32), noise.split(32)):
+        batch = [patches[int(i)] for i in index]
+        x = joint_tensor({key: torch.stack([b[key] for b in batch]) for key in (Keys.IMAGE, Keys.LABEL)},
+                         n_foreground(cfg), device)
+        mu, logvar = model.vae.encode_forward(x)
+        out.append(mu.float().cpu() + torch.exp(0.5 * logvar.float().clamp(*LOGVAR_RANGE)).cpu() * chunk)
+    return torch.cat(out)
+
+
+def training_patches(cfg, seed: int, volumes: list | None = None):
+    """A run's training patches, drawn with ``seed`` the way training draws them (``volumes``: when loaded)."""
+    if volumes is None:
+        volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    return labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
 
 
 def render(generator: torch.nn.Module, cond: torch.Tensor, multiple: int = 16) -> torch.Tensor:
@@ -98,9 +122,7 @@ def label_maps(cfg, n: int, seed: int = 0, device: str = "auto", volumes: list |
         if source.task == "label2image" or max(source.data.label_map.values()) >= n_label_channels(cfg):
             raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run whose classes the label2image run knows")
         return torch.as_tensor(sample_pairs(cfg.labels, n, seed, device)[1]).long()
-    if volumes is None:
-        volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
-    patches = labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
+    patches = training_patches(cfg, seed, volumes)
     return torch.stack([patches[i][Keys.LABEL][0] for i in range(n)]).long()
 
 

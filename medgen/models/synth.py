@@ -29,6 +29,13 @@ class VAEModelConfig:
     # sampling temperature: latents drawn from N(0, temperature^2); < 1 trades diversity for samples nearer the
     # data (fewer stray fragments), as in Glow and NVAE; MS-SSIM diversity is reported beside plausibility
     temperature: float = 1.0
+    # prior: latents from N(0, T^2), new anatomy; posterior: each sample encodes one of the training slices (drawn
+    # as training drew them) and decodes mu + T * sigma * noise, a variation of that real anatomy
+    sampling: str = "prior"
+
+    def __post_init__(self) -> None:
+        if self.sampling not in ("prior", "posterior"):
+            raise ValueError("sampling", f"must be prior or posterior, not {self.sampling!r}")
 
 
 @dataclass
