@@ -90,7 +90,7 @@ def test_posterior_sampling_decodes_around_the_training_patches(vae_run):
     x = joint_tensor({k: torch.stack([patches[i][k] for i in range(3)]) for k in (Keys.IMAGE, Keys.LABEL)},
                      n_foreground(cfg), "cpu")
     with torch.no_grad():
-        mu, _ = model.vae.encode_forward(x)
+        mu, _ = model.encode(x)
         assert torch.allclose(cold, model.sample(mu).float(), atol=1e-5)
     cfg.model.temperature = 1.0
     warm = sample_joint(model, cfg, 3, 7, "cpu")
@@ -98,7 +98,7 @@ def test_posterior_sampling_decodes_around_the_training_patches(vae_run):
     assert torch.equal(warm, sample_joint(model, cfg, 3, 7, "cpu"))  # seeded
 
 
-def test_sampling_must_be_prior_or_posterior(tmp_path):
+def test_sampling_must_be_prior_or_posterior():
     from medgen.models.registry import load_config
 
     with pytest.raises(MedgenError, match="sampling.*must be prior or posterior, not 'mean'"):

@@ -22,7 +22,6 @@ from medgen.keys import Keys, Modality
 from medgen.models.label2image import build_nets as build_label2image
 from medgen.models.label2image import n_label_channels, one_hot
 from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
-from medgen.networks.synth import LOGVAR_RANGE
 from medgen.models.synth import build_model, joint_tensor, n_foreground, read_synth, split_joint
 from medgen.runtime import resolve_device
 from medgen.transforms import unit_to_ct, unit_to_mri
@@ -83,8 +82,8 @@ def _posterior_latents(model: torch.nn.Module, cfg, noise: torch.Tensor, seed: i
         batch = [patches[int(i)] for i in index]
         x = joint_tensor({key: torch.stack([b[key] for b in batch]) for key in (Keys.IMAGE, Keys.LABEL)},
                          n_foreground(cfg), device)
-        mu, logvar = model.vae.encode_forward(x)
-        out.append(mu.float().cpu() + torch.exp(0.5 * logvar.float().clamp(*LOGVAR_RANGE)).cpu() * chunk)
+        mu, logvar = model.encode(x)
+        out.append(mu.float().cpu() + torch.exp(0.5 * logvar.float()).cpu() * chunk)
     return torch.cat(out)
 
 

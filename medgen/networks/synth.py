@@ -40,9 +40,13 @@ class JointVAE(nn.Module):
     def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return out[:, :1], out[:, 1:]
 
-    def forward(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` of the posterior, ``logvar`` clamped to ``LOGVAR_RANGE``."""
         mu, logvar = self.vae.encode_forward(x)
-        logvar = logvar.clamp(*LOGVAR_RANGE)  # exp(logvar) overflowed (KL = inf) on 128^2 slices at lr 1e-3
+        return mu, logvar.clamp(*LOGVAR_RANGE)  # exp(logvar) overflowed (KL = inf) on 128^2 slices at lr 1e-3
+
+    def forward(self, x: torch.Tensor):
+        mu, logvar = self.encode(x)
         z = self.vae.reparameterize(mu, logvar)
         image, logits = self._split(self.vae.decode_forward(z, use_sigmoid=False))
         return image, logits, mu, logvar
