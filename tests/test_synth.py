@@ -128,6 +128,26 @@ def test_segmenter_with_synthetic_pairs(phantom_dir, vae_run, tmp_path):
         assert latest_checkpoint(run).name == "checkpoint_2.pt"
 
 
+def test_synthetic_pairs_stop_after_until(phantom_dir, vae_run, tmp_path):
+    """``augment.synthetic.until``: synthetic samples only in that fraction of the run (4 iterations x batch 2 at
+    0.5: the stream's first 4 samples), the real stream's own samples after it."""
+    from medgen.engines.segmenter import segmentation_samples
+    from medgen.models.registry import load_config
+
+    from .conftest import tiny_segmenter
+
+    assert main(["synth", str(vae_run), str(tmp_path / "syn"), "--n", "4"]) == 0
+    base = tiny_segmenter(phantom_dir, iterations=4, **{"augment.translator": "null"})
+    seg_config = ROOT / "configs" / "demo_segmenter_ct_liver.yaml"
+    mixed = segmentation_samples(load_config(seg_config, base + [
+        f"augment.synthetic.source={tmp_path / 'syn'}", "augment.synthetic.ratio=1.0", "augment.synthetic.until=0.5"]), 1)
+    real = segmentation_samples(load_config(seg_config, base), 1)
+    same = [all(torch.equal(mixed[n][key], real[n][key]) for key in (Keys.IMAGE, Keys.LABEL)) for n in range(8)]
+    assert same == [False] * 4 + [True] * 4
+    with pytest.raises(MedgenError, match="until.*must be in \\(0, 1\\], not 1.5"):
+        load_config(seg_config, base + ["augment.synthetic.until=1.5"])
+
+
 def test_categorical_label_maps_are_the_argmax_of_one_softmax():
     from medgen.models.synth import categorical_logits, split_joint
 

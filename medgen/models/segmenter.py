@@ -35,6 +35,13 @@ class SyntheticAugmentConfig:
     source: str | None = None  # synthetic pairs: a folder with images/ and labels/, or a synthesizer run
     ratio: float = 0.0  # fraction of training samples drawn from the synthetic pairs
     cases: int = 20  # synthesizer run: how many pairs to sample (once, at setup)
+    # fraction of train.iterations during which synthetic samples are drawn; after it, real samples only (the
+    # network finishes on real data: synthetic pre-training, real fine-tuning within one run's budget)
+    until: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.until <= 1.0:
+            raise ValueError("until", f"must be in (0, 1], not {self.until}")
 
 
 @dataclass
