@@ -217,6 +217,35 @@ def test_label2image_renders_real_and_synthetic_label_maps(phantom_dir, vae_run,
     assert "real vs real" in capsys.readouterr().out
 
 
+def test_label2image_body_classes_are_inputs_not_written_labels(phantom_dir, vae_run, tmp_path):
+    """``body_classes``: the unlabelled body as intensity classes after the organ classes, extra generator inputs;
+    the written pairs keep the organ classes only; a VAE's maps (no body classes) are refused."""
+    from medgen.data.synthseg import generation_labels
+    from medgen.inference.synthesize import label_maps
+    from medgen.models.registry import load_config
+
+    ds = phantom_dir / "dataset.json"
+    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2, 3: 3, 4: 3}",
+            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
+            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
+            "train.checkpoint_every=2", "train.log_every=1", "body_classes=2"]
+    run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
+    cfg = load_config(run / "config.yaml")
+    maps = label_maps(cfg, 6, seed=0)
+    assert set(np.unique(maps.numpy())) <= set(range(6)) and {4, 5} <= set(np.unique(maps.numpy()))
+    _, labels, _, _ = sample_pairs(run, 6, seed=0)
+    np.testing.assert_array_equal(labels, np.where(maps.numpy() < 4, maps.numpy(), 0))  # organs kept, body dropped
+    image = np.zeros((6, 6, 1), np.float32)
+    image[1:5, 1:5] = 50.0
+    image[1:3, 1:5] = 10.0  # the body's two intensities, one organ voxel inside
+    organs = np.zeros((6, 6, 1), np.int64)
+    organs[4, 4] = 1
+    gen = generation_labels(image, organs, 2, first=4)
+    assert gen[0, 0, 0] == 0 and gen[4, 4, 0] == 1 and gen[1, 1, 0] == 4 and gen[3, 3, 0] == 5  # dark 4, bright 5
+    with pytest.raises(MedgenError, match="body_classes.*needs labels: null"):
+        load_config(ROOT / "configs" / "label2image_2d.yaml", sets + [f"labels={vae_run}"])
+
+
 def test_ms_ssim_diversity():
     rng = torch.Generator().manual_seed(0)
     same = torch.rand(1, 1, 64, 64, generator=rng).repeat(8, 1, 1, 1) * 2 - 1

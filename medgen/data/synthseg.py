@@ -102,14 +102,16 @@ def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
     return np.sort(centres)
 
 
-def generation_labels(image: np.ndarray, labels: np.ndarray, classes: int = 4) -> np.ndarray:
+def generation_labels(image: np.ndarray, labels: np.ndarray, classes: int = 4, first: int | None = None) -> np.ndarray:
     """The label map the generator paints: every labelled structure keeps its value, unlabelled body voxels
-    get ``classes`` intensity classes (numbered after the largest label), outside the body is 0.
+    get ``classes`` intensity classes (numbered from ``first``, by default after the largest label), outside the
+    body is 0.
 
     Args:
         image: the labelled image (any modality), ``(X, Y, Z)``.
         labels: its label map, same shape, structures > 0 (all of them, not only the segmented class).
         classes: intensity classes for the unlabelled body (fat, soft tissue, enhancing, bone on CT).
+        first: the value of the darkest body class (a fixed numbering across volumes that lack some labels).
     """
     image = np.asarray(image, np.float32)
     labels = np.asarray(labels).astype(np.int32)
@@ -120,7 +122,7 @@ def generation_labels(image: np.ndarray, labels: np.ndarray, classes: int = 4) -
         values = image[free]
         centres = kmeans_1d(values[:: max(1, values.size // 200_000)], classes)
         cls = np.argmin(np.abs(values[:, None] - centres[None].astype(np.float32)), axis=1)
-        out[free] = int(labels.max()) + 1 + cls
+        out[free] = (int(labels.max()) + 1 if first is None else first) + cls
     return out.astype(np.int16)
 
 

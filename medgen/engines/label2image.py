@@ -17,7 +17,7 @@ from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
-from medgen.models.label2image import Label2ImageConfig, build_nets, n_label_channels, one_hot
+from medgen.models.label2image import Label2ImageConfig, build_nets, n_label_channels, one_hot, with_body_classes
 from medgen.models.synth import synth_artifacts
 from medgen.runtime import autocast
 
@@ -62,13 +62,14 @@ def label2image_step(gen, disc, opt_g, opt_d, cfg: Label2ImageConfig, device: to
 def setup(cfg: Label2ImageConfig, device: torch.device) -> TaskSetup:
     """Data (label map + image patches), generator, discriminator, optimizers and the step."""
     volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    artifacts = synth_artifacts(volumes)
+    volumes = with_body_classes(cfg, volumes)
     transform = intensity_augmentation(False, None, cfg.spatial_dims if cfg.spatial else None)
     samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1, transform)
     nets = {name: net.to(device) for name, net in build_nets(cfg).items()}
     betas = tuple(cfg.optim.betas)
     opt_g = torch.optim.Adam(nets["G"].parameters(), lr=cfg.optim.lr, betas=betas)
     opt_d = torch.optim.Adam(nets["D"].parameters(), lr=cfg.optim.lr, betas=betas)
-    artifacts = synth_artifacts(volumes)
     step = label2image_step(nets["G"], nets["D"], opt_g, opt_d, cfg, device)
     return TaskSetup(step, {**nets, "opt_g": opt_g, "opt_d": opt_d}, loader_factory(samples, cfg.train, device),
                      [opt_g, opt_d], cfg.optim.lr, None, artifacts)

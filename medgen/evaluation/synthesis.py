@@ -30,6 +30,7 @@ from medgen.data.volumes import labelled_volumes
 from medgen.inference.synthesize import label_maps, load_synthesizer, render_maps, sample_joint, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys
+from medgen.models.label2image import organ_labels
 from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
 from medgen.models.synth import joint_tensor, n_foreground, split_joint
@@ -170,7 +171,8 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     if cfg.task == "label2image":  # label maps (a VAE/GAN run's, or real ones) rendered by the generator
         maps = label_maps(cfg, n, seed + 2, device, volumes)
-        fake_image, fake_labels, channels = render_maps(model, maps, cfg, dev), maps.numpy(), None
+        fake_image, channels = render_maps(model, maps, cfg, dev), None
+        fake_labels = organ_labels(cfg, maps).numpy()
     else:
         fake = sample_joint(model, cfg, n, seed, dev)
         fake_image, fake_labels = fake[:, :1], split_joint(fake)[1].numpy()

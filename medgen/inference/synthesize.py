@@ -20,7 +20,7 @@ from medgen.errors import MedgenError
 from medgen.io import atomic_write, ref_from_affine, save_hu, save_like
 from medgen.keys import Keys, Modality
 from medgen.models.label2image import build_nets as build_label2image
-from medgen.models.label2image import n_label_channels, one_hot
+from medgen.models.label2image import n_label_channels, n_organ_channels, one_hot, organ_labels, with_body_classes
 from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
 from medgen.models.synth import build_model, joint_tensor, n_foreground, read_synth, split_joint
 from medgen.runtime import resolve_device
@@ -51,7 +51,7 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
     if cfg.task == "label2image":
         labels = label_maps(cfg, n, seed, device)
         image = render_maps(model, labels, cfg, dev)[:, 0]
-        labels = labels.to(torch.uint8)
+        labels = organ_labels(cfg, labels).to(torch.uint8)
     else:
         image, labels = split_joint(sample_joint(model, cfg, n, seed, dev))
     if cfg.data.modality == Modality.CT:
@@ -91,6 +91,8 @@ def training_patches(cfg, seed: int, volumes: list | None = None):
     """A run's training patches, drawn with ``seed`` the way training draws them (``volumes``: when loaded)."""
     if volumes is None:
         volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    if cfg.task == "label2image":
+        volumes = with_body_classes(cfg, volumes)
     return labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
 
 
@@ -118,7 +120,7 @@ def label_maps(cfg, n: int, seed: int = 0, device: str = "auto", volumes: list |
     loaded)."""
     if cfg.labels:
         source = load_run(cfg.labels, "synthesizer")
-        if source.task == "label2image" or max(source.data.label_map.values()) >= n_label_channels(cfg):
+        if source.task == "label2image" or max(source.data.label_map.values()) >= n_organ_channels(cfg):
             raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run whose classes the label2image run knows")
         return torch.as_tensor(sample_pairs(cfg.labels, n, seed, device)[1]).long()
     patches = training_patches(cfg, seed, volumes)

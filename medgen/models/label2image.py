@@ -4,17 +4,23 @@ A generator turns a label map (one channel per class of ``data.label_map``, back
 image of the training modality; a PatchGAN discriminator judges (label map, image) pairs, and an L1 term ties
 the output to the real image of the same labels (Isola et al. 2017, pix2pix: lambda_l1 100, LSGAN). Label
 maps to render at sampling time come from ``labels``: a VAE or GAN run (their synthetic label maps: a fully
-synthetic image + label pair), else the training label maps. The step is in :mod:`medgen.engines.label2image`,
-sampling in :mod:`medgen.inference.synthesize`.
+synthetic image + label pair), else the training label maps. With ``body_classes`` the unlabelled body is
+split into that many intensity classes (SynthSeg's generation labels, 1D k-means of the image) that become
+extra generator inputs, so that the generator paints fat, muscle and bone where the map says rather than
+inventing the body around the organs; the written label maps keep the organ classes only. The step is in
+:mod:`medgen.engines.label2image`, sampling in :mod:`medgen.inference.synthesize`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+from medgen.data.synthseg import generation_labels
+from medgen.keys import Keys
 from medgen.models.cyclegan import DiscriminatorConfig, GeneratorConfig
 from medgen.networks.cyclegan import build_discriminator, build_generator
 
@@ -35,18 +41,52 @@ class Label2ImageConfig:
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=32))
     discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(ndf=32, n_layers=3))
     spatial: bool = True  # random rotation and scaling of the training patches (label maps with their images)
+    # > 0: the unlabelled body as this many intensity classes, extra generator inputs (needs labels: null)
+    body_classes: int = 0
     loss: Label2ImageLossConfig = field(default_factory=Label2ImageLossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.5, 0.999], decay_from=0.5))
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.body_classes < 0:
+            raise ValueError("body_classes", f"must be 0 or more, not {self.body_classes}")
+        if self.body_classes and self.labels:
+            raise ValueError("body_classes", "needs labels: null (a VAE/GAN run's maps have no body classes)")
+
+
+def n_organ_channels(cfg: Label2ImageConfig) -> int:
+    """Background plus each class of ``data.label_map``."""
+    return max(cfg.data.label_map.values(), default=1) + 1
+
 
 def n_label_channels(cfg: Label2ImageConfig) -> int:
-    """Generator inputs: background plus each class of ``data.label_map``.
+    """Generator inputs: background, each class of ``data.label_map``, then the ``body_classes``.
 
     >>> n_label_channels(Label2ImageConfig(data=LabelledDataConfig(label_map={1: 1, 2: 2, 7: 3})))
     4
+    >>> n_label_channels(Label2ImageConfig(data=LabelledDataConfig(label_map={1: 1, 2: 2, 7: 3}), body_classes=4))
+    8
     """
-    return max(cfg.data.label_map.values(), default=1) + 1
+    return n_organ_channels(cfg) + cfg.body_classes
+
+
+def with_body_classes(cfg: Label2ImageConfig, volumes: list[dict]) -> list[dict]:
+    """The generator's label maps of cached volumes: organ classes, then the unlabelled body's ``body_classes``
+    intensity classes numbered from :func:`n_organ_channels` (the volumes as they are when ``body_classes`` is 0)."""
+    if not cfg.body_classes:
+        return volumes
+    first = n_organ_channels(cfg)
+    out = []
+    for v in volumes:
+        label = v[Keys.LABEL]
+        maps = generation_labels(v[Keys.IMAGE][0].numpy(), label[0].numpy(), cfg.body_classes, first)
+        out.append({**v, Keys.LABEL: torch.from_numpy(maps.astype(np.int64)).to(label.dtype)[None]})
+    return out
+
+
+def organ_labels(cfg: Label2ImageConfig, maps: torch.Tensor) -> torch.Tensor:
+    """Rendered label maps without their body classes: the organ classes of the written pairs."""
+    return torch.where(maps < n_organ_channels(cfg), maps, torch.zeros_like(maps))
 
 
 def one_hot(labels: torch.Tensor, channels: int) -> torch.Tensor:
