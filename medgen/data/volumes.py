@@ -10,6 +10,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, MapTransform
 
+from medgen.data.datalist import image_label_pairs
 from medgen.data.synthseg import generation_labels
 from medgen.errors import MedgenError
 from medgen.io import load_image
@@ -112,6 +113,11 @@ def cached_volumes(
             raise
         raise cause from None
     return [dataset[i] for i in range(len(dataset))]
+
+
+def config_volumes(cfg) -> list[dict[Hashable, torch.Tensor]]:
+    """The cached training volumes of a run config (``cfg.data.images``/``labels``, its ``data`` and ``preprocess``)."""
+    return labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
 
 
 def labelled_volumes(pairs: Sequence[tuple[str | Path, str | Path]], data, preprocess,

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 import torch
 
 from medgen.data.augment import intensity_augmentation
-from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
-from medgen.data.volumes import labelled_volumes
+from medgen.data.volumes import config_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
 from medgen.models.label2image import Label2ImageConfig, build_nets, n_label_channels, one_hot, with_body_classes
@@ -61,7 +60,7 @@ def label2image_step(gen, disc, opt_g, opt_d, cfg: Label2ImageConfig, device: to
 
 def setup(cfg: Label2ImageConfig, device: torch.device) -> TaskSetup:
     """Data (label map + image patches), generator, discriminator, optimizers and the step."""
-    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    volumes = config_volumes(cfg)
     artifacts = synth_artifacts(volumes)
     volumes = with_body_classes(cfg, volumes)
     transform = intensity_augmentation(False, None, cfg.spatial_dims if cfg.spatial else None)

@@ -121,8 +121,7 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
         samples = MixedSamples(samples, patches(cycled_volumes(aug.translator, pairs, cfg), seed + 5),
                                aug.translator_ratio, seed + 6)
     if aug.synthetic.source and aug.synthetic.ratio > 0:
-        stop = None if aug.synthetic.until >= 1.0 else int(
-            aug.synthetic.until * cfg.train.iterations * cfg.train.batch_size * idist.get_world_size())
+        stop = int(aug.synthetic.until * cfg.train.iterations * cfg.train.batch_size * idist.get_world_size())
         samples = MixedSamples(samples, patches(synthetic_volumes(aug.synthetic, cfg), seed + 7),
                                aug.synthetic.ratio, seed + 8, stop)
     if cfg.target.images and cfg.target.ratio > 0:

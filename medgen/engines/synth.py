@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
-from medgen.data.volumes import labelled_volumes
+from medgen.data.volumes import config_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.models.synth import (GANConfig, VAEConfig, build_model, categorical_logits, joint_tensor, n_foreground,
                                  split_joint, synth_artifacts)
@@ -134,7 +133,7 @@ def gan_step(gen, disc, ema, opt_g, opt_d, cfg: GANConfig, device: torch.device)
 
 def setup(cfg: VAEConfig | GANConfig, device: torch.device) -> TaskSetup:
     """Data, model(s), optimizers and step of a VAE or GAN synthesizer run."""
-    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    volumes = config_volumes(cfg)
     samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1)
     artifacts = synth_artifacts(volumes)
     make_loader = loader_factory(samples, cfg.train, device)

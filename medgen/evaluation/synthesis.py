@@ -24,9 +24,8 @@ import torch
 from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 from scipy import ndimage, stats
 
-from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
-from medgen.data.volumes import labelled_volumes
+from medgen.data.volumes import config_volumes
 from medgen.inference.synthesize import label_maps, load_synthesizer, render_maps, sample_joint, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys
@@ -42,7 +41,7 @@ def real_samples(cfg, n: int, seed: int, volumes: list | None = None) -> tuple[t
     """``n`` real samples drawn like the synthesizer's training samples: ``(n, 1+K, ...)`` in [-1, 1], labels
     (``volumes``: the training volumes, when already loaded)."""
     if volumes is None:
-        volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+        volumes = config_volumes(cfg)
     patches = labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
     batch = [patches[i] for i in range(n)]
     stacked = {k: torch.stack([b[k] for b in batch]) for k in (Keys.IMAGE, Keys.LABEL)}
@@ -168,7 +167,7 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run."""
     dev = resolve_device(device)
     cfg, model, meta = load_synthesizer(synth_run, dev)
-    volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
+    volumes = config_volumes(cfg)
     if cfg.task == "label2image":  # label maps (a VAE/GAN run's, or real ones) rendered by the generator
         maps = label_maps(cfg, n, seed + 2, device, volumes)
         fake_image, channels = render_maps(model, maps, cfg, dev), None

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
-from medgen.data.volumes import labelled_volumes
+from medgen.data.volumes import config_volumes
 from medgen.errors import MedgenError
 from medgen.io import atomic_write, ref_from_affine, save_hu, save_like
 from medgen.keys import Keys, Modality
@@ -89,11 +88,7 @@ def _posterior_latents(model: torch.nn.Module, cfg, noise: torch.Tensor, seed: i
 
 def training_patches(cfg, seed: int, volumes: list | None = None):
     """A run's training patches, drawn with ``seed`` the way training draws them (``volumes``: when loaded)."""
-    if volumes is None:
-        volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
-    if cfg.task == "label2image":
-        volumes = with_body_classes(cfg, volumes)
-    return labelled_patches(volumes, cfg.data, cfg.spatial_dims, seed)
+    return labelled_patches(config_volumes(cfg) if volumes is None else volumes, cfg.data, cfg.spatial_dims, seed)
 
 
 def render(generator: torch.nn.Module, cond: torch.Tensor, multiple: int = 16) -> torch.Tensor:
@@ -123,7 +118,7 @@ def label_maps(cfg, n: int, seed: int = 0, device: str = "auto", volumes: list |
         if source.task == "label2image" or max(source.data.label_map.values()) >= n_organ_channels(cfg):
             raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run whose classes the label2image run knows")
         return torch.as_tensor(sample_pairs(cfg.labels, n, seed, device)[1]).long()
-    patches = training_patches(cfg, seed, volumes)
+    patches = training_patches(cfg, seed, with_body_classes(cfg, config_volumes(cfg) if volumes is None else volumes))
     return torch.stack([patches[i][Keys.LABEL][0] for i in range(n)]).long()
 
 

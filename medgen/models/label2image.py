@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
@@ -80,7 +79,7 @@ def with_body_classes(cfg: Label2ImageConfig, volumes: list[dict]) -> list[dict]
     for v in volumes:
         label = v[Keys.LABEL]
         maps = generation_labels(v[Keys.IMAGE][0].numpy(), label[0].numpy(), cfg.body_classes, first)
-        out.append({**v, Keys.LABEL: torch.from_numpy(maps.astype(np.int64)).to(label.dtype)[None]})
+        out.append({**v, Keys.LABEL: torch.from_numpy(maps).to(label.dtype)[None]})
     return out
 
 
