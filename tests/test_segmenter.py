@@ -13,6 +13,7 @@ from medgen.cli import main
 from medgen.engines.train import train
 from medgen.errors import MedgenError
 from medgen.inference.segment import load_segmenter, postprocess
+from medgen.keys import Keys
 from medgen.models.run import latest_checkpoint
 from medgen.phantoms import make_case
 
@@ -105,6 +106,8 @@ def test_translator_cycled_augmentation(phantom_dir, cyclegan_run, tmp_path):
     assert len(vols) == 2 and vols[0]["image"].shape == (1, 64, 64, 32)
     assert vols[0]["image"].min() >= -1 and vols[0]["image"].max() <= 1
     assert int(vols[0]["label"].max()) == 1  # labels travel unchanged with the cycled CT
+    gen = cycled_volumes(cyclegan_run, pairs[:1], cfg, gen_classes=2)[0][Keys.GEN]  # for label -> image synthesis
+    assert gen.shape == vols[0]["label"].shape and bool((gen[vols[0]["label"] == 1] > 0).all())
     run = train(ROOT / "configs" / "segmenter_ct_liver.yaml", tmp_path / "seg",
                 tiny_segmenter(phantom_dir, iterations=2, **{"augment.translator": str(cyclegan_run)}))
     assert latest_checkpoint(run).name == "checkpoint_2.pt"

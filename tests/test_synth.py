@@ -148,6 +148,26 @@ def test_synthetic_pairs_stop_after_until(phantom_dir, vae_run, tmp_path):
         load_config(seg_config, base + ["augment.synthetic.until=1.5"])
 
 
+def test_label_to_image_synthesis_paints_synthetic_pairs_too(phantom_dir, vae_run, tmp_path):
+    """``augment.synthseg`` with ``augment.synthetic``: the synthetic pairs get generation labels and are painted
+    like the real ones (the two together used to fail on the missing generation labels)."""
+    from medgen.engines.segmenter import segmentation_samples
+    from medgen.models.registry import load_config
+
+    from .conftest import tiny_segmenter
+
+    assert main(["synth", str(vae_run), str(tmp_path / "syn"), "--n", "4"]) == 0
+    base = tiny_segmenter(phantom_dir, iterations=4, **{"augment.translator": "null"}) + [
+        f"augment.synthetic.source={tmp_path / 'syn'}", "augment.synthetic.ratio=1.0"]
+    seg_config = ROOT / "configs" / "demo_segmenter_ct_liver.yaml"
+    plain = segmentation_samples(load_config(seg_config, base), 1)
+    painted = segmentation_samples(load_config(seg_config, base + ["augment.synthseg.prob=1.0"]), 1)
+    for n in range(4):
+        assert set(painted[n]) == {Keys.IMAGE, Keys.LABEL}  # the generation labels are consumed by the painter
+        assert torch.equal(painted[n][Keys.LABEL], plain[n][Keys.LABEL])  # the same synthetic anatomy ...
+        assert not torch.allclose(painted[n][Keys.IMAGE], plain[n][Keys.IMAGE])  # ... in another contrast
+
+
 def test_categorical_label_maps_are_the_argmax_of_one_softmax():
     from medgen.models.synth import categorical_logits, split_joint
 

@@ -62,11 +62,12 @@ def supervised_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, d
     return step
 
 
-def cycled_volumes(translator_run: str | Path, pairs, cfg: SegmenterConfig) -> list[dict]:
+def cycled_volumes(translator_run: str | Path, pairs, cfg: SegmenterConfig, gen_classes: int | None = None) -> list[dict]:
     """Training CTs passed CT -> MRI -> CT through a translator run, with their own labels.
 
     The cycled CTs carry the translator's artifacts (noise, intensity bias, blur) on exactly known
     anatomy, so a segmenter trained with them is ready for the synthetic CTs of the MRI pipeline.
+    ``gen_classes``: also cache their generation labels (label -> image synthesis on, as on the real pairs).
     """
     to_mri, to_ct = load_translator(translator_run, "ct2mri"), load_translator(translator_run, "mri2ct")
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,14 +76,17 @@ def cycled_volumes(translator_run: str | Path, pairs, cfg: SegmenterConfig) -> l
             ct, ref = load_image(image)
             out = save_like(to_ct.translate(to_mri.translate(ct, ref)[0], ref)[0], ref, Path(tmp) / f"c{i:04d}.nii.gz")
             cycled.append((out, label))
-        return labelled_volumes(cycled, cfg.data, cfg.preprocess)
+        return labelled_volumes(cycled, cfg.data, cfg.preprocess, gen_classes=gen_classes)
 
 
-def synthetic_volumes(syn_cfg: SyntheticAugmentConfig, cfg: SegmenterConfig) -> list[dict]:
+def synthetic_volumes(syn_cfg: SyntheticAugmentConfig, cfg: SegmenterConfig,
+                      gen_classes: int | None = None) -> list[dict]:
     """Synthetic pairs for segmenter training, preprocessed like the real ones and cached in memory.
 
     ``syn_cfg.source`` is a folder written by ``medgen synth`` (or holding ``images/`` and ``labels/``),
-    or a synthesizer run, sampled once (``syn_cfg.cases`` pairs, seeded by train.seed).
+    or a synthesizer run, sampled once (``syn_cfg.cases`` pairs, seeded by train.seed). ``gen_classes``: also
+    cache their generation labels (every class of the synthetic map, the rest of its body in intensity
+    classes), so that label -> image synthesis applies to them as to the real pairs.
     """
     src = Path(syn_cfg.source)
     classes = {c: c for c in cfg.data.label_map.values()}  # synthetic labels are already classes
@@ -92,7 +96,7 @@ def synthetic_volumes(syn_cfg: SyntheticAugmentConfig, cfg: SegmenterConfig) -> 
             pairs = image_label_pairs(folder / "dataset.json", folder / "dataset.json")
         else:
             pairs = image_label_pairs(folder / "images", folder / "labels")
-        return labelled_volumes(pairs, cfg.data, cfg.preprocess, label_map=classes)
+        return labelled_volumes(pairs, cfg.data, cfg.preprocess, label_map=classes, gen_classes=gen_classes)
 
     if (src / CONFIG_FILE).is_file():
         with tempfile.TemporaryDirectory() as tmp:
@@ -118,11 +122,11 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
     samples = patches(labelled_volumes(pairs, cfg.data, cfg.preprocess, gen_classes=gen_classes), seed)
     aug = cfg.augment
     if aug.translator and aug.translator_ratio > 0:
-        samples = MixedSamples(samples, patches(cycled_volumes(aug.translator, pairs, cfg), seed + 5),
+        samples = MixedSamples(samples, patches(cycled_volumes(aug.translator, pairs, cfg, gen_classes), seed + 5),
                                aug.translator_ratio, seed + 6)
     if aug.synthetic.source and aug.synthetic.ratio > 0:
         stop = int(aug.synthetic.until * cfg.train.iterations * cfg.train.batch_size * idist.get_world_size())
-        samples = MixedSamples(samples, patches(synthetic_volumes(aug.synthetic, cfg), seed + 7),
+        samples = MixedSamples(samples, patches(synthetic_volumes(aug.synthetic, cfg, gen_classes), seed + 7),
                                aug.synthetic.ratio, seed + 8, stop)
     if cfg.target.images and cfg.target.ratio > 0:
         samples = MixedSamples(samples, target_patches(cfg, seed + 9), cfg.target.ratio, seed + 10)
