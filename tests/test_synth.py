@@ -399,3 +399,42 @@ def test_augmentation_experiment_with_synthseg_on_the_fly_tests_on_the_cases_not
     capsys.readouterr()
     assert main(args[:-1] + [str(tmp_path / "ref"), "--reference"]) == 2  # all cases to train on, none to test
     assert "needs a held-out set" in capsys.readouterr().err
+
+
+def test_label2image_class_means_render_one_volume_phase(phantom_dir, tmp_path):
+    """``class_means``: the generator gets each class's mean intensity as one more input, and in sampling every
+    map is rendered in the means of one training volume; a generator that ignores the maps shows it directly."""
+    from medgen.inference.synthesize import render_maps, rendered_pairs
+    from medgen.models.label2image import class_mean_image, n_inputs, one_hot, volume_class_means
+    from medgen.models.registry import load_config
+    from medgen.data.volumes import config_volumes
+
+    ds = phantom_dir / "dataset.json"
+    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2}",
+            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
+            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
+            "train.checkpoint_every=2", "train.log_every=1", "class_means=true"]
+    run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
+    cfg = load_config(run / "config.yaml")
+    assert n_inputs(cfg) == 4  # background, 2 classes, the class-mean image
+    volumes = config_volumes(cfg)
+    table = volume_class_means(cfg, volumes)
+    v = volumes[0]
+    liver = v[Keys.IMAGE][v[Keys.LABEL] == 1]
+    assert table.shape == (len(volumes), 3) and abs(float(table[0, 1]) - float(liver.mean())) < 1e-5
+
+    class LastChannel(torch.nn.Module):  # "renders" the class-mean input as it is
+        def forward(self, cond):
+            return cond[:, -1:]
+
+    images, labels = rendered_pairs(LastChannel(), cfg, 5, seed=0, device="cpu", volumes=volumes)
+    assert images.shape == (5, 1, 32, 32) and labels.shape == (5, 32, 32)
+    for image, label in zip(images[:, 0], labels):  # each image: one volume's means on its own map
+        assert any(torch.allclose(image[label == 1], row[1].expand(int((label == 1).sum())))
+                   and torch.allclose(image[label == 0], row[0].expand(int((label == 0).sum()))) for row in table)
+    maps = torch.tensor([[[0, 1], [2, 2]]])
+    cond = one_hot(maps[:, None], 3)
+    means = torch.tensor([[-1.0, 0.25, 0.5]])
+    np.testing.assert_allclose(render_maps(LastChannel(), maps, cfg, torch.device("cpu"), means)[0, 0].numpy(),
+                               class_mean_image(cond, means=means)[0, 0].numpy())
+    assert main(["synth", str(run), str(tmp_path / "pairs"), "--n", "3"]) == 0

@@ -2,7 +2,8 @@
 
 Its config and networks are in :mod:`medgen.models.label2image`. Each step: the discriminator learns real
 (label map, image) pairs from (label map, G(label map)) ones (LSGAN, halved as in pix2pix), then the
-generator is updated to fool it plus ``lambda_l1`` times the L1 to the real image.
+generator is updated to fool it plus ``lambda_l1`` times the L1 to the real image. With ``class_means`` both
+networks also see the real patch's mean intensity per class.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from medgen.data.patches import labelled_patches
 from medgen.data.volumes import config_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
-from medgen.models.label2image import Label2ImageConfig, build_nets, n_label_channels, one_hot, with_body_classes
+from medgen.models.label2image import (Label2ImageConfig, build_nets, class_mean_image, n_label_channels, one_hot,
+                                      with_body_classes)
 from medgen.models.synth import synth_artifacts
 from medgen.runtime import autocast
 
@@ -29,6 +31,8 @@ def label2image_step(gen, disc, opt_g, opt_d, cfg: Label2ImageConfig, device: to
         gen.train()
         real = batch[Keys.IMAGE].to(device, non_blocking=True).float()
         cond = one_hot(batch[Keys.LABEL].to(device, non_blocking=True), k)
+        if cfg.class_means:  # the patch's own class means: the phase to render
+            cond = torch.cat([cond, class_mean_image(cond, real)], 1)
         with autocast(device, amp):
             fake = gen(cond)
         fake = fake.float()

@@ -26,10 +26,9 @@ from scipy import ndimage, stats
 
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import config_volumes
-from medgen.inference.synthesize import label_maps, load_synthesizer, render_maps, sample_joint, sample_pairs
+from medgen.inference.synthesize import load_synthesizer, rendered_pairs, sample_joint, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys
-from medgen.models.label2image import organ_labels
 from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
 from medgen.models.synth import joint_tensor, n_foreground, split_joint
@@ -169,9 +168,8 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     cfg, model, meta = load_synthesizer(synth_run, dev)
     volumes = config_volumes(cfg)
     if cfg.task == "label2image":  # label maps (a VAE/GAN run's, or real ones) rendered by the generator
-        maps = label_maps(cfg, n, seed + 2, device, volumes)
-        fake_image, channels = render_maps(model, maps, cfg, dev), None
-        fake_labels = organ_labels(cfg, maps).numpy()
+        fake_image, fake_labels = rendered_pairs(model, cfg, n, seed + 2, device, volumes)
+        fake_labels, channels = fake_labels.numpy(), None
     else:
         fake = sample_joint(model, cfg, n, seed, dev)
         fake_image, fake_labels = fake[:, :1], split_joint(fake)[1].numpy()

@@ -19,7 +19,8 @@ from medgen.errors import MedgenError
 from medgen.io import atomic_write, ref_from_affine, save_hu, save_like
 from medgen.keys import Keys, Modality
 from medgen.models.label2image import build_nets as build_label2image
-from medgen.models.label2image import n_label_channels, n_organ_channels, one_hot, organ_labels, with_body_classes
+from medgen.models.label2image import (class_mean_image, n_label_channels, n_organ_channels, one_hot, organ_labels,
+                                      volume_class_means, with_body_classes)
 from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
 from medgen.models.synth import build_model, joint_tensor, n_foreground, read_synth, split_joint
 from medgen.runtime import resolve_device
@@ -48,9 +49,8 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
     dev = resolve_device(device)
     cfg, model, meta = load_synthesizer(run_dir, dev)
     if cfg.task == "label2image":
-        labels = label_maps(cfg, n, seed, device)
-        image = render_maps(model, labels, cfg, dev)[:, 0]
-        labels = organ_labels(cfg, labels).to(torch.uint8)
+        image, labels = rendered_pairs(model, cfg, n, seed, device)
+        image, labels = image[:, 0], labels.to(torch.uint8)
     else:
         image, labels = split_joint(sample_joint(model, cfg, n, seed, dev))
     if cfg.data.modality == Modality.CT:
@@ -103,22 +103,44 @@ def render(generator: torch.nn.Module, cond: torch.Tensor, multiple: int = 16) -
 
 
 @torch.inference_mode()
-def render_maps(generator: torch.nn.Module, maps: torch.Tensor, cfg, device: torch.device) -> torch.Tensor:
-    """Integer label maps ``(n, *spatial)`` -> a label2image run's images ``(n, 1, *spatial)`` in [-1, 1], 32 a pass."""
-    return torch.cat([render(generator, one_hot(chunk[:, None].to(device), n_label_channels(cfg)))
-                      for chunk in maps.split(32)])
+def render_maps(generator: torch.nn.Module, maps: torch.Tensor, cfg, device: torch.device,
+                means: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer label maps ``(n, *spatial)`` -> a label2image run's images ``(n, 1, *spatial)`` in [-1, 1], 32 a pass;
+    ``means`` ``(n, C)``: each map's class means (runs with ``class_means``)."""
+    out = []
+    for index in torch.arange(len(maps)).split(32):
+        cond = one_hot(maps[index][:, None].to(device), n_label_channels(cfg))
+        if cfg.class_means:
+            cond = torch.cat([cond, class_mean_image(cond, means=means[index])], 1)
+        out.append(render(generator, cond))
+    return torch.cat(out)
+
+
+def rendered_pairs(generator: torch.nn.Module, cfg, n: int, seed: int, device: str = "auto",
+                   volumes: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images ``(n, 1, ...)`` in [-1, 1] of a label2image run and their organ label maps ``(n, ...)``: maps
+    from :func:`label_maps`, each rendered (with ``class_means``) in the class means of one training volume
+    drawn with ``seed`` (``volumes``: the training volumes, when already loaded)."""
+    needs_volumes = cfg.class_means or not cfg.labels
+    volumes = with_body_classes(cfg, config_volumes(cfg) if volumes is None else volumes) if needs_volumes else []
+    maps = label_maps(cfg, n, seed, device, volumes)
+    means = None
+    if cfg.class_means:
+        table = volume_class_means(cfg, volumes)
+        means = table[torch.randint(len(table), (n,), generator=torch.Generator().manual_seed(int(seed) + 1))]
+    return render_maps(generator, maps, cfg, resolve_device(device), means), organ_labels(cfg, maps)
 
 
 def label_maps(cfg, n: int, seed: int = 0, device: str = "auto", volumes: list | None = None) -> torch.Tensor:
     """``n`` label maps ``(n, *patch)`` for a ``label2image`` run to render: sampled from its ``labels`` run (VAE or
-    GAN), else drawn from its training label maps the way training drew them (``volumes``: those, when already
-    loaded)."""
+    GAN), else drawn from its training label maps the way training drew them (``volumes``: those, body classes
+    included, when already loaded)."""
     if cfg.labels:
         source = load_run(cfg.labels, "synthesizer")
         if source.task == "label2image" or max(source.data.label_map.values()) >= n_organ_channels(cfg):
             raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run whose classes the label2image run knows")
         return torch.as_tensor(sample_pairs(cfg.labels, n, seed, device)[1]).long()
-    patches = training_patches(cfg, seed, with_body_classes(cfg, config_volumes(cfg) if volumes is None else volumes))
+    patches = training_patches(cfg, seed, with_body_classes(cfg, config_volumes(cfg)) if volumes is None else volumes)
     return torch.stack([patches[i][Keys.LABEL][0] for i in range(n)]).long()
 
 

@@ -7,7 +7,11 @@ maps to render at sampling time come from ``labels``: a VAE or GAN run (their sy
 synthetic image + label pair), else the training label maps. With ``body_classes`` the unlabelled body is
 split into that many intensity classes (SynthSeg's generation labels, 1D k-means of the image) that become
 extra generator inputs, so that the generator paints fat, muscle and bone where the map says rather than
-inventing the body around the organs; the written label maps keep the organ classes only. The step is in
+inventing the body around the organs; the written label maps keep the organ classes only. With ``class_means``
+the generator also gets each class's mean intensity as an input (a piecewise-constant image): pix2pix is
+deterministic, so from training CTs of different contrast phases (a non-contrast and a portal-venous one) it
+paints every map in an average phase that no scan has; given the means (the training patch's own in training,
+one training volume's per map in sampling) it renders one phase. The step is in
 :mod:`medgen.engines.label2image`, sampling in :mod:`medgen.inference.synthesize`.
 """
 
@@ -42,6 +46,9 @@ class Label2ImageConfig:
     spatial: bool = True  # random rotation and scaling of the training patches (label maps with their images)
     # > 0: the unlabelled body as this many intensity classes, extra generator inputs (needs labels: null)
     body_classes: int = 0
+    # the mean intensity of each class as one more generator (and discriminator) input: the training patch's own
+    # in training, one training volume's (drawn per map) in sampling, so a map is rendered in one contrast phase
+    class_means: bool = False
     loss: Label2ImageLossConfig = field(default_factory=Label2ImageLossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.5, 0.999], decay_from=0.5))
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -69,6 +76,11 @@ def n_label_channels(cfg: Label2ImageConfig) -> int:
     return n_organ_channels(cfg) + cfg.body_classes
 
 
+def n_inputs(cfg: Label2ImageConfig) -> int:
+    """Generator inputs: the label channels, plus the class-mean image with ``class_means``."""
+    return n_label_channels(cfg) + int(cfg.class_means)
+
+
 def with_body_classes(cfg: Label2ImageConfig, volumes: list[dict]) -> list[dict]:
     """The generator's label maps of cached volumes: organ classes, then the unlabelled body's ``body_classes``
     intensity classes numbered from :func:`n_organ_channels` (the volumes as they are when ``body_classes`` is 0)."""
@@ -81,6 +93,44 @@ def with_body_classes(cfg: Label2ImageConfig, volumes: list[dict]) -> list[dict]
         maps = generation_labels(v[Keys.IMAGE][0].numpy(), label[0].numpy(), cfg.body_classes, first)
         out.append({**v, Keys.LABEL: torch.from_numpy(maps).to(label.dtype)[None]})
     return out
+
+
+def volume_class_means(cfg: Label2ImageConfig, volumes: list[dict]) -> torch.Tensor:
+    """``(V, C)``: the mean image intensity of each of the ``C`` label channels in each cached volume (its label
+    maps as the generator sees them, body classes included); a class a volume lacks gets the mean over the
+    volumes that have it (0 when none has).
+
+    >>> vol = {Keys.IMAGE: torch.tensor([[[[-1.0, 0.5, 0.7]]]]), Keys.LABEL: torch.tensor([[[[0, 1, 1]]]])}
+    >>> volume_class_means(Label2ImageConfig(data=LabelledDataConfig(label_map={1: 1, 2: 2})), [vol])[0].tolist()
+    [-1.0, 0.6000000238418579, 0.0]
+    """
+    c = n_label_channels(cfg)
+    sums, counts = torch.zeros(len(volumes), c, dtype=torch.float64), torch.zeros(len(volumes), c, dtype=torch.float64)
+    for i, v in enumerate(volumes):
+        labels = v[Keys.LABEL].flatten().long()
+        labels = torch.where((labels >= 0) & (labels < c), labels, torch.zeros_like(labels))
+        sums[i] = torch.bincount(labels, v[Keys.IMAGE].flatten().double(), minlength=c)
+        counts[i] = torch.bincount(labels, minlength=c).double()
+    means = sums / counts.clamp_min(1)
+    fallback = sums.sum(0) / counts.sum(0).clamp_min(1)
+    return torch.where(counts > 0, means, fallback).float()
+
+
+def class_mean_image(cond: torch.Tensor, image: torch.Tensor | None = None,
+                     means: torch.Tensor | None = None) -> torch.Tensor:
+    """One-hot maps ``(B, C, ...)`` -> ``(B, 1, ...)``: each voxel its class's mean intensity, from ``means``
+    ``(B, C)`` or, without them, of ``image`` ``(B, 1, ...)`` within each map.
+
+    >>> cond = one_hot(torch.tensor([[[0, 1, 1]]]), 2)
+    >>> class_mean_image(cond, torch.tensor([[[-1.0, 0.2, 0.4]]])).tolist()
+    [[[-1.0, 0.30000001192092896, 0.30000001192092896]]]
+    >>> class_mean_image(cond, means=torch.tensor([[-0.5, 0.9]])).tolist()
+    [[[-0.5, 0.8999999761581421, 0.8999999761581421]]]
+    """
+    dims = tuple(range(2, cond.dim()))
+    if means is None:
+        means = (cond * image).sum(dims) / cond.sum(dims).clamp_min(1.0)
+    return (cond * means.to(cond).view(*means.shape, *([1] * len(dims)))).sum(1, keepdim=True)
 
 
 def organ_labels(cfg: Label2ImageConfig, maps: torch.Tensor) -> torch.Tensor:
@@ -106,6 +156,6 @@ def build_nets(cfg: Label2ImageConfig) -> dict[str, torch.nn.Module]:
     >>> sorted(build_nets(Label2ImageConfig(generator=GeneratorConfig(name="unet", ngf=4))))
     ['D', 'G']
     """
-    k = n_label_channels(cfg)
+    k = n_inputs(cfg)
     return {"G": build_generator(cfg.generator, cfg.spatial_dims, k, 1, channels_last_layout=False),
             "D": build_discriminator(cfg.discriminator, cfg.spatial_dims, k + 1)}
