@@ -438,3 +438,33 @@ def test_label2image_class_means_render_one_volume_phase(phantom_dir, tmp_path):
     np.testing.assert_allclose(render_maps(LastChannel(), maps, cfg, torch.device("cpu"), means)[0, 0].numpy(),
                                class_mean_image(cond, means=means)[0, 0].numpy())
     assert main(["synth", str(run), str(tmp_path / "pairs"), "--n", "3"]) == 0
+
+
+def test_label2image_linear_output_is_clamped_when_rendering(phantom_dir, tmp_path):
+    """``generator.output: linear``: no tanh (whose logits grow without bound on targets at the window's top),
+    renders clamped to the window; linear is refused for the ResNet generator."""
+    from medgen.models.registry import load_config
+
+    ds = phantom_dir / "dataset.json"
+    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2}",
+            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
+            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
+            "train.checkpoint_every=2", "train.log_every=1", "generator.output=linear"]
+    run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
+    from medgen.inference.synthesize import load_synthesizer, render
+
+    _, model, _ = load_synthesizer(run, torch.device("cpu"))
+    assert model.tanh is False
+
+    class Overshoot(torch.nn.Module):
+        def forward(self, cond):
+            return torch.full_like(cond[:, :1], 3.0) - 6.0 * cond[:, :1]
+
+    cond = torch.eye(2)[torch.tensor([[0, 1], [1, 0]])].permute(2, 0, 1)[None]  # one-hot (1, 2, 2, 2)
+    rendered = render(Overshoot(), cond)  # -3 on background, +3 elsewhere: clamped to the range
+    assert rendered.shape == (1, 1, 2, 2) and sorted(rendered.flatten().tolist()) == [-1.0, -1.0, 1.0, 1.0]
+    images, _, _, cfg = sample_pairs(run, 3, seed=0)
+    lo, hi = cfg.preprocess.ct_window
+    assert images.min() >= lo - 1e-3 and images.max() <= hi + 1e-3
+    with pytest.raises(MedgenError, match="output.*linear with name: unet"):
+        load_config(ROOT / "configs" / "label2image_2d.yaml", sets + ["generator.name=resnet"])

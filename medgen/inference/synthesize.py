@@ -99,7 +99,8 @@ def render(generator: torch.nn.Module, cond: torch.Tensor, multiple: int = 16) -
     inside = F.pad(torch.ones_like(cond[:, :1]), flat)
     cond = F.pad(cond, flat)
     cond[:, :1] += 1 - inside  # the padding is background
-    return generator(cond).float().cpu()[(slice(None), slice(None), *[slice(0, s) for s in shape])]
+    out = generator(cond).float().clamp(-1.0, 1.0).cpu()  # a linear-output generator may overshoot
+    return out[(slice(None), slice(None), *[slice(0, s) for s in shape])]
 
 
 @torch.inference_mode()

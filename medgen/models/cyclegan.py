@@ -36,6 +36,14 @@ class GeneratorConfig:
     n_blocks: int = 9  # residual blocks (resnet)
     n_downsampling: int = 2  # stride-2 stages (resnet); inputs are padded to a multiple of 2**n
     dropout: float = 0.0
+    # unet: tanh, or linear (the UNet's output as it is, clamped to [-1, 1] when rendering): targets at the ends
+    # of the range (bone above a CT window's top) push a tanh's logits without bound (measured: 30) and the
+    # large activations bleed into the neighbourhood as a bright slab
+    output: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if self.output not in ("tanh", "linear") or (self.output == "linear" and self.name != "unet"):
+            raise ValueError("output", f"must be tanh, or linear with name: unet, not {self.output!r}")
 
 
 @dataclass

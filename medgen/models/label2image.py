@@ -41,7 +41,7 @@ class Label2ImageConfig:
     data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[128, 128]))
     labels: str | None = None  # sampling: label maps from this VAE/GAN run (None: the training label maps)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=32))
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=32, output="linear"))
     discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(ndf=32, n_layers=3))
     spatial: bool = True  # random rotation and scaling of the training patches (label maps with their images)
     # > 0: the unlabelled body as this many intensity classes, extra generator inputs (needs labels: null)

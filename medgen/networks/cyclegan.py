@@ -106,9 +106,11 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 
-class _TanhUNet(nn.Module):
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, ngf: int, depth: int = 4):
+class _UNetGenerator(nn.Module):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, ngf: int, depth: int = 4,
+                 tanh: bool = True):
         super().__init__()
+        self.tanh = tanh
         channels = tuple(ngf * 2**i for i in range(depth))
         self.unet = UNet(spatial_dims, in_channels, out_channels, channels=channels, strides=(2,) * (depth - 1),
                          num_res_units=2, norm="INSTANCE")
@@ -116,7 +118,8 @@ class _TanhUNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.unet(x))
+        out = self.unet(x)
+        return torch.tanh(out) if self.tanh else out
 
 
 class _LastOutput(nn.Module):
@@ -148,7 +151,7 @@ def build_generator(cfg, spatial_dims: int, in_channels: int = 1, out_channels: 
                               cfg.dropout)
         return net.to(memory_format=channels_last(spatial_dims)) if channels_last_layout else net
     if cfg.name == "unet":
-        return _TanhUNet(spatial_dims, in_channels, out_channels, cfg.ngf)
+        return _UNetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, tanh=cfg.output == "tanh")
     raise ValueError(f"unknown generator {cfg.name!r} (resnet | unet)")
 
 
