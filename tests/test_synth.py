@@ -36,6 +36,15 @@ def tiny_synth(phantom_dir: Path, task: str, dims: int, iterations: int = 4) -> 
     return [f"{k}={v}" for k, v in sets.items()]
 
 
+def tiny_label2image(phantom_dir: Path, label_map: str, *extra: str) -> list[str]:
+    """Overrides that train ``configs/label2image_2d.yaml`` for 2 iterations on the session phantoms."""
+    ds = phantom_dir / "dataset.json"
+    return [f"data.images={ds}#cases", f"data.labels={ds}#cases", f"data.label_map={label_map}",
+            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
+            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
+            "train.checkpoint_every=2", "train.log_every=1", *extra]
+
+
 @pytest.fixture(scope="module")
 def vae_run(phantom_dir, tmp_path_factory) -> Path:
     return train(ROOT / "configs" / "vae_2d.yaml", tmp_path_factory.mktemp("runs") / "vae", tiny_synth(phantom_dir, "vae", 2))
@@ -207,11 +216,7 @@ def test_label2image_renders_real_and_synthetic_label_maps(phantom_dir, vae_run,
     from medgen.inference.synthesize import render
     from medgen.models.label2image import one_hot
 
-    ds = phantom_dir / "dataset.json"
-    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2, 3: 3, 4: 3}",
-            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
-            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
-            "train.checkpoint_every=2", "train.log_every=1"]
+    sets = tiny_label2image(phantom_dir, "{1: 1, 2: 2, 3: 3, 4: 3}")
     run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
     names = {r.split(",")[2] for r in (run / "metrics.csv").read_text().splitlines()[1:]}
     assert {"loss_g", "loss_d", "l1"} <= names
@@ -244,11 +249,7 @@ def test_label2image_body_classes_are_inputs_not_written_labels(phantom_dir, vae
     from medgen.inference.synthesize import label_maps
     from medgen.models.registry import load_config
 
-    ds = phantom_dir / "dataset.json"
-    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2, 3: 3, 4: 3}",
-            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
-            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
-            "train.checkpoint_every=2", "train.log_every=1", "body_classes=2"]
+    sets = tiny_label2image(phantom_dir, "{1: 1, 2: 2, 3: 3, 4: 3}", "body_classes=2")
     run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
     cfg = load_config(run / "config.yaml")
     maps = label_maps(cfg, 6, seed=0)
@@ -409,11 +410,7 @@ def test_label2image_class_means_render_one_volume_phase(phantom_dir, tmp_path):
     from medgen.models.registry import load_config
     from medgen.data.volumes import config_volumes
 
-    ds = phantom_dir / "dataset.json"
-    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2}",
-            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
-            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
-            "train.checkpoint_every=2", "train.log_every=1", "class_means=true"]
+    sets = tiny_label2image(phantom_dir, "{1: 1, 2: 2}", "class_means=true")
     run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
     cfg = load_config(run / "config.yaml")
     assert n_inputs(cfg) == 4  # background, 2 classes, the class-mean image
@@ -445,11 +442,7 @@ def test_label2image_linear_output_is_clamped_when_rendering(phantom_dir, tmp_pa
     renders clamped to the window; linear is refused for the ResNet generator."""
     from medgen.models.registry import load_config
 
-    ds = phantom_dir / "dataset.json"
-    sets = [f"data.images={ds}#cases", f"data.labels={ds}#cases", "data.label_map={1: 1, 2: 2}",
-            "data.patch_size=[32, 32]", "preprocess.spacing=null", "data.cache_workers=1", "generator.ngf=4",
-            "discriminator.ndf=4", "discriminator.n_layers=2", "train.iterations=2", "train.batch_size=2",
-            "train.checkpoint_every=2", "train.log_every=1", "generator.output=linear"]
+    sets = tiny_label2image(phantom_dir, "{1: 1, 2: 2}", "generator.output=linear")
     run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
     from medgen.inference.synthesize import load_synthesizer, render
 
