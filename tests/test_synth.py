@@ -177,6 +177,39 @@ def test_label_to_image_synthesis_paints_synthetic_pairs_too(phantom_dir, vae_ru
         assert not torch.allclose(painted[n][Keys.IMAGE], plain[n][Keys.IMAGE])  # ... in another contrast
 
 
+def test_synthetic_pairs_are_read_in_the_segmenters_classes(phantom_dir, vae_run, tmp_path):
+    """A synthesizer whose classes differ from the segmenter's (BTCV-style: liver 6, spleen 1): ``medgen synth``
+    records its label_map and the segmenter reads its liver as its own class 1 (it used to read the synthesizer's
+    class 1, the spleen, as liver); a label-map VAE's classes are rendered in the label2image run's classes."""
+    from medgen.engines.segmenter import synthetic_classes, synthetic_volumes
+    from medgen.models.registry import load_config
+    from medgen.models.segmenter import SyntheticAugmentConfig
+
+    from .conftest import tiny_segmenter
+
+    run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i",
+                tiny_label2image(phantom_dir, "{1: 6, 2: 1}"))  # phantom liver 1 -> class 6, spleen 2 -> class 1
+    assert main(["synth", str(run), str(tmp_path / "syn"), "--n", "6"]) == 0
+    info = json.loads((tmp_path / "syn" / "dataset.json").read_text())
+    assert info["label_map"] == {"1": 6, "2": 1}
+    written = np.stack([np.asarray(nib.load(tmp_path / "syn" / e["label"]).dataobj)[..., 0] for e in info["training"]])
+    assert {1, 6} <= set(np.unique(written))
+    seg_config = ROOT / "configs" / "demo_segmenter_ct_liver.yaml"  # label_map {1: 1}: the phantom liver
+    cfg = load_config(seg_config, tiny_segmenter(phantom_dir, **{"augment.translator": "null"}))
+    assert synthetic_classes(tmp_path / "syn", cfg) == {6: 1}
+    read = synthetic_volumes(SyntheticAugmentConfig(str(tmp_path / "syn"), 0.5), cfg)
+    for volume, labels in zip(read, written):
+        np.testing.assert_array_equal(volume[Keys.LABEL][0, ..., 0].numpy(), (labels == 6).astype(np.uint8))
+    other = load_config(seg_config, tiny_segmenter(phantom_dir, **{"augment.translator": "null",
+                                                                   "data.label_map": "{7: 1}"}))
+    with pytest.raises(MedgenError, match="none of its classes .* is a class of the label_map {7: 1}"):
+        synthetic_classes(tmp_path / "syn", other)
+    # a liver VAE (label_map {1: 1}) rendered by that run: its liver becomes the run's class 6
+    chained = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i_vae",
+                    tiny_label2image(phantom_dir, "{1: 6, 2: 1}", f"labels={vae_run}"))
+    np.testing.assert_array_equal(sample_pairs(chained, 3, seed=5)[1], 6 * sample_pairs(vae_run, 3, seed=5)[1])
+
+
 def test_categorical_label_maps_are_the_argmax_of_one_softmax():
     from medgen.models.synth import categorical_logits, split_joint
 

@@ -33,6 +33,37 @@ def remap_labels(labels: np.ndarray, label_map: Mapping[int, int] | None) -> np.
     return out
 
 
+def class_translation(source_map: Mapping[int, int] | None, target_map: Mapping[int, int] | None,
+                      where: str | Path) -> dict[int, int] | None:
+    """How to read label maps made in one run's classes (``source_map``: source label -> class, as a config's
+    ``data.label_map``) in another run's classes (``target_map``): each class becomes the target class of its
+    source labels. None: no change (both read the source labels as they are). A class whose source labels are
+    different target classes, or no class in common, is an error naming ``where``.
+
+    >>> class_translation({1: 1, 6: 6, 3: 3}, {6: 1}, "x")  # 13 BTCV organs -> a liver segmenter's classes
+    {6: 1}
+    >>> class_translation({6: 1, 1: 2}, {1: 1, 6: 6}, "x")
+    {1: 6, 2: 1}
+    >>> class_translation(None, {6: 1}, "x"), class_translation(None, None, "x")
+    ({6: 1}, None)
+    """
+    if source_map is None:
+        return None if target_map is None else dict(target_map)
+    out = {}
+    for cls in sorted(set(source_map.values())):
+        sources = sorted(s for s, c in source_map.items() if c == cls)
+        targets = {s if target_map is None else target_map.get(s, 0) for s in sources}
+        if len(targets) > 1:
+            raise MedgenError(where, f"class {cls} holds source labels {sources}, which are different classes "
+                                     f"in the label_map {dict(target_map)}")
+        if targets - {0}:
+            out[cls] = targets.pop()
+    if not out:
+        raise MedgenError(where, f"none of its classes (label_map {dict(source_map)}) is a class of the label_map "
+                                 f"{None if target_map is None else dict(target_map)}")
+    return out
+
+
 class LoadVolumed(MapTransform):
     """Load each key's path with :func:`medgen.io.load_image`; the ImageRef goes to ``{key}_ref``.
 

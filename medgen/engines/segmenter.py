@@ -6,6 +6,7 @@ trainer. Its config and network are in :mod:`medgen.models.segmenter`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
 from medgen.data.synthetic import MixedSamples
-from medgen.data.volumes import labelled_volumes, remap_labels
+from medgen.data.volumes import class_translation, labelled_volumes, remap_labels
 from medgen.engines.common import TaskSetup, average_gradients, loader_factory, weight_average
 from medgen.errors import MedgenError
 from medgen.inference.segment import segment_array
@@ -89,14 +90,14 @@ def synthetic_volumes(syn_cfg: SyntheticAugmentConfig, cfg: SegmenterConfig,
     classes), so that label -> image synthesis applies to them as to the real pairs.
     """
     src = Path(syn_cfg.source)
-    classes = {c: c for c in cfg.data.label_map.values()}  # synthetic labels are already classes
 
     def load(folder: Path) -> list[dict]:
         if (folder / "dataset.json").is_file():
             pairs = image_label_pairs(folder / "dataset.json", folder / "dataset.json")
         else:
             pairs = image_label_pairs(folder / "images", folder / "labels")
-        return labelled_volumes(pairs, cfg.data, cfg.preprocess, label_map=classes, gen_classes=gen_classes)
+        return labelled_volumes(pairs, cfg.data, cfg.preprocess, label_map=synthetic_classes(folder, cfg),
+                                gen_classes=gen_classes)
 
     if (src / CONFIG_FILE).is_file():
         with tempfile.TemporaryDirectory() as tmp:
@@ -105,6 +106,28 @@ def synthetic_volumes(syn_cfg: SyntheticAugmentConfig, cfg: SegmenterConfig,
     if not src.is_dir():
         raise MedgenError(src, "synthetic source must be a folder of pairs or a synthesizer run directory")
     return load(src)
+
+
+def synthetic_classes(folder: Path, cfg: SegmenterConfig) -> dict[int, int] | None:
+    """How the segmenter reads a synthetic folder's labels: ``medgen synth`` records the synthesizer's
+    ``label_map`` in ``dataset.json``, and each synthetic class becomes the segmenter's class of its source labels
+    (a synthesizer of the 13 BTCV organs writes the liver as 6; a liver segmenter with ``{6: 1}`` reads it as 1);
+    labels of a folder without that record are taken to be in the segmenter's classes already."""
+    classes = {c: c for c in cfg.data.label_map.values()}
+    meta = folder / "dataset.json"
+    if not meta.is_file():
+        return classes
+    try:
+        record = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise MedgenError(meta, "unreadable dataset.json") from None
+    if not isinstance(record, dict) or "label_map" not in record:
+        return classes
+    try:
+        written = None if record["label_map"] is None else {int(k): int(v) for k, v in record["label_map"].items()}
+    except (AttributeError, TypeError, ValueError):
+        raise MedgenError(meta, "label_map must map source labels to classes, e.g. {\"6\": 1}") from None
+    return class_translation(written, cfg.data.label_map, meta)
 
 
 def segmentation_samples(cfg: SegmenterConfig, seed: int):

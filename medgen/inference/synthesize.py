@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from medgen.data.patches import labelled_patches
-from medgen.data.volumes import config_volumes
+from medgen.data.volumes import class_translation, config_volumes, remap_labels
 from medgen.errors import MedgenError
 from medgen.io import atomic_write, ref_from_affine, save_hu, save_like
 from medgen.keys import Keys, Modality
 from medgen.models.label2image import build_nets as build_label2image
-from medgen.models.label2image import (class_mean_image, n_label_channels, n_organ_channels, one_hot, organ_labels,
+from medgen.models.label2image import (class_mean_image, n_label_channels, one_hot, organ_labels,
                                       volume_class_means, with_body_classes)
 from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
 from medgen.models.synth import build_model, joint_tensor, n_foreground, read_synth, split_joint
@@ -138,9 +138,13 @@ def label_maps(cfg, n: int, seed: int = 0, device: str = "auto", volumes: list |
     included, when already loaded)."""
     if cfg.labels:
         source = load_run(cfg.labels, "synthesizer")
-        if source.task == "label2image" or max(source.data.label_map.values()) >= n_organ_channels(cfg):
+        # the label-map run's classes, read in this run's by their source labels (its liver 1 may be this run's 6)
+        if source.task == "label2image":
+            raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run, not a label2image run")
+        classes = class_translation(source.data.label_map, cfg.data.label_map, cfg.labels)
+        if source.data.label_map and len(classes) < len(set(source.data.label_map.values())):
             raise MedgenError(cfg.labels, "labels: must be a VAE or GAN run whose classes the label2image run knows")
-        return torch.as_tensor(sample_pairs(cfg.labels, n, seed, device)[1]).long()
+        return torch.as_tensor(remap_labels(sample_pairs(cfg.labels, n, seed, device)[1], classes)).long()
     patches = training_patches(cfg, seed, with_body_classes(cfg, config_volumes(cfg)) if volumes is None else volumes)
     return torch.stack([patches[i][Keys.LABEL][0] for i in range(n)]).long()
 
@@ -170,6 +174,9 @@ def write_synthetic(run_dir: str | Path, out: str | Path, n: int, seed: int = 0,
     classes = sorted(set(cfg.data.label_map.values()))
     info = {"name": "medgen synthetic pairs", "generator": str(Path(run_dir).resolve()), "task": cfg.task,
             "seed": int(seed), "spacing": list(map(float, spacing)), "modality": str(cfg.data.modality),
-            "labels": {"0": "background", **{str(c): f"class_{c}" for c in classes}}, "training": entries}
+            "labels": {"0": "background", **{str(c): f"class_{c}" for c in classes}},
+            # the synthesizer's source label -> class: a segmenter with another label_map reads the classes by it
+            "label_map": None if cfg.data.label_map is None else {str(k): int(v) for k, v in cfg.data.label_map.items()},
+            "training": entries}
     atomic_write(out / "dataset.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
     return info
