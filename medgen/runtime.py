@@ -12,7 +12,6 @@ import os
 import random
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -51,13 +50,13 @@ def cpu_has_native_bf16() -> bool:
 
 def effective_amp(device: torch.device, amp: str) -> str:
     """The precision that ``amp`` really runs at on ``device``: ``bf16`` on a CPU without native bf16
-    falls back to ``none`` (fp32, with a one-time warning), since emulated bf16 is ten times slower."""
+    falls back to ``none`` (fp32, silently: a warning line would break the one-line error contract of
+    every command on AVX2 CPUs), since emulated bf16 is ten times slower."""
     if amp not in AMP_MODES:
         raise MedgenError(None, f"amp must be none, bf16 or fp16, not {amp!r}")
     if amp == "fp16" and device.type != "cuda":
         raise MedgenError(None, "amp fp16 needs CUDA; use bf16 on CPU")
     if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        _warn_once("bf16 autocast requested, but this CPU has no native bf16 (AVX-512/AMX): running in fp32")
         return "none"
     return amp
 
@@ -70,11 +69,6 @@ def prefers_channels_last(device: torch.device, amp: str) -> bool:
     slice; 3D windows 2.4 against 4.3 s, ``benchmarks/translate_volume.py --layouts``), so translation
     always runs channels-last."""
     return device.type == "cuda" or effective_amp(device, amp) != "none"
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def autocast(device: torch.device, amp: str):
