@@ -167,7 +167,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.segmenter_config, args.synth_config, (args.train_images, args.train_labels or args.train_images),
             (args.test_images, args.test_labels or args.test_images) if args.test_images else None, args.out,
             args.k, args.repeats, args.ratio,
-            args.synthetic, args.set_seg, args.set_synth, args.reference, args.label_config, args.set_label)
+            args.synthetic, args.set_seg, args.set_synth, args.reference, args.label_config, args.set_label,
+            args.judge_dice)
         print(f"k={report['k']}, {report['repeats']} repeats: Dice real-only {report['dice_real_mean']:.4f} +- "
               f"{report['dice_real_sd']:.4f}, real+synthetic {report['dice_real_synthetic_mean']:.4f} +- "
               f"{report['dice_real_synthetic_sd']:.4f}, gain {report['gain_mean']:+.4f} +- {report['gain_sd']:.4f} "
@@ -182,8 +183,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from medgen.inference.synthesize import write_synthetic  # lazy: torch + MONAI (3.5 s)
 
     check_output_folder(args.out)
-    info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite)
-    print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}")
+    info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite, args.judge,
+                           args.min_dice, args.judge_class)
+    judged = info["judge"]
+    print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}"
+          + (f" ({judged['kept']} of {judged['drawn']} drawn agree with {args.judge} at Dice >= {args.min_dice})"
+             if judged else ""))
     return 0
 
 
@@ -314,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder: images/, labels/, dataset.json")
     p.add_argument("--n", type=_positive, default=20, help="number of pairs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge", metavar="SEG", help="keep only the pairs this segmenter (run, TorchScript, bundle) "
+                                                   "agrees with: its mask of the image against the pair's label")
+    p.add_argument("--min-dice", type=float, default=0.7, help="the agreement a kept pair needs (default 0.7)")
+    p.add_argument("--judge-class", type=int, help="the synthesizer's class the judge segments (default: read "
+                                                   "through the label maps of a medgen segmenter run)")
     _add_device(p)
     _add_overwrite(p)
 
@@ -362,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the label2image --synth-config renders")
     e.add_argument("--set-label", action="append", default=[], metavar="KEY=VALUE",
                    help="label-map synthesizer override")
+    e.add_argument("--judge-dice", type=float, metavar="D",
+                   help="keep only the pairs the repeat's real-only segmenter agrees with at Dice >= D")
     e.add_argument("--out", required=True, help="experiment folder")
 
     p = add("demo", _cmd_demo, "run the whole job on the embedded phantoms", "medgen demo demo_out")

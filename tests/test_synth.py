@@ -347,7 +347,8 @@ def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
                   and not s.startswith("data.labels")]
     args = ["evaluate", "augmentation", "--segmenter-config", str(ROOT / "configs" / "demo_segmenter_ct_liver.yaml"),
             "--synth-config", str(ROOT / "configs" / "demo_vae_2d.yaml"), "--train-images", f"{ds}#cases",
-            "--test-images", f"{ds}#cases", "--k", "2", "--repeats", "1", "--synthetic", "4", "--reference", "--out", str(tmp_path)]
+            "--test-images", f"{ds}#cases", "--k", "2", "--repeats", "1", "--synthetic", "4", "--reference",
+            "--judge-dice", "0", "--out", str(tmp_path)]
     for s in seg_sets:
         args += ["--set-seg", s]
     for s in synth_sets:
@@ -362,6 +363,9 @@ def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
     assert report["training_pool"] == pool > 2
     assert len(json.loads((tmp_path / "repeat_0" / "train_all.json").read_text())["training"]) == pool
     assert report["gain_real_all_mean"] == pytest.approx(row["dice_real_all"] - row["dice_real"])
+    judged = json.loads((tmp_path / "repeat_0" / "synthetic" / "dataset.json").read_text())["judge"]  # by the real arm
+    assert judged["segmenter"] == str((tmp_path / "repeat_0" / "segmenter_real").resolve()) and judged["drawn"] == 4
+    assert row["judged"] == {"kept": 4, "drawn": 4} and report["judge_dice"] == 0.0
     printed = capsys.readouterr().out
     assert "gain" in printed and f"all {pool} real training cases" in printed
 
@@ -433,6 +437,10 @@ def test_augmentation_experiment_with_synthseg_on_the_fly_tests_on_the_cases_not
     capsys.readouterr()
     assert main(args[:-1] + [str(tmp_path / "ref"), "--reference"]) == 2  # all cases to train on, none to test
     assert "needs a held-out set" in capsys.readouterr().err
+    judged = [str(tmp_path / "judged") if a == str(tmp_path / "exp") else a for a in args] + ["--judge-dice", "0.7"]
+    assert main(judged) == 2  # synthseg writes no pairs to judge
+    assert "--judge-dice takes a Dice in [0, 1] and written pairs" in capsys.readouterr().err
+    assert not (tmp_path / "judged").exists()
 
 
 def test_label2image_class_means_render_one_volume_phase(phantom_dir, tmp_path):
@@ -494,3 +502,64 @@ def test_label2image_linear_output_is_clamped_when_rendering(phantom_dir, tmp_pa
     assert images.min() >= lo - 1e-3 and images.max() <= hi + 1e-3
     with pytest.raises(MedgenError, match="output.*linear with name: unet"):
         load_config(ROOT / "configs" / "label2image_2d.yaml", sets + ["generator.name=resnet"])
+
+
+def test_judged_pairs_keep_only_what_the_segmenter_agrees_with(phantom_dir, tmp_path, monkeypatch, capsys):
+    """``medgen synth --judge``: pairs drawn ``n`` at a time (seeds 0, 1, ...) and kept while the judge's mask of the
+    image agrees with the pair's label at Dice >= ``--min-dice``; each kept pair's Dice and the draw count recorded."""
+    from medgen.inference import synthesize
+    from medgen.models.segmenter import PostprocessConfig
+
+    run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", tiny_label2image(phantom_dir, "{1: 1, 2: 2}"))
+
+    class Everything:  # "segments" the whole slice: a pair's Dice is 2 |liver| / (|liver| + |slice|), 0 without liver
+        postprocess = PostprocessConfig()
+
+        def predict(self, array, ref):
+            return np.ones(array.shape, np.float32)
+
+    monkeypatch.setattr(synthesize, "load_segmenter", lambda spec, device: Everything())
+    drawn = [lab for r in range(8) for lab in sample_pairs(run, 3, seed=r)[1]]
+    by_hand = [2 * (lab == 1).sum() / ((lab == 1).sum() + lab.size) for lab in drawn]
+    threshold = float(np.quantile(by_hand, 0.6))
+    passing = [i for i, d in enumerate(by_hand) if d >= threshold][:3]
+    assert len(passing) == 3 and passing[-1] >= 3  # some pairs fail, so a second draw is needed
+    out = tmp_path / "judged"
+    assert main(["synth", str(run), str(out), "--n", "3", "--judge", "any.pt", "--judge-class", "1",
+                 "--min-dice", str(threshold)]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["judge"]["drawn"] == 3 * (passing[-1] // 3 + 1) and info["judge"]["kept"] == 3
+    assert [e["judge_dice"] for e in info["training"]] == pytest.approx([by_hand[i] for i in passing], abs=1e-4)
+    for entry, i in zip(info["training"], passing):
+        np.testing.assert_array_equal(np.asarray(nib.load(out / entry["label"]).dataobj)[..., 0], drawn[i])
+    assert "3 of" in capsys.readouterr().out
+    assert main(["synth", str(run), str(tmp_path / "none"), "--n", "2", "--judge", "any.pt", "--judge-class", "2",
+                 "--min-dice", "1.0"]) == 2 and not (tmp_path / "none").exists()  # no slice is all spleen
+    assert "agrees with none of the 16 pairs drawn at Dice >= 1.0" in capsys.readouterr().err
+    assert main(["synth", str(run), str(tmp_path / "c"), "--n", "2", "--judge", "any.pt"]) == 2
+    assert "any.pt: a segmenter that is not a medgen run needs the synthesizer's class" in capsys.readouterr().err
+
+
+def test_judged_pairs_read_the_labels_in_a_segmenter_runs_classes(phantom_dir, segmenter_run, tmp_path, capsys):
+    """A medgen segmenter run judges the synthesizer's class of its own structure (through both label maps); a
+    synthesizer without that structure and a Dice out of [0, 1] are one-line errors with nothing written."""
+    l2i = ROOT / "configs" / "label2image_2d.yaml"
+    run = train(l2i, tmp_path / "l2i", tiny_label2image(phantom_dir, "{2: 1, 1: 2}"))  # liver is class 2 here
+    out = tmp_path / "judged"
+    assert main(["synth", str(run), str(out), "--n", "2", "--judge", str(segmenter_run), "--min-dice", "0"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["judge"] == {"segmenter": str(segmenter_run.resolve()), "min_dice": 0.0, "drawn": 2, "kept": 2}
+    from medgen.inference.segment import RunSegmenter
+    from medgen.inference.synthesize import judge_agreement
+
+    images, labels, spacing, _ = sample_pairs(run, 2, seed=0)
+    expected = judge_agreement(RunSegmenter(segmenter_run, "cpu"), images, labels, spacing, {2: 1})
+    assert [e["judge_dice"] for e in info["training"]] == pytest.approx(expected.tolist(), abs=1e-4)
+    spleen = train(l2i, tmp_path / "spleen", tiny_label2image(phantom_dir, "{2: 1}"))
+    capsys.readouterr()
+    for extra, message in (([str(spleen), str(tmp_path / "a"), "--judge", str(segmenter_run)], "none of its classes"),
+                           ([str(run), str(tmp_path / "b"), "--judge", str(segmenter_run), "--min-dice", "1.5"],
+                            "the minimum Dice must be in [0, 1], not 1.5")):
+        assert main(["synth", *extra, "--n", "2"]) == 2 and not (tmp_path / extra[1]).exists()
+        err = capsys.readouterr().err
+        assert err.startswith("medgen: error: ") and message in err and len(err.strip().splitlines()) == 1

@@ -14,6 +14,9 @@ arms and of the gain. The synthetic pairs come from either
   (``augment.synthseg.prob = ratio``; ``synth_sets`` are then segmenter overrides of that arm, e.g. the
   generative model's deformation ``augment.deform=0.1``).
 
+With ``judge_dice`` the written pairs are judged by the repeat's real-only segmenter (trained first): only those
+whose label it agrees with at Dice >= ``judge_dice`` are kept (:func:`medgen.inference.synthesize.judged_pairs`).
+
 With ``reference=True`` a third arm trains on every labelled training case (same seed and budget): the
 gain that more *real* data buys, the yardstick for the synthetic gain.
 """
@@ -64,10 +67,10 @@ def _subset_datalist(pairs, chosen: list[int], path: Path) -> Path:
 
 
 def _synthesize(synth_config, rep: Path, data: list[str], synth_sets, n: int, seed: int,
-                label_config=None, label_sets=()) -> Path:
+                label_config=None, label_sets=(), judge: Path | None = None, min_dice: float = 0.0) -> Path:
     """A synthesizer trained on the repeat's cases (``data``), and ``n`` pairs sampled from it (all reused); with
     ``label_config``, a label-map synthesizer trained on them first, whose maps the (label2image) synthesizer
-    renders."""
+    renders; with ``judge``, only the pairs that segmenter agrees with at Dice >= ``min_dice``."""
     synth_run = rep / "synthesizer"
     if label_config is not None:
         label_run = rep / "label_synthesizer"
@@ -77,7 +80,7 @@ def _synthesize(synth_config, rep: Path, data: list[str], synth_sets, n: int, se
     if not (synth_run / CONFIG_FILE).exists():
         train_run(synth_config, synth_run, [*data, *synth_sets])
     if not (rep / "synthetic" / "dataset.json").exists():
-        write_synthetic(synth_run, rep / "synthetic", n, seed=seed)
+        write_synthetic(synth_run, rep / "synthetic", n, seed=seed, judge=judge, min_dice=min_dice)
     return rep / "synthetic"
 
 
@@ -100,7 +103,7 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
                             test: tuple[str, str] | None, out: str | Path, k: int = 2, repeats: int = 3, ratio: float = 0.5,
                             synthetic: int = 200, seg_sets: list[str] = (), synth_sets: list[str] = (),
                             reference: bool = False, label_config: str | Path | None = None,
-                            label_sets: list[str] = ()) -> dict:
+                            label_sets: list[str] = (), judge_dice: float | None = None) -> dict:
     """Run the experiment into ``out``; returns (and writes ``augmentation.json``) the report.
 
     ``train``/``test``: (images, labels) sources as in configs (folders or datalist JSONs; for one JSON
@@ -118,6 +121,8 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
                                     "(--test-images)")
     label_map = load_config(seg_config, list(seg_sets)).data.label_map
     on_the_fly = str(synth_config) == SYNTHSEG
+    if judge_dice is not None and (on_the_fly or not 0.0 <= judge_dice <= 1.0):
+        raise MedgenError(synth_config, "--judge-dice takes a Dice in [0, 1] and written pairs (not synthseg)")
     if label_config is not None:
         if on_the_fly or load_config(synth_config, list(synth_sets)).task != "label2image":
             raise MedgenError(synth_config, "a label-map synthesizer (--label-config) needs a label2image synthesizer "
@@ -130,10 +135,19 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         subset = str(_subset_datalist(pairs, chosen, rep / "train.json"))
         data = [f"data.images={subset}", f"data.labels={subset}", f"train.seed={r}"]
         seg = [*data, "data.val_images=null", "data.val_labels=null", *seg_sets]
+
+        def trained(arm: str, extra: list[str]) -> Path:
+            run = rep / f"segmenter_{arm}"
+            if not (run / CONFIG_FILE).exists():
+                train_run(seg_config, run, [*seg, *extra])
+            return run
+
+        real_run = trained("real", [])  # first: it judges the pairs with judge_dice
         if on_the_fly:
             synthetic_arm = [f"augment.synthseg.prob={ratio}", *synth_sets]
         else:
-            pairs_dir = _synthesize(synth_config, rep, data, synth_sets, synthetic, r, label_config, label_sets)
+            pairs_dir = _synthesize(synth_config, rep, data, synth_sets, synthetic, r, label_config, label_sets,
+                                    None if judge_dice is None else real_run, judge_dice or 0.0)
             synthetic_arm = [f"augment.synthetic.source={pairs_dir}", f"augment.synthetic.ratio={ratio}"]
         arms = {"real": [], "real_synthetic": synthetic_arm}
         if reference:
@@ -142,10 +156,10 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
         test_pairs = fixed_test or [pair for i, pair in enumerate(pairs) if i not in chosen]
         row = {"repeat": r, "cases": k}
         for arm, extra in arms.items():
-            run = rep / f"segmenter_{arm}"
-            if not (run / CONFIG_FILE).exists():
-                train_run(seg_config, run, [*seg, *extra])
-            row[f"dice_{arm}"] = float(np.mean(held_out_dice(run, test_pairs, label_map)))
+            row[f"dice_{arm}"] = float(np.mean(held_out_dice(trained(arm, extra), test_pairs, label_map)))
+        if judge_dice is not None:
+            judged = json.loads((pairs_dir / "dataset.json").read_text())["judge"]
+            row["judged"] = {"kept": judged["kept"], "drawn": judged["drawn"]}
         row["test_cases"] = [Path(image).name for image, _ in test_pairs]
         row["gain"] = row["dice_real_synthetic"] - row["dice_real"]
         if reference:
@@ -159,7 +173,8 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
               "tested_on": "the held-out set" if fixed_test else "the pool's cases not drawn",
               "training_pool": len(pairs),
               "segmenter_config": str(seg_config), "synthesizer_config": str(synth_config),
-              "label_config": None if label_config is None else str(label_config), "rows": rows,
+              "label_config": None if label_config is None else str(label_config), "judge_dice": judge_dice,
+              "rows": rows,
               "minutes": round((time.perf_counter() - t0) / 60, 1)}
     for key in ("dice_real", "dice_real_synthetic", "gain", "dice_real_all", "gain_real_all"):
         values = [row[key] for row in rows if key in row]
