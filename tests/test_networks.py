@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace as NS
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,8 @@ def test_joint_vae_bounds_the_posterior_log_variance():
     image, logits, mu, logvar = vae(torch.zeros(2, 2, 16, 16))
     assert float(logvar.max()) == LOGVAR_RANGE[1]
     assert torch.isfinite(logvar.exp()).all() and torch.isfinite(image).all() and torch.isfinite(logits).all()
+    kl = -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp())  # the training step's KL term
+    kl.backward()  # the clamp passes the gradient: the KL pulls the log-variance back below the bound
+    grad = vae.vae.logvar.bias.grad
+    assert grad is not None and bool((grad > 0).all())
+    assert grad[0].item() == pytest.approx(2 * 0.5 * (np.exp(LOGVAR_RANGE[1]) - 1), rel=1e-5)  # 2 samples
