@@ -552,8 +552,13 @@ def test_judged_pairs_read_the_labels_in_a_segmenter_runs_classes(phantom_dir, s
     from medgen.inference.segment import RunSegmenter
     from medgen.inference.synthesize import judge_agreement
 
+    from medgen.inference.synthesize import _judged_classes
+    from medgen.models.run import load_run
+
     images, labels, spacing, _ = sample_pairs(run, 2, seed=0)
-    expected = judge_agreement(RunSegmenter(segmenter_run, "cpu"), images, labels, spacing, {2: 1})
+    judge = RunSegmenter(segmenter_run, "cpu")
+    assert _judged_classes(judge, load_run(run, "synthesizer"), segmenter_run, None) == {2: 1}  # its liver class
+    expected = judge_agreement(judge, images, labels, spacing, {2: 1})
     assert [e["judge_dice"] for e in info["training"]] == pytest.approx(expected.tolist(), abs=1e-4)
     spleen = train(l2i, tmp_path / "spleen", tiny_label2image(phantom_dir, "{2: 1}"))
     capsys.readouterr()

@@ -52,12 +52,13 @@ def load_synthesizer(run_dir: str | Path, device: torch.device):
 
 
 @torch.inference_mode()
-def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto"):
-    """``n`` synthetic pairs: images in HU (CT) or MRI units, integer label maps, the voxel spacing, the config."""
+def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto", loaded: tuple | None = None):
+    """``n`` synthetic pairs: images in HU (CT) or MRI units, integer label maps, the voxel spacing, the config
+    (``loaded``: the run's :func:`load_synthesizer` triple and training volumes or None, for repeated draws)."""
     dev = resolve_device(device)
-    cfg, model, meta = load_synthesizer(run_dir, dev)
+    cfg, model, meta, volumes = loaded or (*load_synthesizer(run_dir, dev), None)
     if cfg.task == "label2image":
-        image, labels = rendered_pairs(model, cfg, n, seed, device)
+        image, labels = rendered_pairs(model, cfg, n, seed, device, volumes)
         image, labels = image[:, 0], labels.to(torch.uint8)
     else:
         image, labels = split_joint(sample_joint(model, cfg, n, seed, dev))
@@ -189,10 +190,13 @@ def judged_pairs(run_dir: str | Path, n: int, seed: int, device: str, judge: str
     if not 0.0 <= min_dice <= 1.0:
         raise MedgenError(judge, f"the minimum Dice must be in [0, 1], not {min_dice}")
     seg = load_segmenter(judge, device)
+    cfg, model, meta = load_synthesizer(run_dir, resolve_device(device))  # loaded once for every draw
+    classes = _judged_classes(seg, cfg, judge, judge_class)
+    loaded = (cfg, model, meta, config_volumes(cfg)
+              if cfg.task == "label2image" and (cfg.class_means or not cfg.labels) else None)
     kept, drawn = [], 0
     for r in range(rounds):
-        images, labels, spacing, cfg = sample_pairs(run_dir, n, seed + r, device)
-        classes = _judged_classes(seg, cfg, judge, judge_class)
+        images, labels, spacing, _ = sample_pairs(run_dir, n, seed + r, device, loaded)
         dice = judge_agreement(seg, images, labels, spacing, classes)
         drawn += len(dice)
         kept += [(images[i], labels[i], dice[i]) for i in np.flatnonzero(dice >= min_dice)]
