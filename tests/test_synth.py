@@ -107,11 +107,39 @@ def test_posterior_sampling_decodes_around_the_training_patches(vae_run):
     assert torch.equal(warm, sample_joint(model, cfg, 3, 7, "cpu"))  # seeded
 
 
-def test_sampling_must_be_prior_or_posterior():
+def test_mixture_sampling_draws_from_a_mixture_of_the_training_encodings(vae_run):
+    from medgen.inference.synthesize import MIXTURE_PATCHES, latent_mixture, sample_joint, training_patches
+    from medgen.inference.synthesize import load_synthesizer
+    from medgen.models.synth import joint_tensor, n_foreground
+
+    cfg, model, _ = load_synthesizer(vae_run, torch.device("cpu"))
+    cfg.model.sampling, cfg.model.mixture_components = "mixture", 1
+    patches = training_patches(cfg, cfg.train.seed)  # the draw the mixture is fitted on
+    x = joint_tensor({k: torch.stack([patches[i][k] for i in range(MIXTURE_PATCHES)]) for k in (Keys.IMAGE, Keys.LABEL)},
+                     n_foreground(cfg), "cpu")
+    with torch.no_grad():
+        mu = model.encode(x)[0].double().numpy()
+    one = latent_mixture(model, cfg, "cpu")  # one component: the encodings' mean and covariance
+    np.testing.assert_allclose(one.means_[0], mu.mean(0), atol=1e-6)
+    np.testing.assert_allclose(one.covariances_[0], np.cov(mu.T, bias=True) + 1e-4 * np.eye(mu.shape[1]), atol=1e-6)
+    cfg.model.mixture_components, cfg.model.temperature = 3, 0.0  # every latent at one of the 3 means
+    cold = sample_joint(model, cfg, 6, 0, "cpu")
+    with torch.no_grad():
+        centres = model.sample(torch.from_numpy(latent_mixture(model, cfg, "cpu").means_).float()).float()
+    assert all(min(float((c - m).abs().max()) for m in centres) < 1e-4 for c in cold)
+    cfg.model.temperature = 1.0
+    warm = sample_joint(model, cfg, 6, 0, "cpu")
+    assert torch.equal(warm, sample_joint(model, cfg, 6, 0, "cpu"))  # seeded
+    assert not torch.allclose(warm, sample_joint(model, cfg, 6, 1, "cpu")) and not torch.allclose(warm[0], warm[1])
+
+
+def test_sampling_must_be_prior_posterior_or_mixture():
     from medgen.models.registry import load_config
 
-    with pytest.raises(MedgenError, match="sampling.*must be prior or posterior, not 'mean'"):
+    with pytest.raises(MedgenError, match="sampling.*must be prior, posterior or mixture, not 'mean'"):
         load_config(ROOT / "configs" / "vae_2d.yaml", ["model.sampling=mean"])
+    with pytest.raises(MedgenError, match="mixture_components.*must be at least 1, not 0"):
+        load_config(ROOT / "configs" / "vae_2d.yaml", ["model.mixture_components=0"])
 
 
 def test_mixed_samples_ratio():

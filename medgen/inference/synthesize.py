@@ -70,29 +70,59 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
     return image.numpy(), labels.numpy(), spacing, cfg
 
 
+MIXTURE_PATCHES = 2000  # training patches encoded to fit ``model.sampling: mixture`` (drawn with train.seed)
+
+
 @torch.inference_mode()
 def sample_joint(model: torch.nn.Module, cfg, n: int, seed: int, device: torch.device) -> torch.Tensor:
     """``n`` raw samples ``(n, 1 + K, ...)`` of a VAE/GAN sampling network, float32 on the CPU: latents from
     ``N(0, cfg.model.temperature^2)`` (a CPU generator seeded with ``seed``), 32 a pass; a VAE with
-    ``model.sampling: posterior`` draws them around the encodings of ``n`` training patches instead."""
+    ``model.sampling: posterior`` draws them around the encodings of ``n`` training patches instead, and with
+    ``mixture`` from a Gaussian mixture fitted to the encodings of the training patches."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     z = cfg.model.temperature * torch.randn(n, model.latent_size, generator=gen)
-    if getattr(cfg.model, "sampling", "prior") == "posterior":  # a VAE: around encoded training patches
-        z = _posterior_latents(model, cfg, z, seed, device)
+    sampling = getattr(cfg.model, "sampling", "prior")
+    if sampling == "posterior":  # a VAE: around encoded training patches
+        mu, logvar = _encoded(model, cfg, training_patches(cfg, seed), n, device)
+        z = mu + torch.exp(0.5 * logvar) * z
+    elif sampling == "mixture":
+        z = _mixture_latents(model, cfg, n, seed, device)
     return torch.cat([model.sample(chunk.to(device)).float().cpu() for chunk in z.split(32)])
 
 
-def _posterior_latents(model: torch.nn.Module, cfg, noise: torch.Tensor, seed: int,
-                       device: torch.device) -> torch.Tensor:
-    """``mu + sigma * noise`` of ``len(noise)`` training patches (drawn with ``seed`` as training draws them)."""
-    patches, out = training_patches(cfg, seed), []
-    for index, chunk in zip(torch.arange(len(noise)).split(32), noise.split(32)):
+@torch.inference_mode()
+def _encoded(model: torch.nn.Module, cfg, patches, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, logvar)`` (float32, CPU) of a VAE's posteriors of the first ``n`` of ``patches``, 32 a pass."""
+    mus, logvars = [], []
+    for index in torch.arange(n).split(32):
         batch = [patches[int(i)] for i in index]
         x = joint_tensor({key: torch.stack([b[key] for b in batch]) for key in (Keys.IMAGE, Keys.LABEL)},
                          n_foreground(cfg), device)
         mu, logvar = model.encode(x)
-        out.append(mu.float().cpu() + torch.exp(0.5 * logvar.float()).cpu() * chunk)
-    return torch.cat(out)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def latent_mixture(model: torch.nn.Module, cfg, device: torch.device):
+    """A full-covariance Gaussian mixture (scikit-learn, ``model.mixture_components``) fitted to the posterior
+    means of ``MIXTURE_PATCHES`` training patches, drawn with ``train.seed``: the same mixture for every draw."""
+    from sklearn.mixture import GaussianMixture
+
+    mu, _ = _encoded(model, cfg, training_patches(cfg, cfg.train.seed), MIXTURE_PATCHES, device)
+    return GaussianMixture(cfg.model.mixture_components, covariance_type="full", reg_covar=1e-4,
+                           random_state=0).fit(mu.double().numpy())
+
+
+def _mixture_latents(model: torch.nn.Module, cfg, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``n`` latents of :func:`latent_mixture`: a component by its weight, then its mean + T x its spread."""
+    gmm = latent_mixture(model, cfg, device)
+    rng = np.random.default_rng(seed)
+    comp = rng.choice(len(gmm.weights_), size=n, p=gmm.weights_ / gmm.weights_.sum())
+    chol = np.linalg.cholesky(gmm.covariances_)[comp]
+    noise = rng.standard_normal((n, gmm.means_.shape[1]))
+    z = gmm.means_[comp] + cfg.model.temperature * np.einsum("nij,nj->ni", chol, noise)
+    return torch.from_numpy(z).float()
 
 
 def training_patches(cfg, seed: int, volumes: list | None = None):

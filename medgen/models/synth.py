@@ -30,12 +30,17 @@ class VAEModelConfig:
     # data (fewer stray fragments), as in Glow and NVAE; MS-SSIM diversity is reported beside plausibility
     temperature: float = 1.0
     # prior: latents from N(0, T^2), new anatomy; posterior: each sample encodes one of the training slices (drawn
-    # as training drew them) and decodes mu + T * sigma * noise, a variation of that real anatomy
+    # as training drew them) and decodes mu + T * sigma * noise, a variation of that real anatomy; mixture: latents
+    # from a Gaussian mixture fitted to the training patches' encodings (ex-post density estimation, Ghosh et al.
+    # 2020), each component's spread times T: new anatomy where the data lies, not in the prior's holes
     sampling: str = "prior"
+    mixture_components: int = 10  # components of the mixture (full covariance)
 
     def __post_init__(self) -> None:
-        if self.sampling not in ("prior", "posterior"):
-            raise ValueError("sampling", f"must be prior or posterior, not {self.sampling!r}")
+        if self.sampling not in ("prior", "posterior", "mixture"):
+            raise ValueError("sampling", f"must be prior, posterior or mixture, not {self.sampling!r}")
+        if self.mixture_components < 1:
+            raise ValueError("mixture_components", f"must be at least 1, not {self.mixture_components}")
 
 
 @dataclass
