@@ -70,3 +70,35 @@ def test_joint_vae_bounds_the_posterior_log_variance():
     grad = vae.vae.logvar.bias.grad
     assert grad is not None and bool((grad > 0).all())
     assert grad[0].item() == pytest.approx(2 * 0.5 * (np.exp(LOGVAR_RANGE[1]) - 1), rel=1e-5)  # 2 samples
+
+
+class Fixed(torch.nn.Module):
+    """A network that returns one fixed output whatever its input."""
+
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out
+
+
+def test_categorical_joint_generator_gives_one_class_per_voxel():
+    from medgen.models.synth import split_joint
+    from medgen.networks.synth import JointGenerator
+
+    g = JointGenerator((3, 16, 16), latent_size=4, channels=(8, 4))
+    out = torch.zeros(3, 3, 1, 1)  # the network's raw output: image 0.5, class logits per voxel (background 0)
+    out[:, 0] = 0.5
+    out[0, 1:] = torch.tensor([2.0, 1.0]).view(2, 1, 1)  # class 1 wins
+    out[1, 1:] = torch.tensor([-1.0, -3.0]).view(2, 1, 1)  # background wins
+    out[2, 1:] = torch.tensor([0.5, 3.0]).view(2, 1, 1)  # both above background: class 2 wins
+    g.net = Fixed(out)
+    probs = (g(torch.zeros(3, 4))[:, 1:, 0, 0] + 1) / 2  # what the discriminator sees: softmax with background
+    e = np.exp([[0.0, 2.0, 1.0], [0.0, -1.0, -3.0], [0.0, 0.5, 3.0]])
+    np.testing.assert_allclose(probs.numpy(), (e / e.sum(1, keepdims=True))[:, 1:], rtol=1e-6)
+    sample = g.sample(torch.zeros(3, 4))
+    np.testing.assert_allclose(sample[:, 0, 0, 0].numpy(), np.tanh(0.5), rtol=1e-6)
+    assert split_joint(sample)[1][:, 0, 0].tolist() == [1, 0, 2]  # the softmax's argmax
+    g.categorical = False  # independent channels: a tanh each, both classes > 0 in the last voxel
+    assert (g.sample(torch.zeros(3, 4))[2, 1:] > 0).all()

@@ -140,6 +140,8 @@ def test_sampling_must_be_prior_posterior_or_mixture():
         load_config(ROOT / "configs" / "vae_2d.yaml", ["model.sampling=mean"])
     with pytest.raises(MedgenError, match="mixture_components.*must be at least 1, not 0"):
         load_config(ROOT / "configs" / "vae_2d.yaml", ["model.mixture_components=0"])
+    with pytest.raises(MedgenError, match="label_output.*must be categorical or independent, not 'soft'"):
+        load_config(ROOT / "configs" / "gan_2d.yaml", ["model.label_output=soft"])
 
 
 def test_mixed_samples_ratio():

@@ -173,8 +173,8 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     else:
         fake = sample_joint(model, cfg, n, seed, dev)
         fake_image, fake_labels = fake[:, :1], split_joint(fake)[1].numpy()
-        # independent label channels can claim one voxel twice; a categorical VAE's softmax cannot (its map is the argmax)
-        categorical = cfg.task == "vae" and cfg.loss.label_loss == "categorical"
+        # independent label channels can claim one voxel twice; a categorical softmax cannot (its map is the argmax)
+        categorical = (cfg.loss.label_loss if cfg.task == "vae" else cfg.model.label_output) == "categorical"
         channels = None if categorical else fake[:, 1:].numpy()
     real, real_labels = real_samples(cfg, n, seed + 1, volumes)
     other = real_samples(cfg, n, seed + 3, volumes)[0][:, :1]  # a second real draw: the real-vs-real yardstick

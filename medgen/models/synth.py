@@ -83,6 +83,13 @@ class GANModelConfig:
     spectral_norm: bool = True  # spectral normalisation of every discriminator layer
     ema_decay: float = 0.999  # EMA of generator weights (sampling uses it)
     temperature: float = 1.0  # latents drawn from N(0, temperature^2) when sampling (the VAE's key)
+    # categorical: one class per voxel (a softmax with a background logit 0); independent: a tanh per class (label
+    # channels can overlap; runs trained before this key)
+    label_output: str = "independent"
+
+    def __post_init__(self) -> None:
+        if self.label_output not in ("categorical", "independent"):
+            raise ValueError("label_output", f"must be categorical or independent, not {self.label_output!r}")
 
 
 @dataclass
@@ -154,7 +161,7 @@ def build_model(cfg: VAEConfig | GANConfig) -> torch.nn.Module:
     if cfg.task == "vae":
         m = cfg.model
         return JointVAE(cfg.spatial_dims, shape, m.latent_size, m.channels, [2] * len(m.channels), m.num_res_units)
-    return JointGenerator(shape, cfg.model.latent_size, cfg.model.channels)
+    return JointGenerator(shape, cfg.model.latent_size, cfg.model.channels, cfg.model.label_output == "categorical")
 
 
 def synth_artifact(spacings: Sequence[Sequence[float]], mri_scales: Sequence[Sequence[float]]) -> dict:

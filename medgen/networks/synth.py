@@ -62,11 +62,21 @@ class JointVAE(nn.Module):
 
 
 class JointGenerator(nn.Module):
-    """Latent vector -> ``1 + K`` channels in [-1, 1] (MONAI ``Generator`` then tanh)."""
+    """Latent vector -> ``1 + K`` channels in [-1, 1] (MONAI ``Generator``): the image as a tanh, and the labels
+    either ``categorical`` (one class per voxel: a softmax over a background logit fixed at 0 and the K class
+    logits; training shows the discriminator ``2 p - 1`` of each class's probability, against real one-hot maps
+    in {-1, 1}; sampling gives ``tanh(logit / 2)``, whose largest positive channel is the softmax's argmax, as the
+    VAE's) or independent (a tanh per class: channels that can claim one voxel twice).
 
-    def __init__(self, out_shape: Sequence[int], latent_size: int, channels: Sequence[int]):
+    >>> g = JointGenerator((3, 16, 16), latent_size=4, channels=(8, 4))
+    >>> p = (g(torch.zeros(2, 4))[:, 1:] + 1) / 2  # the class probabilities: at most 1 in all
+    >>> bool((p.sum(1) <= 1 + 1e-6).all())
+    True
+    """
+
+    def __init__(self, out_shape: Sequence[int], latent_size: int, channels: Sequence[int], categorical: bool = True):
         super().__init__()
-        self.latent_size = latent_size
+        self.latent_size, self.categorical = latent_size, categorical
         up = len(channels)
         start = [int(s) // 2**up for s in out_shape[1:]]
         if any(s < 1 or s * 2**up != int(n) for s, n in zip(start, out_shape[1:])):
@@ -75,10 +85,17 @@ class JointGenerator(nn.Module):
                              num_res_units=1, norm="BATCH")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(z))
+        out = self.net(z)
+        if not self.categorical:
+            return torch.tanh(out)
+        logits = torch.cat([torch.zeros_like(out[:, :1]), out[:, 1:]], dim=1)  # background logit 0
+        return torch.cat([torch.tanh(out[:, :1]), 2 * logits.float().softmax(1)[:, 1:].to(out.dtype) - 1], dim=1)
 
     def sample(self, z: torch.Tensor) -> torch.Tensor:
-        return self(z)
+        if not self.categorical:
+            return self(z)
+        out = self.net(z)
+        return torch.cat([torch.tanh(out[:, :1]), torch.tanh(out[:, 1:] / 2)], dim=1)
 
 
 def build_discriminator(in_shape: Sequence[int], channels: Sequence[int], spectral: bool = True) -> nn.Module:
