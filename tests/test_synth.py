@@ -11,7 +11,7 @@ import torch
 from medgen.cli import main
 from medgen.data.synthetic import MixedSamples
 from medgen.engines.train import train
-from medgen.evaluation.synthesis import kid, label_stats, ms_ssim_diversity
+from medgen.evaluation.synthesis import display_window, kid, label_stats, ms_ssim_diversity
 from medgen.inference.synthesize import sample_pairs
 from medgen.errors import MedgenError
 from medgen.io import hu_int16
@@ -303,6 +303,30 @@ def test_label2image_renders_real_and_synthetic_label_maps(phantom_dir, vae_run,
     assert report["label_maps"] == "training label maps" and report["organs"]["overlap_fraction"] == 0.0
     assert report["fid_real_vs_real"] >= 0 and np.isfinite(report["kid_real_vs_real"])
     assert "real vs real" in capsys.readouterr().out
+
+
+def test_label2image_renders_mri_in_its_training_intensities(phantom_dir, tmp_path):
+    """A label -> MRI generator (``data.modality: mri``): trained on MRIs, its pairs are written as float MRI
+    volumes in the training MRIs' intensity range (the median robust range of ``synth.json``), not in HU."""
+    from medgen.models.synth import read_synth
+
+    sets = [s for s in tiny_label2image(phantom_dir, "{1: 1, 2: 2}") if not s.startswith("data.images=")]
+    run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i_mri",
+                sets + [f"data.images={phantom_dir / 'mri'}", "data.modality=mri"])
+    lo, hi = read_synth(run)["mri_scale"]
+    assert 0 <= lo < hi  # phantom MRIs: non-negative intensities
+    assert main(["synth", str(run), str(tmp_path / "pairs"), "--n", "3"]) == 0
+    info = json.loads((tmp_path / "pairs" / "dataset.json").read_text())
+    assert info["modality"] == "mri" and info["label_map"] == {"1": 1, "2": 2}
+    img = nib.load(tmp_path / "pairs" / info["training"][0]["image"])
+    data = np.asarray(img.dataobj)
+    assert data.dtype == np.float32 and data.shape == (32, 32, 1)
+    assert lo - 1e-3 <= data.min() and data.max() <= hi + 1e-3 and data.max() > data.min()
+    np.testing.assert_allclose(img.header.get_zooms()[:2], read_synth(run)["spacing"][:2])
+    images, _, _, cfg = sample_pairs(run, 4, seed=0)
+    vmin, vmax = display_window(images, cfg)  # samples.png shows MRIs in their own range, not a CT window
+    assert lo - 1e-3 <= vmin < vmax <= hi + 1e-3
+    assert (vmin, vmax) == tuple(np.percentile(images, cfg.preprocess.mri_percentiles))
 
 
 def test_label2image_body_classes_are_inputs_not_written_labels(phantom_dir, vae_run, tmp_path):

@@ -28,7 +28,7 @@ from medgen.data.patches import labelled_patches
 from medgen.data.volumes import config_volumes
 from medgen.inference.synthesize import load_synthesizer, rendered_pairs, sample_joint, sample_pairs
 from medgen.io import atomic_write
-from medgen.keys import Keys
+from medgen.keys import Keys, Modality
 from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
 from medgen.models.synth import joint_tensor, n_foreground, split_joint
@@ -201,6 +201,14 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     return report
 
 
+def display_window(images: np.ndarray, cfg) -> tuple[float, float]:
+    """Grey-level range to show samples in: a CT's window (HU); for an MRI (MRI units) its samples' robust range."""
+    if cfg.data.modality == Modality.CT:
+        return tuple(map(float, cfg.preprocess.ct_window))
+    lo, hi = np.percentile(images, cfg.preprocess.mri_percentiles)
+    return float(lo), float(hi)
+
+
 def write_synthesis_report(report: dict, out: str | Path, synth_run: str | Path, n_show: int = 8) -> Path:
     """``OUT/synthesis.json`` and ``OUT/samples.png`` (synthetic samples with their label contours)."""
     import matplotlib
@@ -211,11 +219,12 @@ def write_synthesis_report(report: dict, out: str | Path, synth_run: str | Path,
     out = Path(out)
     atomic_write(out / "synthesis.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     images, labels, _, cfg = sample_pairs(synth_run, n_show, seed=123)
+    vmin, vmax = display_window(images, cfg)
     fig, axes = plt.subplots(1, n_show, figsize=(2 * n_show, 2.2))
     for ax, image, label in zip(np.atleast_1d(axes), images, labels):
         if image.ndim == 3:
             image, label = image[..., image.shape[-1] // 2], label[..., label.shape[-1] // 2]
-        ax.imshow(image.T[::-1], cmap="gray", vmin=cfg.preprocess.ct_window[0], vmax=cfg.preprocess.ct_window[1])
+        ax.imshow(image.T[::-1], cmap="gray", vmin=vmin, vmax=vmax)
         if label.any():
             ax.contour(label.T[::-1] > 0, levels=[0.5], colors="red", linewidths=0.8)
         ax.axis("off")
