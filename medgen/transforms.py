@@ -63,11 +63,17 @@ def n4_bias_correction(array: np.ndarray, shrink: int = 4, iterations: Sequence[
     """Divide out a smooth multiplicative bias field estimated by N4 (SimpleITK) on a shrunken copy.
 
     The body mask is an Otsu threshold; the field is fitted at ``1/shrink`` resolution (under a second for
-    a 256^2 x 100 volume) and evaluated at full resolution. Returns float32 with the input's shape.
+    a 256^2 x 100 volume) and evaluated at full resolution. Returns float32 with the input's shape. One-voxel
+    axes (a single slice) are left out of the fit, so a one-slice volume is corrected as the 2D image it is.
     """
     import SimpleITK as sitk
 
     data = np.asarray(array, np.float32)
+    axes = [n for n in data.shape if n > 1]  # N4's B-spline lattice cannot span a one-voxel axis (one slice)
+    if len(axes) < 2:
+        return data
+    if len(axes) < data.ndim:
+        return n4_bias_correction(data.reshape(axes), shrink, iterations).reshape(data.shape)
     shift = float(min(data.min(), 0.0))  # N4 needs positive intensities
     image = sitk.GetImageFromArray(data - shift + 1.0)
     mask = sitk.OtsuThreshold(image, 0, 1, 200)
