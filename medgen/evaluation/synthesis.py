@@ -33,7 +33,7 @@ from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
 from medgen.models.synth import joint_tensor, n_foreground, split_joint
 from medgen.runtime import resolve_device
-from medgen.transforms import ct_to_unit, unit_to_ct
+from medgen.transforms import ct_to_unit, mri_range, unit_to_ct
 
 
 def real_samples(cfg, n: int, seed: int, volumes: list | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -205,8 +205,7 @@ def display_window(images: np.ndarray, cfg) -> tuple[float, float]:
     """Grey-level range to show samples in: a CT's window (HU); for an MRI (MRI units) its samples' robust range."""
     if cfg.data.modality == Modality.CT:
         return tuple(map(float, cfg.preprocess.ct_window))
-    lo, hi = np.percentile(images, cfg.preprocess.mri_percentiles)
-    return float(lo), float(hi)
+    return mri_range(images, cfg.preprocess.mri_percentiles)
 
 
 def write_synthesis_report(report: dict, out: str | Path, synth_run: str | Path, n_show: int = 8) -> Path:
