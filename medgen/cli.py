@@ -161,7 +161,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"{report['kid_real_vs_real']:.4f}), MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} "
               f"(real {report['ms_ssim_real']:.3f}); class 1 plausible in {c1.get('plausible_fraction', 0):.0%} "
               f"of samples, every organ in {report['organs']['plausible_fraction']:.0%} (real samples "
-              f"{report['organs']['real_plausible_fraction']:.0%}) -> {path}")
+              f"{report['organs']['real_plausible_fraction']:.0%}"
+              + (f"; before keep_largest {report['organs']['raw_plausible_fraction']:.0%}"
+                 if "raw_plausible_fraction" in report["organs"] else "") + f") -> {path}")
     else:
         report = augmentation.augmentation_experiment(
             args.segmenter_config, args.synth_config, (args.train_images, args.train_labels or args.train_images),

@@ -21,6 +21,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 from scipy import ndimage
 
 from medgen.io import case_name, load_image
+from medgen.transforms import largest_component
 
 SYNTHRAD_RANGE = (-1024.0, 3000.0)
 
@@ -32,10 +33,7 @@ def body_mask(ct_hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
     32
     """
     mask = np.asarray(ct_hu) > threshold
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum_labels(mask, labels, range(1, n + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
+    mask = largest_component(mask)
     for z in range(mask.shape[-1]):
         mask[..., z] = ndimage.binary_fill_holes(mask[..., z])
     return mask

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform
+from scipy import ndimage
 
 from medgen.io import ImageRef
 from medgen.keys import Keys, Modality
@@ -106,6 +107,37 @@ def identity_baseline(mri: np.ndarray, ct_range: Sequence[float], percentiles: S
     corrected, (lo, hi) = mri_preset(np.asarray(mri, np.float32), percentiles, bias_correction)
     scaled = (corrected - lo) / (hi - lo) * (ct_range[1] - ct_range[0]) + ct_range[0]
     return scaled.astype(np.float32)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a boolean mask (``scipy.ndimage.label``'s default structure); the
+    mask itself when it has one component or none.
+
+    >>> m = np.zeros((5, 5), bool); m[:2, :2] = True; m[4, 4] = True; m[2, 2] = True  # (2, 2) touches only a corner
+    >>> int(largest_component(m).sum()), bool(largest_component(m)[4, 4])
+    (4, False)
+    """
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return np.asarray(mask, bool)
+    return labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+
+
+def keep_largest_components(maps: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Integer label maps ``(n, ...)`` with each of ``classes`` reduced to its largest component in each map; the
+    voxels of its other components become background (0). MONAI's ``KeepLargestConnectedComponent`` does this with
+    scikit-image, not a dependency here.
+
+    >>> maps = np.array([[[1, 0, 1], [2, 2, 0]]])
+    >>> keep_largest_components(maps, [1, 2]).tolist()
+    [[[1, 0, 0], [2, 2, 0]]]
+    """
+    out = np.array(maps, copy=True)
+    for sample in out:
+        for cls in classes:
+            mask = sample == cls
+            sample[mask & ~largest_component(mask)] = 0
+    return out
 
 
 def mri_to_unit(x, lo: float, hi: float):

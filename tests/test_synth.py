@@ -392,6 +392,42 @@ def test_evaluate_synthesis_cli(vae_run, segmenter_run, tmp_path):
     assert (out / "samples.png").stat().st_size > 1000
 
 
+def test_keep_largest_leaves_each_class_one_component_in_the_maps_only(vae_run, segmenter_run, tmp_path, capsys):
+    import shutil
+
+    import yaml
+    from scipy import ndimage
+
+    run = shutil.copytree(vae_run, tmp_path / "clean")  # the same weights, sampled with keep_largest
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["keep_largest"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    raw_image, raw, _, _ = sample_pairs(vae_run, 16, seed=3)
+    image, clean, _, _ = sample_pairs(run, 16, seed=3)
+    components = [ndimage.label(m == 1)[1] for m in raw]  # the 4-iteration VAE's maps are fragmented
+    assert max(components) > 1
+    assert [ndimage.label(m == 1)[1] for m in clean] == [min(c, 1) for c in components]
+    assert np.array_equal(image, raw_image)  # the image keeps the removed fragments
+    assert np.all((clean == raw) | (clean == 0))  # only voxels of the other components changed, to background
+    for m, r in zip(clean, raw):  # what stays is the largest component of the raw map
+        if (r == 1).any():
+            comp, _ = ndimage.label(r == 1)
+            assert (m == 1).sum() == np.bincount(comp.ravel())[1:].max()
+    reports = {}
+    for name, r in (("raw", vae_run), ("clean", run)):
+        assert main(["evaluate", "synthesis", "--run", str(r), "--features", str(segmenter_run), "--n", "12",
+                     "--out", str(tmp_path / name)]) == 0
+        reports[name] = json.loads((tmp_path / name / "synthesis.json").read_text())
+    assert "before keep_largest" in capsys.readouterr().out
+    assert reports["clean"]["keep_largest"] is True and reports["raw"]["keep_largest"] is False
+    evaluated = sample_pairs(run, 12, seed=0)[1]  # the maps evaluate synthesis scored (its seed 0)
+    # every map with the liver has it in one piece
+    assert reports["clean"]["class_1"]["single_component_fraction"] == np.mean([(m == 1).any() for m in evaluated])
+    # the network's own maps, scored in the same report: what the run without keep_largest scores
+    assert reports["clean"]["organs"]["raw_plausible_fraction"] == reports["raw"]["organs"]["plausible_fraction"]
+    assert "raw_plausible_fraction" not in reports["raw"]["organs"]
+
+
 def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
     ds = phantom_dir / "dataset.json"
     seg_sets = ["augment.translator=null", "data.patch_size=[32, 32]", "preprocess.spacing=null", "network.channels=[4, 8]",

@@ -23,6 +23,7 @@ from monai.networks.layers import GaussianFilter
 from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage as ndi
 
+from medgen.transforms import largest_component
 
 CONTRASTS = ("random", "prior")
 
@@ -60,11 +61,7 @@ def body_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     mask = data > lo + fraction * (hi - lo)
     mask = ndi.binary_closing(mask, np.ones((5, 5, 1), bool), iterations=2, border_value=0) | mask
     mask = np.stack([ndi.binary_fill_holes(mask[..., z]) for z in range(mask.shape[-1])], axis=-1)
-    components, n = ndi.label(mask)
-    if n > 1:
-        sizes = ndi.sum(mask, components, range(1, n + 1))
-        mask = components == 1 + int(np.argmax(sizes))
-    return mask
+    return largest_component(mask)
 
 
 def inner_detail(image: torch.Tensor, labels: torch.Tensor, sigma: float = 2.0, margin: int = 2) -> torch.Tensor:

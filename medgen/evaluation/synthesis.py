@@ -26,7 +26,7 @@ from scipy import ndimage, stats
 
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import config_volumes
-from medgen.inference.synthesize import load_synthesizer, rendered_pairs, sample_joint, sample_pairs
+from medgen.inference.synthesize import joint_maps, load_synthesizer, rendered_pairs, sample_joint, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys, Modality
 from medgen.models.run import load_run, load_weights
@@ -172,7 +172,7 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
         fake_labels, channels = fake_labels.numpy(), None
     else:
         fake = sample_joint(model, cfg, n, seed, dev)
-        fake_image, fake_labels = fake[:, :1], split_joint(fake)[1].numpy()
+        fake_image, fake_labels = fake[:, :1], joint_maps(fake, cfg).numpy()
         # independent label channels can claim one voxel twice; a categorical softmax cannot (its map is the argmax)
         categorical = (cfg.loss.label_loss if cfg.task == "vae" else cfg.model.label_output) == "categorical"
         channels = None if categorical else fake[:, 1:].numpy()
@@ -192,12 +192,16 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
                                                               else "the synthesizer's own")}
     if cfg.task != "label2image":
         report["temperature"] = cfg.model.temperature
+        report["keep_largest"] = cfg.model.keep_largest
     classes = sorted(set(cfg.data.label_map.values()))
     for cls in classes:
         report[f"class_{cls}"] = label_plausibility(real_labels, fake_labels, voxel, cls)
     report["organs"] = organs_plausibility(real_labels, fake_labels, voxel, classes, channels)
     report["organs"]["real_plausible_fraction"] = organs_plausibility(  # the yardstick: real maps by the same rule
         real_labels, real_labels, voxel, classes)["plausible_fraction"]
+    if report.get("keep_largest"):  # the network's maps before the clean-up, by the same rule
+        report["organs"]["raw_plausible_fraction"] = organs_plausibility(
+            real_labels, split_joint(fake)[1].numpy(), voxel, classes, channels)["plausible_fraction"]
     return report
 
 

@@ -40,7 +40,7 @@ from medgen.keys import Modality
 from medgen.models.run import CONFIG_FILE, load_averages, load_run, load_weights
 from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, weights_name
 from medgen.runtime import resolve_device
-from medgen.transforms import Preprocessor
+from medgen.transforms import Preprocessor, largest_component
 
 
 class Segmenter(Protocol):
@@ -64,11 +64,8 @@ def postprocess(prob: np.ndarray, options: PostprocessConfig | None = None) -> n
     """
     opts = options or PostprocessConfig()
     mask = np.asarray(prob) > opts.threshold
-    if opts.largest_component and mask.any():
-        labels, n = ndimage.label(mask)
-        if n > 1:
-            sizes = ndimage.sum_labels(mask, labels, range(1, n + 1))
-            mask = labels == int(np.argmax(sizes)) + 1
+    if opts.largest_component:
+        mask = largest_component(mask)
     if opts.fill_holes and mask.any():
         mask = ndimage.binary_fill_holes(mask)
         for z in range(mask.shape[-1]):

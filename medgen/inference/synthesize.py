@@ -32,7 +32,7 @@ from medgen.models.label2image import (class_mean_image, n_label_channels, one_h
 from medgen.models.run import EMA_SUFFIX, load_averages, load_run, load_weights
 from medgen.models.synth import build_model, joint_tensor, n_foreground, read_synth, split_joint
 from medgen.runtime import resolve_device
-from medgen.transforms import unit_to_ct, unit_to_mri
+from medgen.transforms import keep_largest_components, unit_to_ct, unit_to_mri
 
 
 def load_synthesizer(run_dir: str | Path, device: torch.device):
@@ -61,13 +61,23 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
         image, labels = rendered_pairs(model, cfg, n, seed, device, volumes)
         image, labels = image[:, 0], labels.to(torch.uint8)
     else:
-        image, labels = split_joint(sample_joint(model, cfg, n, seed, dev))
+        samples = sample_joint(model, cfg, n, seed, dev)
+        image, labels = samples[:, 0], joint_maps(samples, cfg)
     if cfg.data.modality == Modality.CT:
         image = unit_to_ct(image, cfg.preprocess.ct_window)
     else:
         image = unit_to_mri(image, *(meta.get("mri_scale") or (0.0, 1.0)))
     spacing = meta.get("spacing") or [1.0, 1.0, 1.0]
     return image.numpy(), labels.numpy(), spacing, cfg
+
+
+def joint_maps(samples: torch.Tensor, cfg) -> torch.Tensor:
+    """The integer label maps ``(n, ...)`` of VAE/GAN samples (:func:`split_joint`); with ``model.keep_largest``
+    each class reduced to its largest component in each map."""
+    labels = split_joint(samples)[1]
+    if not cfg.model.keep_largest:
+        return labels
+    return torch.from_numpy(keep_largest_components(labels.numpy(), range(1, n_foreground(cfg) + 1)))
 
 
 MIXTURE_PATCHES = 2000  # training patches encoded to fit ``model.sampling: mixture`` (drawn with train.seed)

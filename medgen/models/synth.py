@@ -35,6 +35,9 @@ class VAEModelConfig:
     # 2020), each component's spread times T: new anatomy where the data lies, not in the prior's holes
     sampling: str = "prior"
     mixture_components: int = 10  # components of the mixture (full covariance)
+    # sampled label maps keep each class's largest face-connected component (the plausibility rule's connectivity);
+    # the voxels of its other components become background, in the map only (a VAE/GAN image keeps them)
+    keep_largest: bool = False
 
     def __post_init__(self) -> None:
         if self.sampling not in ("prior", "posterior", "mixture"):
@@ -86,6 +89,7 @@ class GANModelConfig:
     # categorical: one class per voxel (a softmax with a background logit 0); independent: a tanh per class (label
     # channels can overlap; runs trained before this key)
     label_output: str = "independent"
+    keep_largest: bool = False  # as the VAE's: sampled maps keep each class's largest component
 
     def __post_init__(self) -> None:
         if self.label_output not in ("categorical", "independent"):
