@@ -426,6 +426,11 @@ def test_keep_largest_leaves_each_class_one_component_in_the_maps_only(vae_run, 
     # the network's own maps, scored in the same report: what the run without keep_largest scores
     assert reports["clean"]["organs"]["raw_plausible_fraction"] == reports["raw"]["organs"]["plausible_fraction"]
     assert "raw_plausible_fraction" not in reports["raw"]["organs"]
+    removed = reports["clean"]["organs"]["removed"]  # every liver component but the largest, in the same 12 maps
+    raw_evaluated = sample_pairs(vae_run, 12, seed=0)[1]
+    assert removed["components"] == sum(max(ndimage.label(m == 1)[1] - 1, 0) for m in raw_evaluated) > 0
+    assert removed["foreground_fraction"] == pytest.approx((raw_evaluated != evaluated).sum() / (raw_evaluated > 0).sum())
+    assert "removed" not in reports["raw"]["organs"]
 
 
 def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):

@@ -26,7 +26,7 @@ from scipy import ndimage, stats
 
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import config_volumes
-from medgen.inference.synthesize import joint_maps, load_synthesizer, rendered_pairs, sample_joint, sample_pairs
+from medgen.inference.synthesize import clean_maps, load_synthesizer, rendered_pairs, sample_joint, sample_pairs
 from medgen.io import atomic_write
 from medgen.keys import Keys, Modality
 from medgen.models.run import load_run, load_weights
@@ -161,6 +161,25 @@ def organs_plausibility(real_labels: np.ndarray, fake_labels: np.ndarray, voxel:
             "classes": classes}
 
 
+def removed_components(raw: np.ndarray, clean: np.ndarray, classes: list[int]) -> dict:
+    """What a clean-up (``model.keep_largest``) took out of label maps ``(n, ...)``: the fraction of the foreground
+    voxels and of the maps it changed, and the components it removed (count, median and 90th percentile size in
+    voxels).
+
+    >>> raw = np.zeros((2, 6, 6), np.uint8); raw[:, :3, :3] = 1; raw[0, 5, 5] = 1; raw[0, 4, :2] = 2
+    >>> clean = raw.copy(); clean[0, 5, 5] = 0
+    >>> r = removed_components(raw, clean, [1, 2]); r["components"], r["component_voxels_median"], r["maps_changed_fraction"]
+    (1, 1.0, 0.5)
+    """
+    sizes = [int(s) for raw_map, clean_map in zip(raw, clean) for cls in classes
+             for s in np.bincount(ndimage.label((raw_map == cls) & (clean_map != cls))[0].ravel())[1:]]
+    changed = raw != clean
+    return {"foreground_fraction": float(changed.sum() / max((raw > 0).sum(), 1)),
+            "maps_changed_fraction": float(changed.reshape(len(raw), -1).any(axis=1).mean()),
+            "components": len(sizes), "component_voxels_median": float(np.median(sizes)) if sizes else 0.0,
+            "component_voxels_p90": float(np.percentile(sizes, 90)) if sizes else 0.0}
+
+
 def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int = 200, seed: int = 0,
                        device: str = "auto") -> dict:
     """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run."""
@@ -172,7 +191,8 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
         fake_labels, channels = fake_labels.numpy(), None
     else:
         fake = sample_joint(model, cfg, n, seed, dev)
-        fake_image, fake_labels = fake[:, :1], joint_maps(fake, cfg).numpy()
+        raw_labels = split_joint(fake)[1]
+        fake_image, fake_labels = fake[:, :1], clean_maps(raw_labels, cfg).numpy()
         # independent label channels can claim one voxel twice; a categorical softmax cannot (its map is the argmax)
         categorical = (cfg.loss.label_loss if cfg.task == "vae" else cfg.model.label_output) == "categorical"
         channels = None if categorical else fake[:, 1:].numpy()
@@ -199,9 +219,11 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
     report["organs"] = organs_plausibility(real_labels, fake_labels, voxel, classes, channels)
     report["organs"]["real_plausible_fraction"] = organs_plausibility(  # the yardstick: real maps by the same rule
         real_labels, real_labels, voxel, classes)["plausible_fraction"]
-    if report.get("keep_largest"):  # the network's maps before the clean-up, by the same rule
+    if report.get("keep_largest"):  # the network's maps before the clean-up, by the same rule, and what it removed
+        raw_labels = raw_labels.numpy()
         report["organs"]["raw_plausible_fraction"] = organs_plausibility(
-            real_labels, split_joint(fake)[1].numpy(), voxel, classes, channels)["plausible_fraction"]
+            real_labels, raw_labels, voxel, classes, channels)["plausible_fraction"]
+        report["organs"]["removed"] = removed_components(raw_labels, fake_labels, classes)
     return report
 
 

@@ -61,8 +61,8 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
         image, labels = rendered_pairs(model, cfg, n, seed, device, volumes)
         image, labels = image[:, 0], labels.to(torch.uint8)
     else:
-        samples = sample_joint(model, cfg, n, seed, dev)
-        image, labels = samples[:, 0], joint_maps(samples, cfg)
+        image, labels = split_joint(sample_joint(model, cfg, n, seed, dev))
+        labels = clean_maps(labels, cfg)
     if cfg.data.modality == Modality.CT:
         image = unit_to_ct(image, cfg.preprocess.ct_window)
     else:
@@ -71,10 +71,9 @@ def sample_pairs(run_dir: str | Path, n: int, seed: int = 0, device: str = "auto
     return image.numpy(), labels.numpy(), spacing, cfg
 
 
-def joint_maps(samples: torch.Tensor, cfg) -> torch.Tensor:
-    """The integer label maps ``(n, ...)`` of VAE/GAN samples (:func:`split_joint`); with ``model.keep_largest``
+def clean_maps(labels: torch.Tensor, cfg) -> torch.Tensor:
+    """A VAE/GAN run's integer label maps ``(n, ...)`` as sampled (:func:`split_joint`); with ``model.keep_largest``
     each class reduced to its largest component in each map."""
-    labels = split_joint(samples)[1]
     if not cfg.model.keep_largest:
         return labels
     return torch.from_numpy(keep_largest_components(labels.numpy(), range(1, n_foreground(cfg) + 1)))
