@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow test-wheel venv clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(BIN)/.installed
 
 test-slow: $(BIN)/.installed  # the quality floors: the demo trained and held to its figures (about 15 min on 2 cores)
 	@$(call PYTEST,-m slow)
+
+test-wheel:  # the wheel installed (not editable) in a fresh venv and run from another folder: presets, shipped models
+	bash .ci/wheel_smoke "$(TORCH)"
 
 clean:
 	rm -rf $(DEMO_DIR) build *.egg-info

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medgen.networks.cyclegan import InstanceNorm
+from medgen.networks.generators import InstanceNorm
 
 
 class PlainInstanceNorm(torch.nn.Module):

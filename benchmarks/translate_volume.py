@@ -29,7 +29,7 @@ from reference import plain
 
 from medgen.models.cyclegan import GeneratorConfig
 from medgen.inference.volume import infer_volume
-from medgen.networks.cyclegan import build_generator
+from medgen.networks.generators import build_generator
 from medgen.runtime import effective_amp
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from medgen.data.datalist import input_output_pairs
 from medgen.errors import MedgenError
 from medgen.info import describe
-from medgen.models.fit import read_model
+from medgen.models.fit_model import read_model
+from medgen.models.shipped import DEFAULT_FOR, SHIPPED
 from medgen.phantoms import DEFAULT_SHAPE, DEFAULT_SPACING, write_dataset
 from medgen.validate import check_output_folder, check_output_of
 
@@ -28,8 +29,10 @@ examples:
   medgen phantoms data/phantoms --cases 20 --seed 0         write the embedded phantom data set
   medgen train configs/demo_cyclegan_2d.yaml --out runs/t   train any model from a YAML config
   medgen translate runs/t mri/ synth_ct/                    MRI -> CT on whole volumes (file or folder)
-  medgen segment runs/seg ct.nii.gz liver.nii.gz            CT liver segmentation
-  medgen pipeline mri-liver --translator runs/t --segmenter runs/seg mri/ out/
+  medgen segment mri.nii.gz liver.nii.gz --modality mri    liver mask with the shipped model, no training
+  medgen pipeline mri-liver mri/ out/                       masks + QC summary for a folder of MRIs
+  medgen fit mri-liver --mri mri/ --out model/              adapt the shipped model to your scanner
+  medgen models                                             the shipped models and their cards
   medgen synth runs/vae samples/ --n 20                     sample image+label pairs from a synthesizer
   medgen evaluate segmentation --pred out/ --truth labels/  Dice, HD95, ASSD per case and on average
   medgen demo demo_out                                      the whole job on phantoms (what `make demo` runs)
@@ -65,8 +68,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from medgen.models.shipped import SHIPPED, describe_card, read_card
+
+    for name in [args.name] if args.name else SHIPPED:
+        print(describe_card(read_card(name), full=bool(args.name)))
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from medgen.engines.fit import fit_mri_liver  # lazy: torch + MONAI (3.5 s)
+    from medgen.engines.fit_mri_liver import fit_mri_liver  # lazy: torch + MONAI (3.5 s)
 
     check_output_folder(args.out)
     fit_mri_liver(args.ct, args.ct_labels, args.label_map, args.mri, args.out, args.preset, args.segmenter, args.set,
@@ -105,6 +116,12 @@ def _label_map(text: str | None) -> dict[int, int] | None:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from medgen.inference.segment import segment_files  # lazy: torch + MONAI (3.5 s)
 
+    if len(args.paths) not in (2, 3):
+        raise MedgenError(None, "segment takes [SEG] INPUT OUTPUT (SEG: a shipped model, run, TorchScript file or "
+                                "bundle; without it the shipped model of --modality)")
+    args.segmenter, args.input, args.output = ([None] if len(args.paths) == 2 else []) + args.paths
+    if args.segmenter is None:
+        args.segmenter = DEFAULT_FOR[args.modality or "ct"]
     check_output_of(args.input, args.output, input_output_pairs(args.input, args.output)[0])
     written, failed = segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index,
                                     args.overwrite, args.modality)
@@ -122,9 +139,10 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             raise MedgenError(args.model, "give either --model or --translator/--segmenter, not both")
         _, translator, segmenter, own_index = read_model(args.model)
         liver_index = own_index if liver_index is None else liver_index
-    elif not (translator and segmenter):
-        raise MedgenError(None, "mri-liver needs --model MODEL (from `medgen fit mri-liver`), or both --translator "
-                                "and --segmenter")
+    elif translator and not segmenter:
+        raise MedgenError(translator, "--translator needs --segmenter (the CT segmenter it feeds)")
+    elif not segmenter:
+        segmenter = DEFAULT_FOR["mri"]  # no model given: the shipped contrast-agnostic segmenter, route direct
     rows, failed = run_pipeline(translator, segmenter, args.input, args.output, args.device,
                                 liver_index, options, args.truth, args.label_map)
     ok = [r for r in rows if r["status"] == "ok"]
@@ -217,14 +235,22 @@ def _add_overwrite(p: argparse.ArgumentParser, help_text: str = "replace existin
     p.add_argument("--overwrite", action="store_true", help=help_text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse in the house style: a usage error is one line, ``medgen: error: <problem>``, exit status 2 (the
+    usage itself only with ``-h``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"medgen: error: {message.removeprefix('argument ')}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="medgen",
         description="MRI <-> CT translation, anatomy synthesis and the MRI liver pipeline.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     def add(name: str, func: Callable, help_text: str, example: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{help_text} (e.g. {example})", description=help_text,
@@ -257,19 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue a run from its last checkpoint (RUN defaults to --out)")
 
-    p = add("fit", _cmd_fit, "train everything a pipeline needs into one model directory; mri-liver: from "
-            "labelled CTs and unlabelled MRIs", "medgen fit mri-liver --ct ct/ --ct-labels labels/ --label-map 6:1 "
-            "--mri mri/ --out model/ --preset cpu")
+    p = add("models", _cmd_models, "list the ready-made models shipped in the package, with their cards",
+            "medgen models mri-liver")
+    p.add_argument("name", nargs="?", choices=SHIPPED, help="show this model's whole card")
+
+    p = add("fit", _cmd_fit, "fit a model directory to your scanner; mri-liver: the shipped segmenter adapted to "
+            "your unlabelled MRIs (and your labelled CTs, when given)", "medgen fit mri-liver --mri mri/ --out model/")
     p.add_argument("name", choices=("mri-liver",), help="the pipeline to fit")
-    p.add_argument("--ct", required=True, help="labelled CTs: a folder or a datalist JSON")
-    p.add_argument("--ct-labels", required=True, help="their label maps (folder matched by file name, or the JSON)")
-    p.add_argument("--label-map", required=True, type=_label_map, help="CT label value -> class; the liver is class 1, "
+    p.add_argument("--ct", help="labelled CTs: a folder or a datalist JSON (optional: added to the adaptation)")
+    p.add_argument("--ct-labels", help="their label maps (folder matched by file name, or the JSON)")
+    p.add_argument("--label-map", type=_label_map, help="CT label value -> class; the liver is class 1, "
                    "e.g. 6:1 (BTCV) or 5:1 (TotalSegmentator)")
     p.add_argument("--mri", required=True, help="unlabelled MRIs of the kind to segment: a folder or a datalist JSON")
     p.add_argument("--out", required=True, help="model directory (fit.yaml, model.json, one run per stage, qc/)")
     p.add_argument("--preset", default="cpu", help="cpu (2 cores) | gpu (one GPU) | a fit YAML (default cpu)")
-    p.add_argument("--segmenter", help="your own CT segmenter (run dir, TorchScript file, MONAI bundle), used frozen: "
-                   "the fit trains the MRI -> synthetic CT translator for it")
+    p.add_argument("--segmenter", help="a CT segmenter used frozen (ct-liver, or your run dir, TorchScript file, MONAI "
+                   "bundle): the fit trains the MRI -> synthetic CT translator for it, on --ct")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset key (route=synthct), or a stage's (segmenter.train.iterations=500)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted fit in --out (stage by stage)")
@@ -283,11 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_overwrite(p)
 
-    p = add("segment", _cmd_segment, "segment the liver on CT volumes with any segmenter backend",
-            "medgen segment runs/seg ct.nii.gz liver.nii.gz")
-    p.add_argument("segmenter", help="segmenter run dir, TorchScript file (+ sidecar), MONAI bundle dir or 'totalsegmentator'")
-    p.add_argument("input", help="a CT volume or a folder of volumes")
-    p.add_argument("output", help="an output mask .nii.gz (single input) or a folder")
+    p = add("segment", _cmd_segment, "segment the liver on CT or MRI volumes (a shipped model or any segmenter backend)",
+            "medgen segment mri.nii.gz liver.nii.gz --modality mri")
+    p.add_argument("paths", nargs="+", metavar="[SEG] INPUT OUTPUT",
+                   help="SEG (optional): ct-liver, mri-liver, a run dir, TorchScript file (+ sidecar), MONAI bundle dir "
+                        "or 'totalsegmentator' (default: the shipped model of --modality); INPUT: a volume or a "
+                        "folder; OUTPUT: a mask .nii.gz (single input) or a folder")
     p.add_argument("--liver-index", type=int, default=None, help=LIVER_INDEX_HELP)
     p.add_argument("--modality", choices=("ct", "mri"), default=None,
                    help="input intensity preset of a medgen segmenter run (default: its training modality; "
@@ -300,9 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=("mri-liver",), help="the pipeline")
     p.add_argument("input", help="an MRI volume or a folder of them")
     p.add_argument("output", help="mask .nii.gz for a single input, or an output folder (masks + summary.csv/json)")
-    p.add_argument("--model", help="a model directory from `medgen fit mri-liver` (its route, translator and segmenter)")
+    p.add_argument("--model", help="a model directory from `medgen fit mri-liver` (default, with no --segmenter: the "
+                   "shipped mri-liver)")
     p.add_argument("--translator", help="translator run directory (MRI -> CT), with --segmenter")
-    p.add_argument("--segmenter", help="run dir, TorchScript file, MONAI bundle or 'totalsegmentator'")
+    p.add_argument("--segmenter", help="ct-liver, mri-liver, a run dir, TorchScript file, MONAI bundle or "
+                   "'totalsegmentator'")
     p.add_argument("--liver-index", type=int, default=None, help=LIVER_INDEX_HELP)
     p.add_argument("--save-sct", action="store_true", help="also write the synthetic CTs (OUT/sct/)")
     p.add_argument("--baseline", action="store_true",

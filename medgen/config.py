@@ -23,6 +23,7 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +183,32 @@ def _set_dotted(data: dict, assignment: str, source: str) -> None:
         raise MedgenError(source, f"override {assignment!r}: value is not valid YAML ({short(exc, 80)})") from None
 
 
+CONFIG_DIR = Path(str(files("medgen") / "configs"))  # the configs and presets shipped inside the package
+
+
+def config_path(name: str | Path) -> Path:
+    """A config argument -> its file: an existing file as given; otherwise a config shipped in the package,
+    named bare (``segmenter_ct_liver_2d``, ``.yaml`` optional) or as ``configs/NAME.yaml`` (the repository's
+    spelling), so the same command works from any folder after ``pip install``.
+
+    >>> config_path("segmenter_ct_liver_2d") == CONFIG_DIR / "segmenter_ct_liver_2d.yaml"
+    True
+    """
+    path = Path(name)
+    if path.is_file() or path.parent not in (Path("."), Path("configs")):
+        return path
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
 def read_yaml(path: str | Path, overrides: Sequence[str] = ()) -> dict:
-    """A YAML config file as a dict, with ``a.b=value`` overrides applied (values parsed as YAML)."""
+    """A YAML config file (a path, or the name of a shipped config: :func:`config_path`) as a dict, with
+    ``a.b=value`` overrides applied (values parsed as YAML)."""
     source = str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(config_path(path).read_text()) or {}
     except FileNotFoundError:
         raise MedgenError(source, "no such config file") from None
     except yaml.YAMLError as exc:

@@ -16,28 +16,20 @@ Every stage reuses what an earlier run left in OUT, so an interrupted demo conti
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from medgen.engines.train import train
+from medgen.engines.train import train_or_reuse
 from medgen.evaluation.report import write_demo_report
 from medgen.evaluation.synthesis import evaluate_synthesis, write_synthesis_report
 from medgen.inference.pipeline import PipelineOptions, run_pipeline
 from medgen.inference.synthesize import write_synthetic
 from medgen.inference.translate import load_translator
 from medgen.metrics import evaluate_pairs, mean_rows
-from medgen.models.registry import load_config
-from medgen.models.run import latest_checkpoint
 from medgen.phantoms import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES, TEST = 20, 6
-
-
-def _configs_dir() -> Path:
-    return ROOT / "configs"
 
 
 def _phantoms(out: Path, cases: int, test: int, shape=None, spacing=None) -> dict:
@@ -53,14 +45,7 @@ def _phantoms(out: Path, cases: int, test: int, shape=None, spacing=None) -> dic
 
 
 def _train(config: str, run: Path, sets: list[str]) -> float:
-    cfg = load_config(_configs_dir() / config, sets)
-    last = latest_checkpoint(run)
-    if last is not None and last.name == f"checkpoint_{cfg.train.iterations}.pt":
-        print(f"[demo] reusing trained {run}")
-        return 0.0
-    t0 = time.perf_counter()
-    train(_configs_dir() / config, run, sets, resume=last is not None)
-    return time.perf_counter() - t0
+    return train_or_reuse(config, run, sets, replace=True, tag="demo")
 
 
 def run_demo(out: str | Path, quick: bool = False) -> dict:

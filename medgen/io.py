@@ -401,11 +401,18 @@ def _write_itk(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     sitk.WriteImage(image, str(path), True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``: readers never see half a file.
 
     The temporary file sits in the destination directory and keeps the destination's extension
-    (writers choose the format from it); it is removed if ``write`` raises.
+    (writers choose the format from it); it is removed if ``write`` raises. The file gets the mode a plain
+    ``open`` would give it (the umask applies), not ``mkstemp``'s 0600.
     """
     out = Path(path)
     try:
@@ -417,6 +424,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        if tmp.exists():  # mkstemp creates 0600: give the file the mode a plain open() would (0666 & ~umask)
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out)
     except OSError as exc:  # disk full, quota, read-only file system
         tmp.unlink(missing_ok=True)

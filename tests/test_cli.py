@@ -39,3 +39,28 @@ def test_phantoms_command(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "p" / "ct").iterdir()) == ["case_000.nii.gz", "case_001.nii.gz"]
     assert main(["phantoms", str(tmp_path / "p"), "--cases", "2"]) == 2
     assert "already holds a dataset.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["x:y", "6:", "6:1:2"])
+def test_a_usage_error_is_one_line_in_the_house_style(tmp_path, value):
+    proc = subprocess.run([sys.executable, "-m", "medgen", "fit", "mri-liver", "--label-map", value, "--mri",
+                           str(tmp_path), "--out", str(tmp_path / "m")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"medgen: error: --label-map: label map {value!r} is not of the form SRC:CLASS[,SRC:CLASS...]"]
+    assert not (tmp_path / "m").exists()
+
+
+def test_outputs_keep_the_umask(tmp_path):
+    import os
+
+    from medgen.io import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+        assert (path.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        path = atomic_write(tmp_path / "b.txt", lambda tmp: tmp.write_text("x"))
+        assert (path.stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)

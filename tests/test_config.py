@@ -73,7 +73,7 @@ def test_shipped_configs_load(name):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("fit_*.yaml")))
 def test_fit_presets_load_and_name_existing_stage_configs(name):
-    from medgen.models.fit import load_fit_config
+    from medgen.models.fit_model import load_fit_config
     from medgen.models.registry import load_config
 
     cfg = load_fit_config(CONFIGS / name)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.engines.fit import split_sets
+from medgen.engines.fit_mri_liver import split_sets
 from medgen.io import load_image
-from medgen.models.fit import read_model
+from medgen.models.fit_model import read_model
 from medgen.inference.translate import load_translator
 from medgen.models.registry import load_config
 from medgen.models.run import latest_checkpoint, load_checkpoint
@@ -31,7 +31,7 @@ def _args(phantom_dir: Path, out: Path, route: str = "direct", extra: list[str] 
     sets = [f"segmenter.{k}={v}" for k, v in SEG.items()] + [f"translator.{k}={v}" for k, v in TRANS.items()]
     args = ["fit", "mri-liver", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(out), "--set", f"route={route}",
-            "--set", "device=cpu", "--set", "adapt.iterations=0"]
+            "--set", "device=cpu", "--set", "adapt.iterations=0", "--set", "start=scratch"]
     for s in sets:
         args += ["--set", s]
     return args + list(extra)
@@ -172,9 +172,9 @@ def test_fit_refuses_bad_data_in_one_line_writing_nothing(phantom_dir, tmp_path,
     assert expected in lines[0]
 
 
-def test_pipeline_needs_a_model_or_both_runs(tmp_path, capsys):
-    assert main(["pipeline", "mri-liver", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")]) == 2
-    assert "--model" in capsys.readouterr().err
+def test_pipeline_needs_a_segmenter_with_a_translator(tmp_path, capsys):
+    assert main(["pipeline", "mri-liver", "--translator", str(tmp_path), "a.nii.gz", "b.nii.gz"]) == 2
+    assert "--translator needs --segmenter" in capsys.readouterr().err
     (tmp_path / "m").mkdir()
     assert main(["pipeline", "mri-liver", "--model", str(tmp_path / "m"), "x.nii.gz", "y.nii.gz"]) == 2
     assert "not a fit model" in capsys.readouterr().err

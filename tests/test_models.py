@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen.models.fit import load_fit_config
+from medgen.models.fit_model import load_fit_config
 from medgen.cli import main
 from medgen.config import InferenceConfig, PreprocessConfig, save_config
 from medgen.errors import MedgenError

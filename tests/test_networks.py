@@ -8,7 +8,7 @@ import torch
 
 import torch.nn.functional as F
 
-from medgen.networks.cyclegan import InstanceNorm, ResnetGenerator, build_discriminator, build_generator, channels_last
+from medgen.networks.generators import InstanceNorm, ResnetGenerator, build_discriminator, build_generator, channels_last
 
 
 def test_reference_parameter_counts():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.data.synthetic import MixedSamples
+from medgen.data.mixing import MixedSamples
 from medgen.engines.train import train
 from medgen.evaluation.synthesis import display_window, kid, label_stats, ms_ssim_diversity
 from medgen.inference.synthesize import sample_pairs

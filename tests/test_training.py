@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medgen.config import OptimConfig, TrainConfig
-from medgen.engines.common import TaskSetup, fit
+from medgen.engines.common import TaskSetup, run_trainer
 from medgen.errors import MedgenError
 from medgen.models.run import latest_checkpoint
 
@@ -39,12 +39,41 @@ def test_divergence_is_an_error_and_keeps_the_last_good_checkpoint(tmp_path, mon
     monkeypatch.setenv("MEDGEN_PROGRESS", "0")
     with pytest.raises(MedgenError, match=r"training diverged at iteration 4 \(loss=inf\); last good checkpoint: "
                                           r"checkpoint_2.pt"):
-        fit(_cfg(10), tmp_path, _setup(diverge_at=4), resume=False)
+        run_trainer(_cfg(10), tmp_path, _setup(diverge_at=4), resume=False)
     assert latest_checkpoint(tmp_path).name == "checkpoint_2.pt"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_2.pt"]
 
 
 def test_finite_run_completes(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDGEN_PROGRESS", "0")
-    trainer = fit(_cfg(5), tmp_path, _setup(diverge_at=99), resume=False)
+    trainer = run_trainer(_cfg(5), tmp_path, _setup(diverge_at=99), resume=False)
     assert trainer.state.iteration == 5 and latest_checkpoint(tmp_path).name == "checkpoint_5.pt"
+
+
+def test_a_run_is_reused_only_when_finished_with_the_same_resolved_config(phantom_dir, tmp_path):
+    from medgen.engines.train import train_or_reuse
+    from medgen.models.registry import load_config
+    from medgen.models.run import final_checkpoint, run_finished
+    from tests.conftest import ROOT, tiny_segmenter
+
+    config = ROOT / "configs" / "segmenter_ct_liver.yaml"
+    sets = tiny_segmenter(phantom_dir, iterations=4)
+    run = tmp_path / "run"
+    assert not run_finished(run, config, sets)
+    assert train_or_reuse(config, run, sets) > 0
+    assert run_finished(run, config, sets)
+    stamp = final_checkpoint(run, 4).stat().st_mtime_ns
+    assert train_or_reuse("segmenter_ct_liver", run, sets) == 0  # the same spec, named bare: reused
+    assert final_checkpoint(run, 4).stat().st_mtime_ns == stamp
+    changed = [*sets, "optim.lr=0.002"]  # one key changed: not the same run
+    assert not run_finished(run, config, changed)
+    with pytest.raises(MedgenError, match="another config"):
+        train_or_reuse(config, run, changed)
+    assert train_or_reuse(config, run, changed, replace=True) > 0
+    assert load_config(run / "config.yaml").optim.lr == pytest.approx(0.002)
+    final_checkpoint(run, 4).unlink()  # interrupted after checkpoint 2: not finished, resumed from it
+    assert not run_finished(run, config, changed) and latest_checkpoint(run).name == "checkpoint_2.pt"
+    assert train_or_reuse(config, run, changed) > 0 and run_finished(run, config, changed)
+    for path in (run / "checkpoints").iterdir():  # config.yaml but no checkpoint at all: trained again
+        path.unlink()
+    assert not run_finished(run) and train_or_reuse(config, run, changed) > 0 and run_finished(run)

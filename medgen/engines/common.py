@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from medgen.data.patches import IndexStream
 from medgen.errors import MedgenError
-from medgen.models.run import CHECKPOINT_DIR, CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint
+from medgen.models.run import CHECKPOINT_DIR, CHECKPOINT_PREFIX, EMA_SUFFIX, latest_checkpoint, load_checkpoint
+from medgen.models.shipped import resolve_model
 from medgen.runtime import CpuShare
 
 
@@ -167,8 +168,10 @@ def _visual_grid(visuals: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 def start_from(to_save: Mapping, init: str | Path) -> Path:
     """Load into the networks of ``to_save`` (weight averages included) their weights from ``init``, a run
-    directory (its latest checkpoint) or a checkpoint file; returns the file read. Optimizers are left alone."""
-    path = Path(init)
+    directory (its latest checkpoint), a checkpoint file or a shipped model's name; returns the file read. A weight
+    average the checkpoint lacks (``net_ema`` of a run without one, a shipped model) starts from the weights it
+    averages. Optimizers are left alone."""
+    path = Path(resolve_model(str(init)))
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
@@ -176,7 +179,10 @@ def start_from(to_save: Mapping, init: str | Path) -> Path:
         path = found
     state = load_checkpoint(path)
     nets = {name: obj for name, obj in to_save.items() if isinstance(obj, torch.nn.Module)}
-    missing = [name for name in nets if name not in state]
+    for name, net in nets.items():
+        base = name.removesuffix(EMA_SUFFIX)
+        if name.endswith(EMA_SUFFIX) and name not in state and base in state and isinstance(net, AveragedModel):
+            state[name] = {**{f"module.{k}": v for k, v in state[base].items()}, "n_averaged": net.n_averaged.clone()}
     if missing:
         raise MedgenError(path, f"train.init: the checkpoint has no {', '.join(missing)} weights (another task's run?)")
     for name, net in nets.items():
@@ -189,7 +195,7 @@ def start_from(to_save: Mapping, init: str | Path) -> Path:
     return path
 
 
-def fit(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
+def run_trainer(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
     """Run ``setup.step`` for ``cfg.train.iterations`` on an Ignite Engine with medgen's handlers."""
     t = cfg.train
     trainer = Engine(setup.step)

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
 from medgen.data.patches import labelled_patches
-from medgen.data.synthetic import MixedSamples
+from medgen.data.mixing import MixedSamples
 from medgen.data.volumes import class_translation, labelled_volumes, remap_labels
 from medgen.engines.common import TaskSetup, average_gradients, loader_factory, weight_average
 from medgen.errors import MedgenError
@@ -131,7 +131,10 @@ def synthetic_classes(folder: Path, cfg: SegmenterConfig) -> dict[int, int] | No
 
 
 def segmentation_samples(cfg: SegmenterConfig, seed: int):
-    """The training sample stream: real pairs, mixed with cycled and synthetic pairs when configured."""
+    """The training sample stream: real pairs, mixed with cycled and synthetic pairs when configured; the
+    target pairs alone at ``target.ratio`` 1 (a fit from a shipped model with no CT)."""
+    if cfg.target.images and cfg.target.ratio >= 1:
+        return target_patches(cfg, seed + 9)
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
     synthseg = dataclasses.asdict(cfg.augment.synthseg) if cfg.augment.synthseg.prob > 0 else None
     gen_classes = synthseg.pop("classes") if synthseg else None

@@ -28,7 +28,7 @@ from medgen.data.volumes import config_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.models.synth import (GANConfig, VAEConfig, build_model, categorical_logits, joint_tensor, n_foreground,
                                  split_joint, synth_artifacts)
-from medgen.networks.cyclegan import build_discriminator as patch_discriminator
+from medgen.networks.generators import build_discriminator as patch_discriminator
 from medgen.networks.synth import build_discriminator
 from medgen.runtime import autocast
 

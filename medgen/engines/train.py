@@ -12,17 +12,19 @@ import json
 import logging
 import os
 import platform
+import shutil
+import time
 from pathlib import Path
 
 import ignite.distributed as idist
 import torch
 
-from medgen.config import save_config
-from medgen.engines.common import TaskSetup, fit, start_from
+from medgen.config import save_config, to_dict
+from medgen.engines.common import TaskSetup, run_trainer, start_from
 from medgen.errors import MedgenError
 from medgen.io import atomic_write
 from medgen.models.registry import TASKS, load_config
-from medgen.models.run import CONFIG_FILE, latest_checkpoint
+from medgen.models.run import CONFIG_FILE, latest_checkpoint, run_finished
 from medgen.runtime import resolve_device, seed_everything
 
 logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
@@ -66,7 +68,7 @@ def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
             atomic_write(run / name, lambda tmp, text=text: Path(tmp).write_text(text))
     if idist.get_world_size() > 1:
         idist.barrier()
-    fit(cfg, run, setup, resume)
+    run_trainer(cfg, run, setup, resume)
 
 
 def train(config: str | Path | None, out: str | Path, overrides: list[str] = (), resume: bool = False) -> Path:
@@ -79,3 +81,35 @@ def train(config: str | Path | None, out: str | Path, overrides: list[str] = (),
     with idist.Parallel(backend=backend) as parallel:
         parallel.run(_worker, cfg, Path(out), resume)
     return Path(out)
+
+
+def train_or_reuse(config: str | Path, out: str | Path, overrides: list[str] = (), replace: bool = False,
+                   tag: str = "medgen") -> float:
+    """Train ``config`` (+ ``overrides``) into ``out`` unless that run is finished with exactly this resolved
+    config (:func:`medgen.models.run.run_finished`); returns the training's wall time (0 when reused).
+
+    An interrupted run of the same config is resumed from its last checkpoint (one that never reached a
+    checkpoint is started again). A run trained with another config is an error, or with ``replace`` (work
+    folders of demos and experiments) trained afresh in its place.
+    """
+    run, overrides = Path(out), list(overrides)
+    if run_finished(run, config, overrides):
+        print(f"[{tag}] reusing finished run {run}", flush=True)
+        return 0.0
+    start = time.perf_counter()
+    if (run / CONFIG_FILE).is_file():
+        try:
+            same = to_dict(load_config(run / CONFIG_FILE)) == to_dict(load_config(config, overrides))
+        except MedgenError:
+            same = False
+        if same and latest_checkpoint(run) is not None:
+            print(f"[{tag}] resuming interrupted run {run}", flush=True)
+            train(None, run, [], resume=True)
+            return time.perf_counter() - start
+        if not same and not replace:
+            raise MedgenError(run, "holds a run trained with another config (use another output folder)")
+        shutil.rmtree(run)
+    elif run.exists() and any(run.iterdir()) and not replace:
+        raise MedgenError(run, "exists and is not a run directory (use another output folder)")
+    train(config, run, overrides)
+    return time.perf_counter() - start

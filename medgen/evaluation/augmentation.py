@@ -24,6 +24,7 @@ gain that more *real* data buys, the yardstick for the synthetic gain.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -31,14 +32,13 @@ import numpy as np
 
 from medgen.data.datalist import image_label_pairs
 from medgen.data.volumes import remap_labels
-from medgen.engines.train import train as train_run
+from medgen.engines.train import train_or_reuse
 from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter, postprocess
 from medgen.inference.synthesize import write_synthetic
 from medgen.io import atomic_write, load_image
 from medgen.metrics import segmentation_metrics
 from medgen.models.registry import load_config
-from medgen.models.run import CONFIG_FILE
 
 
 def draw_subsets(n: int, k: int, repeats: int) -> list[list[int]]:
@@ -74,11 +74,10 @@ def _synthesize(synth_config, rep: Path, data: list[str], synth_sets, n: int, se
     synth_run = rep / "synthesizer"
     if label_config is not None:
         label_run = rep / "label_synthesizer"
-        if not (label_run / CONFIG_FILE).exists():
-            train_run(label_config, label_run, [*data, *label_sets])
+        train_or_reuse(label_config, label_run, [*data, *label_sets], replace=True)
         synth_sets = [*synth_sets, f"labels={label_run}"]
-    if not (synth_run / CONFIG_FILE).exists():
-        train_run(synth_config, synth_run, [*data, *synth_sets])
+    if train_or_reuse(synth_config, synth_run, [*data, *synth_sets], replace=True) and (rep / "synthetic").exists():
+        shutil.rmtree(rep / "synthetic")  # pairs of an earlier synthesizer
     if not (rep / "synthetic" / "dataset.json").exists():
         write_synthetic(synth_run, rep / "synthetic", n, seed=seed, judge=judge, min_dice=min_dice)
     return rep / "synthetic"
@@ -138,8 +137,7 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
 
         def trained(arm: str, extra: list[str]) -> Path:
             run = rep / f"segmenter_{arm}"
-            if not (run / CONFIG_FILE).exists():
-                train_run(seg_config, run, [*seg, *extra])
+            train_or_reuse(seg_config, run, [*seg, *extra], replace=True)
             return run
 
         real_run = trained("real", [])  # first: it judges the pairs with judge_dice

@@ -39,6 +39,7 @@ from medgen.io import ImageRef, load_image, save_like
 from medgen.keys import Modality
 from medgen.models.run import CONFIG_FILE, load_averages, load_run, load_weights
 from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, weights_name
+from medgen.models.shipped import resolve_model
 from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor, largest_component
 
@@ -287,7 +288,9 @@ def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int | No
                    modality: str | None = None) -> Segmenter:
     """The first backend of :data:`SEGMENTERS` that accepts SEG: ``totalsegmentator``, a run directory,
     a MONAI bundle or a TorchScript file. ``liver_index`` None keeps the backend's own; ``modality`` (a
-    medgen run only) picks the input intensity preset, None the run's own."""
+    medgen run only) picks the input intensity preset, None the run's own. A shipped model's name (``ct-liver``,
+    ``mri-liver``) loads that model, its weights checked against their card."""
+    spec = resolve_model(spec)
     for backend in SEGMENTERS.values():
         if backend.accepts(spec):
             if modality is not None and backend is not RunSegmenter:

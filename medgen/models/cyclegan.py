@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from medgen.config import InferenceConfig, OptimConfig, PreprocessConfig, TrainConfig
-from medgen.networks.cyclegan import build_discriminator, build_generator
+from medgen.networks.generators import build_discriminator, build_generator
 
 GENERATORS = {"mri2ct": "G_ab", "ct2mri": "G_ba"}  # direction -> the network that translates it
 

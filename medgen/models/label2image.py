@@ -25,7 +25,7 @@ from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, Tra
 from medgen.data.synthseg import generation_labels
 from medgen.keys import Keys
 from medgen.models.cyclegan import DiscriminatorConfig, GeneratorConfig
-from medgen.networks.cyclegan import build_discriminator, build_generator
+from medgen.networks.generators import build_discriminator, build_generator
 
 
 @dataclass

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from medgen.config import to_dict
 from medgen.errors import MedgenError, short
 from medgen.models.registry import load_config, tasks_of
 
@@ -31,6 +32,29 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         if m:
             found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
+
+
+def final_checkpoint(run_dir: str | Path, iterations: int) -> Path:
+    """Where a run of ``iterations`` iterations keeps its last checkpoint."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}_{iterations}.pt"
+
+
+def run_finished(run_dir: str | Path, config: str | Path | None = None, overrides: Sequence[str] = ()) -> bool:
+    """The one "is this run finished" check (demo, fit, experiments): the run's ``config.yaml`` is readable and
+    the checkpoint of its final iteration exists; given ``config`` (+ ``overrides``), also that the run was
+    trained with exactly that resolved config. A run that was interrupted, or trained with another value of
+    any key, is not finished.
+    """
+    run = Path(run_dir)
+    if not (run / CONFIG_FILE).is_file():
+        return False
+    try:
+        saved = load_config(run / CONFIG_FILE)
+    except MedgenError:
+        return False
+    if not final_checkpoint(run, saved.train.iterations).is_file():
+        return False
+    return config is None or to_dict(load_config(config, overrides)) == to_dict(saved)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:

@@ -17,7 +17,7 @@ import torch
 from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.models.cyclegan import GeneratorConfig
 from medgen.models.segmenter import SynthSegConfig
-from medgen.networks.cyclegan import build_generator
+from medgen.networks.generators import build_generator
 
 GENERATORS = {"mri2ct": "G"}
 

@@ -17,30 +17,28 @@ checkpoints), resumable one by one with ``--resume``:
 from __future__ import annotations
 
 import json
-import re
-import time
 from pathlib import Path
 
 import numpy as np
 
-from medgen.config import save_config
+from medgen.config import config_path, save_config
 from medgen.data.datalist import image_label_pairs, list_volumes
-from medgen.engines.train import train
+from medgen.engines.train import train_or_reuse
 from medgen.errors import MedgenError
 from medgen.inference.pipeline import run_pipeline
 from medgen.io import atomic_write, case_name, load_image
-from medgen.models.fit import FIT_CONFIG, MODEL_FILE, FitConfig, FitModel, load_fit_config, write_model
+from medgen.models.fit_model import FIT_CONFIG, MODEL_FILE, FitConfig, FitModel, load_fit_config, write_model
 from medgen.models.registry import load_config
-from medgen.models.run import CONFIG_FILE, latest_checkpoint
-from medgen.validate import check_same_grid
+from medgen.models.run import CONFIG_FILE
+from medgen.models.shipped import SHIPPED, resolve_model
+from medgen.validate import check_label_values, check_same_grid, check_volume
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PRESETS = ("cpu", "gpu")
 
 
 def preset_path(preset: str) -> Path:
     """``cpu`` / ``gpu`` -> ``configs/fit_mri_liver_{preset}.yaml``; anything else is a YAML path."""
-    path = CONFIGS / f"fit_mri_liver_{preset}.yaml" if preset in PRESETS else Path(preset)
+    path = config_path(f"fit_mri_liver_{preset}.yaml") if preset in PRESETS else Path(preset)
     if not path.is_file():
         raise MedgenError(path, f"no such fit preset (use {' or '.join(PRESETS)}, or a YAML file)")
     return path
@@ -64,8 +62,19 @@ def split_sets(sets: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     return own, stages
 
 
-def _check_inputs(ct: str, ct_labels: str, label_map: dict[int, int], mri: str) -> tuple[list, list[Path]]:
-    """Everything that can be wrong with the data, found before anything is written."""
+def _check_inputs(ct: str | None, ct_labels: str | None, label_map: dict[int, int] | None, mri: str) -> list[Path]:
+    """Everything that can be wrong with the data, found before anything is written; returns the MRIs."""
+    if ct is not None and not ct_labels:
+        raise MedgenError(ct, "--ct needs --ct-labels (and --label-map)")
+    if Path(mri).is_file() and Path(mri).suffix.lower() != ".json":
+        raise MedgenError(mri, "--mri must be a folder of MRIs or a datalist JSON (the fit adapts to several)")
+    mris = list_volumes(mri)
+    if not mris:
+        raise MedgenError(mri, "no MRI volumes in this folder")
+    for path in mris:  # every MRI readable, 3D, non-degenerate and non-constant, before anything is trained
+        check_volume(load_image(path)[0], path)
+    if ct is None:
+        return mris
     if not label_map or 1 not in label_map.values():
         raise MedgenError(None, f"--label-map {label_map} maps no source value to the liver class 1 (e.g. 6:1)")
     pairs = image_label_pairs(ct, ct_labels)
@@ -74,44 +83,26 @@ def _check_inputs(ct: str, ct_labels: str, label_map: dict[int, int], mri: str) 
         _, image_ref = load_image(image_path)
         labels, label_ref = load_image(label_path)
         check_same_grid(image_ref, label_ref)
+        check_label_values(labels, label_path)
         if not np.isin(labels, sources).any():
             raise MedgenError(label_path, f"no voxel has the liver value {sources[0]} of --label-map "
                                           f"(values present: {np.unique(labels)[:20].tolist()})")
-    mris = list_volumes(mri)
-    if not mris:
-        raise MedgenError(mri, "no MRI volumes in this folder")
-    return pairs, mris
-
-
-def _finished(run: Path) -> bool:
-    """Whether a stage's run holds its final checkpoint."""
-    last = latest_checkpoint(run) if (run / CONFIG_FILE).is_file() else None
-    if last is None:
-        return False
-    m = re.search(r"(\d+)\.pt$", last.name)
-    return bool(m) and int(m.group(1)) >= load_config(run / CONFIG_FILE).train.iterations
+    return mris
 
 
 def _trainable_through(spec: str) -> bool:
-    """Whether gradients can pass through this segmenter: a 2D medgen segmenter run."""
-    config = Path(spec) / CONFIG_FILE
+    """Whether gradients can pass through this segmenter: a 2D medgen segmenter run (or shipped model)."""
+    config = Path(resolve_model(spec)) / CONFIG_FILE
     if not config.is_file():
         return False
     cfg = load_config(config)
     return cfg.task == "segmenter" and cfg.spatial_dims == 2
 
 
-def _stage(name: str, config: str, run: Path, sets: list[str], resume: bool) -> tuple[Path, float]:
+def _stage(name: str, config: str, run: Path, sets: list[str]) -> tuple[Path, float]:
     """Train (or resume, or skip when finished) one stage; returns its run directory and wall time."""
-    start = time.time()
-    if _finished(run):
-        print(f"[medgen fit] {name}: finished earlier ({run})", flush=True)
-        return run, 0.0
-    path = Path(config) if Path(config).is_absolute() else CONFIGS / config
-    again = resume and latest_checkpoint(run) is not None
-    print(f"[medgen fit] {name}: {'resuming' if again else 'training'} {path.name} -> {run}", flush=True)
-    train(None if again else path, run, sets if not again else [], resume=again)
-    return run, time.time() - start
+    print(f"[medgen fit] {name}: {config_path(config).name} -> {run}", flush=True)
+    return run, train_or_reuse(config, run, sets, tag=f"medgen fit] [{name}")
 
 
 PSEUDO_REFUSED = {"empty_mask", "liver_volume_low", "liver_volume_high"}  # QC flags that keep a case out
@@ -137,20 +128,26 @@ def _pseudo_labels(segmenter: Path, mris: list[Path], mri: str, out: Path, cfg: 
     return atomic_write(listing, lambda tmp: Path(tmp).write_text(text))
 
 
-def _adapt(cfg: FitConfig, out: Path, mris: list[Path], mri: str, sets: list[str], resume: bool,
-           times: dict) -> str:
-    """Self-training: pseudo-labels from ``segmenter/``, then ``adapted/`` trained from its weights on the CTs and
-    the pseudo-labelled MRIs; returns the segmenter the model uses (``segmenter`` when no mask was plausible)."""
-    listing = _pseudo_labels(out / "segmenter", mris, mri, out / "pseudo", cfg)
+def _adapt(cfg: FitConfig, out: Path, base: str, mris: list[Path], mri: str, sets: list[str], times: dict) -> str:
+    """Self-training: pseudo-labels from segmenter ``base`` (a run or a shipped model), then ``adapted/`` trained from
+    its weights on the CTs and the pseudo-labelled MRIs (on those MRIs alone when ``sets`` give no CT); returns the
+    segmenter the model uses (``base`` when no mask was plausible)."""
+    source = resolve_model(base) if base in SHIPPED else out / base
+    listing = _pseudo_labels(source, mris, mri, out / "pseudo", cfg)
     if not json.loads(listing.read_text())["training"]:
         print("[medgen fit] adapted: no MRI has a plausible mask to self-train on; the model keeps the segmenter "
-              "as trained", flush=True)
-        return "segmenter"
+              "as it is", flush=True)
+        return base
     a = cfg.adapt
-    own = [f"train.init={out / 'segmenter'}", f"target.images={listing}", f"target.labels={listing}",
-           f"target.ratio={a.ratio}", f"train.iterations={a.iterations}", f"optim.lr={a.lr}"]
-    _, times["adapted"] = _stage("adapted", cfg.segmenter.config, out / "adapted", sets + own, resume)
+    own = [f"train.init={source}", f"target.images={listing}",
+           f"target.labels={listing}", f"target.ratio={a.ratio if _has_ct(sets) else 1.0}",
+           f"train.iterations={a.iterations}", f"optim.lr={a.lr}"]
+    _, times["adapted"] = _stage("adapted", cfg.segmenter.config, out / "adapted", sets + own)
     return "adapted"
+
+
+def _has_ct(sets: list[str]) -> bool:
+    return any(s.startswith("data.images=") and s != "data.images=" for s in sets)
 
 
 def _common_sets(cfg: FitConfig) -> list[str]:
@@ -158,10 +155,11 @@ def _common_sets(cfg: FitConfig) -> list[str]:
     return sets + ([f"train.threads={cfg.threads}"] if cfg.threads > 0 else [])
 
 
-def fit_mri_liver(ct: str, ct_labels: str, label_map: dict[int, int], mri: str, out: str | Path,
-                  preset: str = "cpu", segmenter: str | None = None, sets: list[str] = (),
+def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, int] | None, mri: str,
+                  out: str | Path, preset: str = "cpu", segmenter: str | None = None, sets: list[str] = (),
                   resume: bool = False) -> Path:
-    """Train what ``medgen pipeline mri-liver --model OUT`` runs (see the module docstring)."""
+    """Train what ``medgen pipeline mri-liver --model OUT`` runs (see the module docstring). Without CTs the fit
+    adapts the shipped ``mri-liver`` (the preset's ``start``) to the MRIs alone."""
     out = Path(out)
     own, stage_sets = split_sets(list(sets))
     saved = out / FIT_CONFIG
@@ -175,39 +173,44 @@ def fit_mri_liver(ct: str, ct_labels: str, label_map: dict[int, int], mri: str, 
         cfg = load_fit_config(preset_path(preset), own)
         cfg.segmenter.set += stage_sets["segmenter"]
         cfg.translator.set += stage_sets["translator"]
-    _, mris = _check_inputs(ct, ct_labels, label_map, mri)
+    if ct is None and (segmenter or cfg.start == "scratch"):
+        raise MedgenError(None, "--ct/--ct-labels/--label-map are needed "
+                          + ("with --segmenter: its MRI -> synthetic CT translator is trained on CTs" if segmenter
+                             else "with start: scratch (the segmenter is trained on them)"))
+    mris = _check_inputs(ct, ct_labels, label_map, mri)
     route = "synthct" if segmenter else cfg.route
-    lm = "{" + ", ".join(f"{k}: {v}" for k, v in label_map.items()) + "}"
-    data = [f"data.images={ct}", f"data.labels={ct_labels}", f"data.label_map={lm}"]
+    data = ["data.images=", "data.labels="]
+    if ct is not None:
+        lm = "{" + ", ".join(f"{k}: {v}" for k, v in label_map.items()) + "}"
+        data = [f"data.images={ct}", f"data.labels={ct_labels}", f"data.label_map={lm}"]
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
     times = {}
     seg_spec = segmenter
     if segmenter is None:
-        run, times["segmenter"] = _stage("segmenter", cfg.segmenter.config, out / "segmenter",
-                                         data + _common_sets(cfg) + cfg.segmenter.set, resume)
-        seg_spec = "segmenter"
+        seg_spec = cfg.start
+        if cfg.start == "scratch":
+            _, times["segmenter"] = _stage("segmenter", cfg.segmenter.config, out / "segmenter",
+                                           data + _common_sets(cfg) + cfg.segmenter.set)
+            seg_spec = "segmenter"
         if route == "direct" and cfg.adapt.iterations > 0:
-            seg_spec = _adapt(cfg, out, mris, mri, data + _common_sets(cfg) + cfg.segmenter.set, resume, times)
+            seg_spec = _adapt(cfg, out, seg_spec, mris, mri, data + _common_sets(cfg) + cfg.segmenter.set, times)
+    model = FitModel(route, seg_spec, None, 1 if segmenter is None else None)
+    frozen = model.resolve(out, seg_spec)
     translator = None
     if route == "synthct":
-        frozen = str(out / seg_spec) if segmenter is None else str(segmenter)
         if not _trainable_through(frozen):
             print(f"[medgen fit] translator: {frozen} is not a 2D medgen segmenter run; the translator trains "
                   "without the segmentation-consistency loss", flush=True)
-            frozen = "null"
+        through = resolve_model(frozen) if _trainable_through(frozen) else "null"
         _, times["translator"] = _stage("translator", cfg.translator.config, out / "translator",
-                                        data + [f"segmenter={frozen}"] + _common_sets(cfg) + cfg.translator.set,
-                                        resume)
-        translator = "translator"
-    model = FitModel(route, seg_spec, translator, 1 if segmenter is None else None)
-    qc_translator = None if translator is None else str(out / translator)
-    qc_segmenter = str(out / seg_spec) if segmenter is None else str(segmenter)
+                                        data + [f"segmenter={through}"] + _common_sets(cfg) + cfg.translator.set)
+        model.translator = translator = "translator"
     print(f"[medgen fit] qc: the pipeline on the {len(mris)} training MRIs -> {out / 'qc'}", flush=True)
-    run_pipeline(qc_translator, qc_segmenter, mri, out / "qc", cfg.device, model.liver_index)
+    run_pipeline(None if translator is None else str(out / translator), frozen, mri, out / "qc", cfg.device,
+                 model.liver_index)
     write_model(out, model)
     if times:
         print("[medgen fit] wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()), flush=True)
     print(f"[medgen fit] model ready: medgen pipeline mri-liver --model {out} MRI OUT", flush=True)
     return out
-

@@ -23,6 +23,7 @@ from pathlib import Path
 from medgen.config import from_dict, read_yaml
 from medgen.errors import MedgenError, short
 from medgen.io import atomic_write
+from medgen.models.shipped import SHIPPED
 
 FIT_CONFIG = "fit.yaml"
 MODEL_FILE = "model.json"
@@ -31,7 +32,7 @@ ROUTES = ("direct", "synthct")
 
 @dataclass
 class StageConfig:
-    """One training stage: a config file (absolute, or relative to the repository's ``configs/``) and
+    """One training stage: a config file (a path, or the name of a config shipped in the package) and
     dotted overrides applied on top of it (after the data the fit fills in)."""
 
     config: str = ""
@@ -52,6 +53,7 @@ class AdaptConfig:
 class FitConfig:
     task: str = "fit_mri_liver"
     route: str = "direct"  # direct | synthct (with --segmenter the route is always synthct)
+    start: str = "mri-liver"  # the shipped model the segmenter starts from, or scratch: trained on the CTs first
     segmenter: StageConfig = field(default_factory=lambda: StageConfig("segmenter_liver_any_contrast.yaml"))
     translator: StageConfig = field(default_factory=lambda: StageConfig("synthct_2d.yaml"))
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -65,6 +67,8 @@ def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     cfg = from_dict(FitConfig, read_yaml(path, overrides), str(path))
     if cfg.route not in ROUTES:
         raise MedgenError(path, f"route must be one of {', '.join(ROUTES)}, not {cfg.route!r}")
+    if cfg.start not in (*SHIPPED, "scratch"):
+        raise MedgenError(path, f"start must be scratch or a shipped model ({', '.join(SHIPPED)}), not {cfg.start!r}")
     return cfg
 
 

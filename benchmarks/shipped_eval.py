@@ -1,0 +1,212 @@
+"""The shipped models measured on the development set, every figure of their cards, baselines in the same run.
+
+    python benchmarks/shipped_eval.py [--data ../shared/data/real/abdomen_uda_dev] [--work DIR]
+                                      [--only zero_shot,ct,speed,fit_mri,frozen] [--write-cards]
+
+Every mask is made by a documented ``medgen`` command, run as a user would (one at a time); this script lays out
+the data (symbolic links), times the commands and scores the masks against the manual labels.
+
+- ``zero_shot``: ``medgen segment mri-liver MRI OUT --modality mri`` on the 10 development MRIs (no MRI was ever
+  seen by the model); baselines: ``ct-liver`` on the MRI itself (``--modality mri``: its robust range into the CT
+  window) and on the MRI histogram-matched to a CT.
+- ``ct``: ``medgen segment ct-liver`` and ``medgen segment mri-liver --modality ct`` on the BTCV CTs held out from
+  both models' training (``btcv_25`` .. ``btcv_29``).
+- ``speed``: wall time of ``medgen segment mri-liver IN OUT --modality mri`` (a new process: imports and model load
+  included) on a 256 x 256 x 40 MRI (a development MRI padded to 40 slices).
+- ``fit_mri``: ``medgen fit mri-liver --mri MRI_TRAIN --out MODEL --preset cpu`` (no CT: the shipped model adapted
+  to the 7 training MRIs 1 2 3 5 8 10 13, unlabelled), then ``medgen pipeline mri-liver --model MODEL``, scored on
+  the held-out 15 19 20 and on all ten; wall time of the fit.
+- ``frozen``: ``medgen fit mri-liver --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --segmenter ct-liver``
+  (the frozen-segmenter route: a translator trained for the shipped CT segmenter, which is never retrained).
+
+``--write-cards`` puts the figures into the shipped models' cards (``medgen/models/weights/*/card.json``).
+Steps whose outputs exist in ``--work`` are reused (delete them to measure again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medgen.evaluation.segmentation import evaluate_folders
+
+from results_doc import write_record
+from real_liver import HELD_OUT, TRAIN, dice_by_case, histogram_matched, link_cases, medgen
+from shipped_models import HELD_OUT_CTS, TRAIN_CTS, ct_datalist
+
+ROOT = Path(__file__).resolve().parents[1]
+MRIS = sorted(TRAIN + HELD_OUT)
+
+
+def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
+    vals = [v for k, v in scores.items() if ids is None or int(k.rsplit("_", 1)[-1]) in ids]
+    return float(np.mean(vals))
+
+
+def link_files(files: list[Path], dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if not (dst / f.name).exists():
+            (dst / f.name).symlink_to(f)
+    return dst
+
+
+def write_cards(results: dict) -> None:
+    """The figures of ``results`` into the shipped models' cards (the weights and their sha256 unchanged)."""
+    cmd = "python benchmarks/shipped_eval.py"
+    figures = {"mri-liver": {}, "ct-liver": {}}
+    if "zero_shot" in results:
+        z = results["zero_shot"]
+        figures["mri-liver"]["liver Dice, 10 CHAOS T2 MRIs, zero-shot"] = {
+            "value": round(z["mri-liver"]["mean_all_10"], 3), "command": f"{cmd} --only zero_shot",
+            "baselines": {k: round(v["mean_all_10"], 3) for k, v in z.items() if k != "mri-liver"}}
+        figures["ct-liver"]["liver Dice, 10 CHAOS T2 MRIs, the CT model on the MRI (not its use)"] = {
+            "value": round(z["ct-liver direct"]["mean_all_10"], 3), "command": f"{cmd} --only zero_shot"}
+    if "ct" in results:
+        for name, r in results["ct"].items():
+            figures[name][f"liver Dice, held-out BTCV CTs {', '.join(r['dice'])}"] = {
+                "value": round(r["mean"], 3), "command": f"{cmd} --only ct"}
+    if "fit_mri" in results:
+        f = results["fit_mri"]
+        figures["mri-liver"]["liver Dice after `medgen fit mri-liver --mri` on 7 MRIs, held-out 15 19 20"] = {
+            "value": round(f["mean_held_out"], 3), "command": f"{cmd} --only fit_mri",
+            "fit_minutes": None if f.get("wall_s") is None else round(f["wall_s"] / 60, 1)}
+    if "speed" in results:
+        figures["mri-liver"]["seconds for `medgen segment` on a 256 x 256 x 40 MRI, 2 CPU cores"] = {
+            "value": round(results["speed"]["median_s"], 1), "command": f"{cmd} --only speed"}
+    if "frozen" in results:
+        figures["ct-liver"]["liver Dice, 10 CHAOS T2 MRIs, frozen behind `fit --segmenter ct-liver`"] = {
+            "value": round(results["frozen"]["mean_all_10"], 3), "command": f"{cmd} --only frozen"}
+    for name, figs in figures.items():
+        path = ROOT / "medgen" / "models" / "weights" / name / "card.json"
+        card = json.loads(path.read_text())
+        card["figures"] = {**card.get("figures", {}), **figs}
+        path.write_text(json.dumps(card, indent=2) + "\n")
+        print(f"shipped_eval: figures written into {path}")
+
+
+def record(results: dict) -> dict:
+    """The result record of this run (``docs/results/shipped_models.json``, rendered into docs/results.md)."""
+    rows = []
+    z = results.get("zero_shot", {})
+    names = {"mri-liver": "`medgen segment mri-liver --modality mri` (shipped, zero-shot)",
+             "ct-liver direct": "baseline: `ct-liver` on the MRI (its range into the CT window)",
+             "ct-liver histmatch": "baseline: `ct-liver` on the MRI histogram-matched to a CT"}
+    for key, label in names.items():
+        if key in z:
+            rows.append([label, z[key]["mean_all_10"], z[key]["mean_held_out"], ""])
+    for key, label in (("fit_mri", "`medgen fit mri-liver --mri` (7 MRIs, no CT) + `pipeline --model`"),
+                       ("frozen", "`fit --segmenter ct-liver` (25 CTs, 7 MRIs; frozen CT segmenter) + `pipeline`")):
+        if key in results:
+            r = results[key]
+            wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
+            rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
+    for key, r in results.get("ct", {}).items():
+        rows.append([f"`medgen segment {key}`" + (" --modality ct" if key == "mri-liver" else "")
+                     + f" on held-out CTs ({', '.join(r['dice'])})", "", "", f"CT liver Dice {r['mean']:.3f}"])
+    if "speed" in results:
+        sp = results["speed"]
+        rows.append(["`medgen segment mri-liver IN OUT --modality mri`, a new process (load included)", "", "",
+                     f"{sp['median_s']:.1f} s (median of 3) on {'x'.join(map(str, sp['shape']))}"])
+    return {"title": "Shipped models on the development set", "command": "python benchmarks/shipped_eval.py",
+            "data": {"ct_count_for_training": len(TRAIN_CTS), **results["data"]},
+            "machine": f"{os.cpu_count()} CPU cores, no GPU",
+            "table": {"columns": ["what", "liver Dice, all 10 MRIs", "MRIs 15 19 20", "other"], "rows": rows},
+            "per_case": {k: v for k, v in results.items() if k != "data"}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "real" / "abdomen_uda_dev"))
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "shipped_eval"))
+    p.add_argument("--only", default="zero_shot,ct,speed,fit_mri")
+    p.add_argument("--write-cards", action="store_true")
+    args = p.parse_args(argv)
+    data, work = Path(args.data), Path(args.work)
+    if not (data / "PROVENANCE.md").is_file():
+        print(f"shipped_eval: skipped: the development set is not at {data}")
+        return 0
+    steps = set(args.only.split(","))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    mri, mri_labels = data / "mri" / "images", data / "mri" / "labels"
+    train_mri = link_cases(mri, work / "mri_train", TRAIN)
+    results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
+
+    def segment(name: str, model: str, inputs: Path, modality: str | None = None) -> Path:
+        out = work / f"masks_{name}"
+        if not out.is_dir():
+            medgen("segment", model, str(inputs), str(out), *(["--modality", modality] if modality else []), log=log)
+        return out
+
+    if "zero_shot" in steps:
+        scores = {
+            "mri-liver": dice_by_case(segment("zero_shot", "mri-liver", mri, "mri"), mri_labels),
+            "ct-liver direct": dice_by_case(segment("ct_direct", "ct-liver", mri, "mri"), mri_labels),
+        }
+        matched = histogram_matched(mri, data / "ct" / "images" / f"btcv_{HELD_OUT_CTS[0]}.nii.gz",
+                                    work / "mri_histmatch")
+        scores["ct-liver histmatch"] = dice_by_case(segment("ct_histmatch", "ct-liver", matched), mri_labels)
+        results["zero_shot"] = {k: {"dice": v, "mean_all_10": mean(v), "mean_held_out": mean(v, HELD_OUT)}
+                                for k, v in scores.items()}
+    if "ct" in steps:
+        names = [f"btcv_{i}.nii.gz" for i in HELD_OUT_CTS]
+        images = link_files([data / "ct" / "images" / n for n in names], work / "ct_held_out" / "images")
+        labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_held_out" / "labels")
+        scores = {"ct-liver": segment("ct_ct", "ct-liver", images),
+                  "mri-liver": segment("ct_any", "mri-liver", images, "ct")}
+        results["ct"] = {}
+        for k, out in scores.items():
+            d = {r["case"]: r["dice"] for r in evaluate_folders(out, labels, {6: 1})}
+            results["ct"][k] = {"dice": d, "mean": float(np.mean(list(d.values())))}
+    if "speed" in steps:
+        src = nib.load(str(mri / "chaos_t2_19.nii.gz"))
+        arr = np.asarray(src.dataobj, dtype=np.float32)
+        pad = np.zeros(arr.shape[:2] + (40,), np.float32)
+        pad[..., : arr.shape[2]] = arr[..., :40]
+        vol = work / "mri_256x256x40.nii.gz"
+        nib.save(nib.Nifti1Image(pad, src.affine, src.header), str(vol))
+        times = []
+        for i in range(3):
+            out = work / f"speed_{i}.nii.gz"
+            out.unlink(missing_ok=True)
+            times.append(medgen("segment", "mri-liver", str(vol), str(out), "--modality", "mri", log=log))
+        results["speed"] = {"shape": list(pad.shape), "seconds": times, "median_s": float(np.median(times))}
+    if "fit_mri" in steps:
+        model = work / "fit_mri"
+        if not (model / "model.json").is_file():
+            results["fit_mri_wall_s"] = medgen("fit", "mri-liver", "--mri", str(train_mri), "--out", str(model),
+                                               "--preset", "cpu", log=log)
+        out = work / "masks_fit_mri"
+        if not out.is_dir():
+            medgen("pipeline", "mri-liver", "--model", str(model), str(mri), str(out), log=log)
+        d = dice_by_case(out, mri_labels)
+        results["fit_mri"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
+                              "wall_s": results.get("fit_mri_wall_s")}
+    if "frozen" in steps:
+        model = work / "fit_frozen"
+        listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
+        if not (model / "model.json").is_file():
+            results["frozen_wall_s"] = medgen(
+                "fit", "mri-liver", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
+                "--mri", str(train_mri), "--segmenter", "ct-liver", "--out", str(model), "--preset", "cpu", log=log)
+        out = work / "masks_frozen"
+        if not out.is_dir():
+            medgen("pipeline", "mri-liver", "--model", str(model), str(mri), str(out), log=log)
+        d = dice_by_case(out, mri_labels)
+        results["frozen"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
+                             "wall_s": results.get("frozen_wall_s")}
+    results["data"] = {"ct_train": [f"btcv_{i}" for i in TRAIN_CTS], "ct_held_out": [f"btcv_{i}" for i in HELD_OUT_CTS],
+                       "mri_fit": [f"chaos_t2_{i}" for i in TRAIN], "mri_held_out": [f"chaos_t2_{i}" for i in HELD_OUT]}
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "data"}, indent=1))
+    write_record("shipped_models", record(results))
+    if args.write_cards:
+        write_cards(results)
+    return 0

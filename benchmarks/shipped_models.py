@@ -1,0 +1,83 @@
+"""Train the models that ship inside the package (``ct-liver``, ``mri-liver``) and write them with their cards.
+
+The one command that made every shipped weight file (slow: about an hour on 2 CPU cores for both):
+
+    python benchmarks/shipped_models.py [--data ../shared/data/real/abdomen_uda_dev] [--work DIR]
+                                        [--only train,export] [--models ct-liver,mri-liver]
+
+- training data: the BTCV CTs ``btcv_0`` .. ``btcv_24`` with their manual labels (liver = 6); ``btcv_25`` ..
+  ``btcv_29`` are held out for the CT figures of the cards. No MRI is read: the weights carry the CT data's
+  terms alone (BTCV/Synapse: research use).
+- ``mri-liver``: ``segmenter_liver_any_contrast.yaml`` (label -> image synthesis, any contrast);
+- ``ct-liver``: ``segmenter_ct_liver_2d.yaml`` (real CT only).
+
+Each model is an ordinary ``medgen train`` run in ``--work``; ``export`` copies its weight average into
+``medgen/shipped/<name>/`` (``config.yaml``, ``weights.pt``, ``card.json`` with the sha256 checked at load).
+The card's measured figures come from ``benchmarks/shipped_eval.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medgen.models.run import run_finished
+from medgen.models.shipped import export_run
+
+from real_liver import medgen
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_CTS = list(range(25))
+HELD_OUT_CTS = list(range(25, 30))
+MODELS = {
+    "mri-liver": ("segmenter_liver_any_contrast.yaml", ["train.iterations=6000"]),
+    "ct-liver": ("segmenter_ct_liver_2d.yaml", ["train.iterations=3000"]),
+}
+
+
+def ct_datalist(data: Path, ids: list[int], path: Path) -> Path:
+    """A datalist JSON of BTCV CTs ``ids`` and their labels (absolute paths)."""
+    entries = [{"image": str((data / "ct" / "images" / f"btcv_{i}.nii.gz").resolve()),
+                "label": str((data / "ct" / "labels" / f"btcv_{i}.nii.gz").resolve())} for i in ids]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"training": entries}, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "real" / "abdomen_uda_dev"))
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "shipped"))
+    p.add_argument("--only", default="train,export")
+    p.add_argument("--models", default=",".join(MODELS))
+    args = p.parse_args(argv)
+    data, work = Path(args.data), Path(args.work)
+    if not (data / "PROVENANCE.md").is_file():
+        print(f"shipped_models: skipped: the development set is not at {data}")
+        return 0
+    steps, names = set(args.only.split(",")), args.models.split(",")
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
+    for name in names:
+        config, sets = MODELS[name]
+        run = work / name
+        if "train" in steps:
+            if not run_finished(run):
+                secs = medgen("train", config, "--out", str(run), "--set", f"data.images={listing}",
+                              "--set", f"data.labels={listing}", "--set", "data.label_map={6: 1}",
+                              *(a for s in sets for a in ("--set", s)), log=log)
+                (work / f"{name}.train_s").write_text(f"{secs:.0f}\n")
+        if "export" in steps:
+            command = (f"python benchmarks/shipped_models.py --models {name} (medgen train {config} --set "
+                       f"data.images=BTCV[{TRAIN_CTS[0]}..{TRAIN_CTS[-1]}] --set data.label_map={{6: 1}} "
+                       + " ".join(f"--set {s}" for s in sets) + ")")
+            export_run(run, name, command=command, train_cts=[f"btcv_{i}" for i in TRAIN_CTS],
+                       held_out_cts=[f"btcv_{i}" for i in HELD_OUT_CTS])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
