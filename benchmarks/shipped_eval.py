@@ -29,12 +29,13 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from medgen.evaluation.segmentation import evaluate_folders
+from medgen.evaluation.segmentation import evaluate_folders, flag_quality
 
 from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, dice_by_case, histogram_matched, link_cases, medgen
@@ -114,7 +115,15 @@ def record(results: dict) -> dict:
         sp = results["speed"]
         rows.append(["`medgen segment mri-liver IN OUT --modality mri`, a new process (load included)", "", "",
                      f"{sp['median_s']:.1f} s (median of 3) on {'x'.join(map(str, sp['shape']))}"])
-    return {"title": "Shipped models on the development set", "command": "python benchmarks/shipped_eval.py",
+    notes = []
+    if "qc_flags" in results:
+        q = results["qc_flags"]
+        notes.append(f"QC flags over the {q['cases']} masks of this run ({q['bad']} with Dice < 0.7, {q['good']} with "
+                     f"Dice >= 0.8); Spearman of the pipeline's uncertainty against Dice: "
+                     f"{q['spearman_uncertainty_dice']:.2f}")
+        notes += [f"flag {name}: fired {f['fired']}, precision {f['precision']:.2f}, recall {f['recall']:.2f}, "
+                  f"fires on {f['on_good']:.0%} of the good masks" for name, f in q["flags"].items()]
+    return {"title": "Shipped models on the development set", "notes": notes, "command": "python benchmarks/shipped_eval.py",
             "data": {"ct_count_for_training": len(TRAIN_CTS), **results["data"]},
             "machine": f"{os.cpu_count()} CPU cores, no GPU",
             "table": {"columns": ["what", "liver Dice, all 10 MRIs", "MRIs 15 19 20", "other"], "rows": rows},
@@ -145,14 +154,23 @@ def main(argv: list[str] | None = None) -> int:
             medgen("segment", model, str(inputs), str(out), *(["--modality", modality] if modality else []), log=log)
         return out
 
+    def pipeline(name: str, inputs: Path, *args: str) -> dict[str, float]:
+        """``medgen pipeline mri-liver ARGS INPUTS OUT --truth LABELS`` (masks, QC rows with flags, index.html)."""
+        out = work / f"masks_{name}"
+        if not (out / "summary.json").is_file():
+            start = time.time()
+            medgen("pipeline", "mri-liver", *args, str(inputs), str(out), "--truth", str(mri_labels), log=log)
+            results.setdefault("pipeline_wall_s", {})[name] = time.time() - start
+        qc_rows.extend({**r, "source": name} for r in json.loads((out / "summary.json").read_text())["cases"])
+        return dice_by_case(out, mri_labels)
+
+    qc_rows: list[dict] = []
     if "zero_shot" in steps:
-        scores = {
-            "mri-liver": dice_by_case(segment("zero_shot", "mri-liver", mri, "mri"), mri_labels),
-            "ct-liver direct": dice_by_case(segment("ct_direct", "ct-liver", mri, "mri"), mri_labels),
-        }
         matched = histogram_matched(mri, data / "ct" / "images" / f"btcv_{HELD_OUT_CTS[0]}.nii.gz",
                                     work / "mri_histmatch")
-        scores["ct-liver histmatch"] = dice_by_case(segment("ct_histmatch", "ct-liver", matched), mri_labels)
+        scores = {"mri-liver": pipeline("zero_shot", mri),
+                  "ct-liver direct": pipeline("ct_direct", mri, "--segmenter", "ct-liver"),
+                  "ct-liver histmatch": pipeline("ct_histmatch", matched, "--segmenter", "ct-liver")}
         results["zero_shot"] = {k: {"dice": v, "mean_all_10": mean(v), "mean_held_out": mean(v, HELD_OUT)}
                                 for k, v in scores.items()}
     if "ct" in steps:
@@ -183,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (model / "model.json").is_file():
             results["fit_mri_wall_s"] = medgen("fit", "mri-liver", "--mri", str(train_mri), "--out", str(model),
                                                "--preset", "cpu", log=log)
-        out = work / "masks_fit_mri"
-        if not out.is_dir():
-            medgen("pipeline", "mri-liver", "--model", str(model), str(mri), str(out), log=log)
-        d = dice_by_case(out, mri_labels)
+        d = pipeline("fit_mri", mri, "--model", str(model))
         results["fit_mri"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                               "wall_s": results.get("fit_mri_wall_s")}
     if "frozen" in steps:
@@ -196,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             results["frozen_wall_s"] = medgen(
                 "fit", "mri-liver", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
                 "--mri", str(train_mri), "--segmenter", "ct-liver", "--out", str(model), "--preset", "cpu", log=log)
-        out = work / "masks_frozen"
-        if not out.is_dir():
-            medgen("pipeline", "mri-liver", "--model", str(model), str(mri), str(out), log=log)
-        d = dice_by_case(out, mri_labels)
+        d = pipeline("frozen", mri, "--model", str(model))
         results["frozen"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                              "wall_s": results.get("frozen_wall_s")}
+    if qc_rows:  # the QC flags judged on every mask of this run (several qualities)
+        results["qc_flags"] = flag_quality(qc_rows)
+        print(json.dumps(results["qc_flags"], indent=1))
     results["data"] = {"ct_train": [f"btcv_{i}" for i in TRAIN_CTS], "ct_held_out": [f"btcv_{i}" for i in HELD_OUT_CTS],
                        "mri_fit": [f"chaos_t2_{i}" for i in TRAIN], "mri_held_out": [f"chaos_t2_{i}" for i in HELD_OUT]}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")

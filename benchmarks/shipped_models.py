@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from medgen.models.run import run_finished
-from medgen.models.shipped import export_run
+from medgen.models.shipped_export import export_run
 
 from real_liver import medgen
 

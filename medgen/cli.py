@@ -16,7 +16,7 @@ from medgen.data.datalist import input_output_pairs
 from medgen.errors import MedgenError
 from medgen.info import describe
 from medgen.models.fit_model import read_model
-from medgen.models.shipped import DEFAULT_FOR, SHIPPED
+from medgen.models.shipped import DEFAULT_FOR, SHIPPED, describe_card, read_card
 from medgen.phantoms import DEFAULT_SHAPE, DEFAULT_SPACING, write_dataset
 from medgen.validate import check_output_folder, check_output_of
 
@@ -69,8 +69,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from medgen.models.shipped import SHIPPED, describe_card, read_card
-
     for name in [args.name] if args.name else SHIPPED:
         print(describe_card(read_card(name), full=bool(args.name)))
     return 0
@@ -124,7 +122,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         args.segmenter = DEFAULT_FOR[args.modality or "ct"]
     check_output_of(args.input, args.output, input_output_pairs(args.input, args.output)[0])
     written, failed = segment_files(args.segmenter, args.input, args.output, args.device, args.liver_index,
-                                    args.overwrite, args.modality)
+                                    args.overwrite, args.modality, args.output_format)
     return _folder_status(written, failed, "segmented")
 
 
@@ -132,7 +130,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from medgen.inference.pipeline import PipelineOptions, run_pipeline  # lazy: torch + MONAI (3.5 s)
 
     options = PipelineOptions(args.threshold, args.largest_component, args.fill_holes, args.save_sct, args.baseline,
-                              args.overwrite)
+                              args.overwrite, args.output_format)
     translator, segmenter, liver_index = args.translator, args.segmenter, args.liver_index
     if args.model:
         if translator or segmenter:
@@ -231,6 +229,12 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="where networks run (auto: CUDA when available)")
 
 
+def _add_output_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-format", choices=("auto", "nifti", "dicom-seg", "both"), default="auto",
+                   help="masks as NIfTI, DICOM-SEG (referencing a DICOM input series) or both (default auto: both "
+                        "for DICOM input, NIfTI otherwise)")
+
+
 def _add_overwrite(p: argparse.ArgumentParser, help_text: str = "replace existing outputs") -> None:
     p.add_argument("--overwrite", action="store_true", help=help_text)
 
@@ -323,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input intensity preset of a medgen segmenter run (default: its training modality; "
                         "mri for a contrast-agnostic segmenter on MRIs)")
     _add_device(p)
+    _add_output_format(p)
     _add_overwrite(p)
 
     p = add("pipeline", _cmd_pipeline, "run a pipeline; mri-liver: MRI -> liver mask on the MRI grid",
@@ -345,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
     _add_device(p)
+    _add_output_format(p)
     _add_overwrite(p, "recompute finished cases and replace outputs")
 
     p = add("synth", _cmd_synth, "sample image+label pairs from a synthesizer run (VAE, GAN, label2image)",

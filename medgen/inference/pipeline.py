@@ -25,14 +25,17 @@ from tqdm import tqdm
 
 from medgen.data.datalist import input_output_pairs, list_volumes
 from medgen.data.volumes import remap_labels
+from medgen.dicomseg import save_mask
 from medgen.errors import MedgenError, short
 from medgen.inference.segment import load_segmenter, postprocess, thresholded
 from medgen.inference.translate import load_translator
 from medgen.io import atomic_write, case_name, load_image, save_hu, save_like
 from medgen.metrics import segmentation_metrics
+from medgen.qcpage import case_picture, save_png, write_index
 from medgen.validate import check_label_values, check_output_of, check_same_grid, check_volume
 
 LIVER_ML = (600.0, 3500.0)  # plausible adult liver volume; outside it the case is flagged
+UNSURE_MAX = 0.2  # uncertainty() above which the case is flagged low_confidence
 CYCLE_ERROR_MAX = 0.15  # mean |G_ba(G_ab(x)) - x| in [-1, 1] units above which the translation is flagged
 
 
@@ -44,10 +47,26 @@ class PipelineOptions:
     save_sct: bool = False
     baseline: bool = False
     overwrite: bool = False
+    output_format: str = "auto"  # nifti | dicom-seg | both | auto: both for a DICOM series input, NIfTI otherwise
 
 
-def quality_flags(mask: np.ndarray, raw_mask: np.ndarray, liver_ml: float, cycle_error: float | None) -> list[str]:
-    """Reasons to look at a case: implausible volume, liver cut by the field of view, fragments, poor cycle."""
+def uncertainty(prob: np.ndarray, mask: np.ndarray) -> float:
+    """Voxels the segmenter is unsure of (liver probability in (0.25, 0.75)) per voxel of the mask: near 0 for a
+    confident mask, large when much of the decision sits near the threshold (1 for an empty mask).
+
+    >>> p = np.zeros((4, 4, 4)); p[:2] = 0.9; p[2] = 0.5
+    >>> round(uncertainty(p, p > 0.5), 3)
+    0.5
+    """
+    ambiguous = float(np.count_nonzero((prob > 0.25) & (prob < 0.75)))
+    return ambiguous / float(mask.sum()) if mask.any() else 1.0
+
+
+def quality_flags(mask: np.ndarray, raw_mask: np.ndarray, liver_ml: float, cycle_error: float | None,
+                  unsure: float = 0.0) -> list[str]:
+    """Reasons to look at a case: implausible volume, a mask reaching the in-plane edge of the field of view (the
+    slices' first or last rows or columns: spill outside the body, or a cropped field of view; the first and last
+    slices are not checked, since real livers often reach them), fragments, an unsure segmenter, poor cycle."""
     flags = []
     if liver_ml == 0:
         flags.append("empty_mask")
@@ -55,10 +74,12 @@ def quality_flags(mask: np.ndarray, raw_mask: np.ndarray, liver_ml: float, cycle
         flags.append("liver_volume_low")
     elif liver_ml > LIVER_ML[1]:
         flags.append("liver_volume_high")
-    if mask.any() and (mask[..., 0].any() or mask[..., -1].any()):
+    if mask.any() and any(np.take(mask, i, axis=a).any() for a in (0, 1) for i in (0, -1)):
         flags.append("touches_fov_edge")
     if raw_mask.sum() > 0 and mask.sum() < 0.9 * raw_mask.sum():
         flags.append("fragmented")
+    if unsure > UNSURE_MAX:
+        flags.append("low_confidence")
     if cycle_error is not None and cycle_error > CYCLE_ERROR_MAX:
         flags.append("high_cycle_error")
     return flags
@@ -80,38 +101,45 @@ class MriLiverPipeline:
                                          "translator route")
         self.translator = None if translator is None else load_translator(translator, "mri2ct", device, cycle=True)
         self.segmenter = load_segmenter(segmenter, device, liver_index, "mri" if translator is None else None)
+        self.name = Path(str(segmenter)).name
         pp = self.segmenter.postprocess  # the one source of defaults; options given on the command line win
         given = {f.name: getattr(self.options, f.name, None) for f in dataclasses.fields(pp)}
         self.postprocess = dataclasses.replace(pp, **{k: v for k, v in given.items() if v is not None})
 
-    def _mask(self, ct_like: np.ndarray, ref) -> tuple[np.ndarray, np.ndarray]:
-        """(post-processed mask, thresholded mask before post-processing)."""
+    def _mask(self, ct_like: np.ndarray, ref) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(post-processed mask, thresholded mask before post-processing, the liver probability)."""
         prob = self.segmenter.predict(ct_like, ref)
-        return postprocess(prob, self.postprocess), postprocess(prob, thresholded(self.postprocess))
+        return postprocess(prob, self.postprocess), postprocess(prob, thresholded(self.postprocess)), prob
 
     def run_case(self, mri_path: str | Path, mask_path: str | Path, sct_path: str | Path | None = None,
-                 baseline_path: str | Path | None = None, truth=None) -> dict:
-        """Segment one MRI; returns its QC row (liver mL, cycle error, flags, Dice when ``truth`` is given)."""
+                 baseline_path: str | Path | None = None, truth=None, picture: str | Path | None = None) -> dict:
+        """Segment one MRI; returns its QC row (liver mL, cycle error, flags, Dice when ``truth`` is given); with
+        ``picture``, its QC picture is written there (:func:`medgen.qcpage.case_picture`)."""
         mri, ref = load_image(mri_path)
         check_volume(mri, mri_path)
         if isinstance(truth, tuple):  # (mask, its ImageRef): checked on the MRI's grid before any work
             check_same_grid(ref, truth[1])
             truth = truth[0]
         sct, cycle = self.translator.translate(mri, ref) if self.translator is not None else (mri, None)
-        mask, raw = self._mask(sct, ref)
+        mask, raw, prob = self._mask(sct, ref)
+        unsure = uncertainty(prob, mask)
         voxel_ml = float(np.prod(ref.spacing)) / 1000.0
         liver_ml = float(mask.sum()) * voxel_ml
         ow = self.options.overwrite
-        save_like(mask, ref, mask_path, overwrite=ow)
+        save_mask(mask, ref, mask_path, ow, self.options.output_format, self.name)
         if sct_path is not None:
             save_hu(sct, ref, sct_path, overwrite=ow)
         row = {"case": case_name(mri_path), "status": "ok", "liver_ml": round(liver_ml, 1),
                "cycle_error": round(cycle, 4) if cycle is not None else None,
-               "flags": ";".join(quality_flags(mask, raw, liver_ml, cycle)), "mask": str(mask_path)}
+               "uncertainty": round(unsure, 4),
+               "flags": ";".join(quality_flags(mask, raw, liver_ml, cycle, unsure)), "mask": str(mask_path),
+               "image": str(mri_path)}
+        if picture is not None:
+            save_png(case_picture(mri, mask, ref, truth), picture)
         if truth is not None:
             row["dice"] = segmentation_metrics(mask > 0, truth, ref.spacing, False)["dice"]
         if baseline_path is not None:
-            direct, _ = self._mask(self.translator.identity(mri), ref)
+            direct = self._mask(self.translator.identity(mri), ref)[0]
             save_like(direct, ref, baseline_path, overwrite=ow)
             row["baseline_liver_ml"] = round(float(direct.sum()) * voxel_ml, 1)
             if truth is not None:
@@ -183,7 +211,8 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
             continue
         try:
             rows.append(pipe.run_case(path, mask_path, out / "sct" / f"{name}.nii.gz" if opts.save_sct else None,
-                                      out / "baseline" / f"{name}.nii.gz" if opts.baseline else None, truth_mask(path)))
+                                      out / "baseline" / f"{name}.nii.gz" if opts.baseline else None, truth_mask(path),
+                                      out / "qc" / f"{name}.png"))
         except MedgenError as exc:
             failed += 1
             rows.append({"case": name, "status": "failed", "error": str(exc)})
@@ -194,4 +223,5 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
             tqdm.write(f"medgen: error: {path}: {type(exc).__name__}: {short(exc)}", file=sys.stderr)
         _write_summary(out, rows)
     _write_summary(out, rows)
+    write_index(out, rows, "medgen pipeline mri-liver")
     return rows, failed

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from medgen.data.datalist import input_output_pairs
 from medgen.data.synthseg import body_mask
+from medgen.dicomseg import save_mask
 from medgen.errors import MedgenError, each_case, short
 from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_like
@@ -302,7 +303,7 @@ def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int | No
 
 def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path, device: str = "auto",
                   liver_index: int | None = None, overwrite: bool = False,
-                  modality: str | None = None) -> tuple[list[Path], int]:
+                  modality: str | None = None, output_format: str = "auto") -> tuple[list[Path], int]:
     """``medgen segment``: a file -> mask file, or a folder -> a folder of masks (uint8, input header; a bad
     file is reported on its line and skipped, :func:`medgen.errors.each_case`); ``modality`` as in
     :func:`load_segmenter`. Returns the written masks and the number of failed inputs."""
@@ -311,6 +312,7 @@ def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path,
 
     def one(src: Path, dst: Path) -> Path:
         array, ref = load_image(src)
-        return save_like(postprocess(seg.predict(array, ref), seg.postprocess), ref, dst, overwrite=overwrite)
+        mask = postprocess(seg.predict(array, ref), seg.postprocess)
+        return save_mask(mask, ref, dst, overwrite, output_format, Path(str(segmenter)).name)[0]
 
     return each_case(pairs, single, one)
