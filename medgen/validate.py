@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medgen.errors import MedgenError
-from medgen.io import ImageRef
+from medgen.io import ImageRef, suffix_of
 
 
 def check_same_grid(image: ImageRef, label: ImageRef, atol_mm: float = 1e-3) -> None:
@@ -32,6 +32,10 @@ def check_same_grid(image: ImageRef, label: ImageRef, atol_mm: float = 1e-3) -> 
 SYSTEM_ROOTS = ("/proc", "/sys", "/dev")  # pseudo-filesystems: never an output location
 
 
+FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg", ".json",
+                 ".csv", ".html", ".yaml", ".yml", ".pt")  # names of files, never of an output folder
+
+
 def check_output_folder(folder: str | os.PathLike, named: str | os.PathLike | None = None) -> Path:
     """Raise unless ``folder`` exists as a writable folder or can be created as one, before any work is done.
 
@@ -44,6 +48,9 @@ def check_output_folder(folder: str | os.PathLike, named: str | os.PathLike | No
     medgen.errors.MedgenError: /proc/out: not an output location (under /proc)
     """
     target = Path(folder).absolute()
+    if named is None and suffix_of(target) in FILE_SUFFIXES:
+        raise MedgenError(folder, f"this output is a folder, but its name ends in {suffix_of(target)} (a file's "
+                                  "suffix): choose a folder name")
     named = target if named is None else named
     probe = target
     while not probe.exists() and probe != probe.parent:

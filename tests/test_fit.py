@@ -134,7 +134,8 @@ def test_fit_with_a_frozen_torchscript_segmenter(phantom_dir, tmp_path, capsys):
     assert main(_args(phantom_dir, model, extra=["--segmenter", str(ts)])) == 0
     assert "without the segmentation-consistency loss" in capsys.readouterr().out
     route, translator, segmenter, liver_index = read_model(model)
-    assert route == "synthct" and segmenter == str(ts) and liver_index is None
+    assert route == "synthct" and segmenter == str(model / "user_segmenter" / "seg.pt") and liver_index is None
+    assert (model / "user_segmenter" / "seg.json").is_file()  # copied with its sidecar: the model stands alone
     assert not (model / "segmenter").exists()  # the user's segmenter is never retrained
     assert ts.read_bytes() == before
     mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]

@@ -14,6 +14,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -368,3 +369,71 @@ def test_whole_corpus_as_one_folder_run(command, corpus, cyclegan_run, segmenter
                        "segment": ["good_src.nii.gz", "one_series.nii.gz", "thin_y.nii.gz", "thin_z.nii.gz",
                                    "zeros.nii.gz"]}[command]
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("command", ["train", "synth", "fit"])
+def test_a_folder_output_named_like_a_file_is_refused_before_the_work(command, tmp_path, phantom_dir):
+    out = tmp_path / "OUT.png"
+    args = {"train": ["train", config(2), "--out", out], "synth": ["synth", tmp_path, out, "--n", "2"],
+            "fit": ["fit", "mri-liver", "--mri", phantom_dir / "mri", "--out", out]}[command]
+    assert_refused(medgen(*args), out, r"this output is a folder, but its name ends in \.png")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["single_file", "one_slice", "constant", "float_labels"])
+def test_fit_refuses_a_bad_mri_or_label_before_training(case, tmp_path, phantom_dir):
+    mri = tmp_path / "mri"
+    shutil.copytree(phantom_dir / "mri", mri)
+    labels = phantom_dir / "labels"
+    bad = mri / "case_001.nii.gz"
+    img = nib.load(bad)
+    extra = []
+    if case == "single_file":
+        mri, cause, name = bad, "must be a folder of MRIs", bad
+    elif case == "one_slice":
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :1], img.affine), bad)
+        cause, name = "degenerate grid", bad
+    elif case == "constant":
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), bad)
+        cause, name = "constant volume", bad
+    else:
+        labels = tmp_path / "labels"
+        shutil.copytree(phantom_dir / "labels", labels)
+        lab = nib.load(labels / "case_002.nii.gz")
+        data = np.asarray(lab.dataobj).astype(np.float32)
+        data[data == 2] = 2.5
+        nib.save(nib.Nifti1Image(data, lab.affine), labels / "case_002.nii.gz")
+        extra = ["--ct", phantom_dir / "ct", "--ct-labels", labels, "--label-map", "1:1"]
+        cause, name = "non-integer values", labels / "case_002.nii.gz"
+    before = snapshot(mri, labels)
+    out = tmp_path / "model"
+    assert_refused(medgen("fit", "mri-liver", "--mri", mri, "--out", out, *extra), name, cause)
+    assert not out.exists() and snapshot(mri, labels) == before
+
+
+def test_pipeline_whose_every_input_is_refused_leaves_no_folder(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.nii.gz").write_bytes(b"not a volume")
+    out = tmp_path / "out"
+    proc = medgen("pipeline", "mri-liver", inputs, out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("edit, cause", [
+    ({"liver_index": 7}, r"'liver_index' must be null or a class index|liver_index 7"),
+    ({"liver_index": "1"}, "'liver_index' must be null or a class index"),
+    ({"segmenter": None}, "'segmenter' must be a name"),
+    ({"segmenter": 3}, "'segmenter' must be a name"),
+    ({"segmenter": "../../elsewhere"}, "points outside the model folder"),
+    ({"segmenter": "/abs/run"}, "points outside the model folder"),
+])
+def test_a_tampered_model_json_is_one_line(edit, cause, tmp_path, phantom_dir):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({"route": "direct", "segmenter": "mri-liver", "translator": None,
+                                                  "liver_index": 1, **edit}))
+    out = tmp_path / "out.nii.gz"
+    proc = medgen("pipeline", "mri-liver", "--model", model, phantom_dir / "mri" / "case_000.nii.gz", out)
+    assert_refused(proc, model, cause)
+    assert not out.exists()

@@ -17,6 +17,7 @@ checkpoints), resumable one by one with ``--resume``:
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,11 @@ from medgen.data.datalist import image_label_pairs, list_volumes
 from medgen.engines.train import train_or_reuse
 from medgen.errors import MedgenError
 from medgen.inference.pipeline import run_pipeline
+from medgen.inference.segment import load_segmenter
 from medgen.io import atomic_write, case_name, load_image
 from medgen.models.fit_model import FIT_CONFIG, MODEL_FILE, FitConfig, FitModel, load_fit_config, write_model
 from medgen.models.registry import load_config
-from medgen.models.run import CONFIG_FILE
+from medgen.models.run import CONFIG_FILE, latest_checkpoint
 from medgen.models.shipped import SHIPPED, resolve_model
 from medgen.validate import check_label_values, check_same_grid, check_volume
 
@@ -150,6 +152,33 @@ def _has_ct(sets: list[str]) -> bool:
     return any(s.startswith("data.images=") and s != "data.images=" for s in sets)
 
 
+def _keep_segmenter(spec: str, out: Path) -> str:
+    """The user's frozen segmenter copied into the model folder (``model.json`` names only what is inside it),
+    as a name relative to it; a shipped model's name stays as it is. A medgen run keeps its latest checkpoint
+    only; a TorchScript file its sidecar."""
+    if spec in SHIPPED:
+        return spec
+    src = Path(spec)
+    dst = out / "user_segmenter" / src.name
+    if dst.exists():  # --resume
+        return str(dst.relative_to(out))
+    if src.is_dir():
+        last = latest_checkpoint(src)
+
+        def ignore(folder: str, names: list[str]) -> list[str]:
+            if Path(folder) == src:
+                return [n for n in names if n == "tb"]
+            return [n for n in names if last is not None and Path(folder) == last.parent and n != last.name]
+
+        shutil.copytree(src, dst, ignore=ignore)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for f in [src, *(src.with_suffix(x) for x in (".json", ".yaml", ".yml"))]:
+            if f.is_file():
+                shutil.copy2(f, dst.parent / f.name)
+    return str(dst.relative_to(out))
+
+
 def _common_sets(cfg: FitConfig) -> list[str]:
     sets = [f"train.device={cfg.device}", f"train.amp={cfg.amp}"]
     return sets + ([f"train.threads={cfg.threads}"] if cfg.threads > 0 else [])
@@ -178,6 +207,8 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                           + ("with --segmenter: its MRI -> synthetic CT translator is trained on CTs" if segmenter
                              else "with start: scratch (the segmenter is trained on them)"))
     mris = _check_inputs(ct, ct_labels, label_map, mri)
+    if segmenter is not None:  # the user's segmenter loads (or fails in one line) before anything is trained
+        load_segmenter(segmenter, "cpu")
     route = "synthct" if segmenter else cfg.route
     data = ["data.images=", "data.labels="]
     if ct is not None:
@@ -186,7 +217,7 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
     times = {}
-    seg_spec = segmenter
+    seg_spec = None if segmenter is None else _keep_segmenter(segmenter, out)
     if segmenter is None:
         seg_spec = cfg.start
         if cfg.start == "scratch":

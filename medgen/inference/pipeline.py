@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import math
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise MedgenError(out / "summary.json", f"not a medgen pipeline summary ({short(exc, 80)}): pass "
                                                     "--overwrite to recompute every case, or another output folder") from None
+    fresh = not out.exists()
     rows, failed = [], 0
     for path, mask_path in tqdm(pairs, desc="mri-liver", unit="case", disable=None):
         name = case_name(path)
@@ -222,6 +224,9 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
             rows.append({"case": name, "status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"})
             tqdm.write(f"medgen: error: {path}: {type(exc).__name__}: {short(exc)}", file=sys.stderr)
         _write_summary(out, rows)
+    if rows and failed == len(rows) and fresh:  # every input refused: leave nothing behind
+        shutil.rmtree(out, ignore_errors=True)
+        return rows, failed
     _write_summary(out, rows)
     write_index(out, rows, "medgen pipeline mri-liver")
     return rows, failed

@@ -39,7 +39,7 @@ from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_like
 from medgen.keys import Modality
 from medgen.models.run import CONFIG_FILE, load_averages, load_run, load_weights
-from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, weights_name
+from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, n_classes, weights_name
 from medgen.models.shipped import resolve_model
 from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor, largest_component
@@ -114,6 +114,10 @@ class RunSegmenter:
         else:  # the weight average
             _, (self.net,) = load_averages(self.run_dir, [weights_name(self.cfg)], [self.net])
         self.liver_index = 1 if liver_index is None else liver_index
+        classes = n_classes(self.cfg)
+        if not 0 <= self.liver_index < classes:
+            raise MedgenError(self.run_dir, f"liver_index {self.liver_index} is not a class of this segmenter "
+                                            f"(0-{classes - 1})")
         self.postprocess = self.cfg.postprocess
 
     def predict(self, array: np.ndarray, ref: ImageRef) -> np.ndarray:

@@ -74,8 +74,8 @@ def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 
 @dataclass
 class FitModel:
-    """What ``model.json`` says: the route and the runs (paths relative to the model directory, or the
-    user's own segmenter as given)."""
+    """What ``model.json`` says: the route and the runs (paths relative to the model directory: the fit copies a
+    user's own segmenter into it), or a shipped model's name."""
 
     route: str
     segmenter: str
@@ -83,10 +83,17 @@ class FitModel:
     liver_index: int | None = None
 
     def resolve(self, model_dir: Path, name: str | None) -> str | None:
-        if name is None:
-            return None
-        inside = model_dir / name
-        return str(inside) if inside.exists() else name
+        """A run named in ``model.json`` -> its path inside ``model_dir`` (a shipped model's name as it is); a name
+        that leaves the folder (``..``, an absolute path) or is missing is a one-line error."""
+        if name is None or name in SHIPPED:
+            return name
+        source = model_dir / MODEL_FILE
+        inside = (model_dir / name).resolve()
+        if Path(name).is_absolute() or not inside.is_relative_to(model_dir.resolve()):
+            raise MedgenError(source, f"{name!r} points outside the model folder: model.json names runs inside it")
+        if not inside.exists():
+            raise MedgenError(source, f"names {name!r}, which is not in the model folder (copy it back, or refit)")
+        return str(model_dir / name)
 
 
 def write_model(model_dir: Path, model: FitModel) -> Path:
@@ -107,6 +114,14 @@ def read_model(model_dir: str | Path) -> tuple[str, str | None, str, int | None]
         model = FitModel(**data)
     except (ValueError, TypeError) as exc:
         raise MedgenError(path, f"unreadable model file: {short(exc)}") from None
+    for key in ("route", "segmenter", "translator"):
+        value = getattr(model, key)
+        if not (isinstance(value, str) and value) and not (key == "translator" and value is None):
+            raise MedgenError(path, f"'{key}' must be {'a name' if key != 'translator' else 'a name or null'}, "
+                                    f"not {short(repr(value), 40)}")
+    index = model.liver_index
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 64):
+        raise MedgenError(path, f"'liver_index' must be null or a class index 0-63, not {short(repr(index), 40)}")
     if model.route not in ROUTES:
         raise MedgenError(path, f"unknown route {model.route!r}")
     if model.route == "synthct" and not model.translator:
