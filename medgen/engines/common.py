@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from medgen.data.patches import IndexStream
-from medgen.errors import MedgenError
+from medgen.errors import MedgenError, short
 from medgen.models.run import CHECKPOINT_DIR, CHECKPOINT_PREFIX, EMA_SUFFIX, latest_checkpoint, load_checkpoint
 from medgen.models.shipped import resolve_model
 from medgen.runtime import CpuShare
@@ -270,7 +270,10 @@ def run_trainer(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
         last = latest_checkpoint(run_dir)
         if last is None:
             raise MedgenError(run_dir, "nothing to resume: no checkpoint in checkpoints/")
-        Checkpoint.load_objects(to_load=to_save, checkpoint=load_checkpoint(last))
+        try:
+            Checkpoint.load_objects(to_load=to_save, checkpoint=load_checkpoint(last))
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise MedgenError(last, f"cannot resume from this checkpoint ({short(exc, 120)})") from None
         metrics.cut(trainer.state.iteration)
         print(f"[medgen] resumed from {last} at iteration {trainer.state.iteration}", flush=True)
     start = trainer.state.iteration * t.batch_size

@@ -7,6 +7,8 @@ writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import logging
@@ -21,10 +23,10 @@ import torch
 
 from medgen.config import save_config, to_dict
 from medgen.engines.common import TaskSetup, run_trainer, start_from
-from medgen.errors import MedgenError
+from medgen.errors import MedgenError, short
 from medgen.io import atomic_write
 from medgen.models.registry import TASKS, load_config
-from medgen.models.run import CONFIG_FILE, latest_checkpoint, run_finished
+from medgen.models.run import CONFIG_FILE, latest_checkpoint, load_checkpoint, run_finished
 from medgen.runtime import resolve_device, seed_everything
 
 logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
@@ -53,13 +55,40 @@ def prepare_run(config: str | Path | None, out: str | Path, overrides: list[str]
     return load_config(config, overrides)
 
 
+def check_resumable(run: Path, setup: TaskSetup) -> None:
+    """Raise (one line naming the file) unless ``run`` can be resumed by ``setup``: its latest checkpoint reads
+    with ``weights_only``, holds every object of ``setup.to_save`` with networks of the same keys and shapes,
+    and the run's artifacts (``norm.json`` ...) are there and readable."""
+    last = latest_checkpoint(run)
+    if last is None:
+        raise MedgenError(run, "nothing to resume: no checkpoint in checkpoints/")
+    state = load_checkpoint(last)
+    missing = [name for name in [*setup.to_save, "trainer"] if name not in state]
+    if missing:
+        raise MedgenError(last, f"cannot resume: the checkpoint has no {', '.join(missing)} (another task's run?)")
+    for name, obj in setup.to_save.items():
+        if isinstance(obj, torch.nn.Module):
+            own, theirs = obj.state_dict(), state[name]
+            if not isinstance(theirs, dict) or set(own) != set(theirs) or any(
+                    getattr(theirs[k], "shape", None) != v.shape for k, v in own.items()):
+                raise MedgenError(last, f"cannot resume: its '{name}' weights do not fit the run's network")
+    for name in setup.artifacts:
+        try:
+            json.loads((run / name).read_text())
+        except (OSError, ValueError) as exc:
+            raise MedgenError(run / name, f"cannot resume: missing or corrupt ({short(exc, 80)}); copy the run's "
+                                          f"{name} back, or train again") from None
+
+
 def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank
     setup = task_setup(cfg, device)  # reads data, writes nothing
-    if cfg.train.init and not resume:
+    if resume:
+        check_resumable(run, setup)  # before anything in the run is written: a failed resume leaves it as it was
+    elif cfg.train.init:
         start_from(setup.to_save, cfg.train.init)
-    if idist.get_rank() == 0:
+    if idist.get_rank() == 0 and not resume:
         save_config(cfg, run / CONFIG_FILE)
         info = {"world_size": idist.get_world_size(), "backend": idist.backend(), "device": str(device),
                 "torch": torch.__version__, "python": platform.python_version()}
@@ -72,15 +101,48 @@ def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
 
 
 def train(config: str | Path | None, out: str | Path, overrides: list[str] = (), resume: bool = False) -> Path:
-    """Train the model a config describes into run directory ``out`` (or resume it)."""
+    """Train the model a config describes into run directory ``out`` (or resume it). In one process the run folder
+    is locked while it trains: a second ``medgen train`` into it is refused in one line."""
     cfg = prepare_run(config, out, list(overrides), resume)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     backend = None
     if world > 1:
         backend = "nccl" if cfg.train.device != "cpu" and torch.cuda.is_available() else "gloo"
-    with idist.Parallel(backend=backend) as parallel:
-        parallel.run(_worker, cfg, Path(out), resume)
-    return Path(out)
+    run = Path(out)
+    created = not run.exists()
+    with _locked(run, world == 1):
+        try:
+            cfg = prepare_run(config, out, list(overrides), resume)  # again, under the lock
+            with idist.Parallel(backend=backend) as parallel:
+                parallel.run(_worker, cfg, run, resume)
+        except BaseException:
+            if created and run.is_dir() and not any(run.iterdir()):
+                run.rmdir()  # nothing was written: leave nothing
+            raise
+    return run
+
+
+@contextlib.contextmanager
+def _locked(run: Path, lock: bool):
+    """An exclusive ``flock`` on the run folder (created if missing) for the duration; refused at once, in one line,
+    when another process holds it."""
+    if not lock:
+        yield
+        return
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run, os.O_RDONLY)
+    except OSError as exc:
+        raise MedgenError(run, f"cannot write ({short(exc)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MedgenError(run, "another medgen process is training into this folder (wait for it, or use "
+                                   "another --out)") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def train_or_reuse(config: str | Path, out: str | Path, overrides: list[str] = (), replace: bool = False,
