@@ -130,7 +130,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from medgen.inference.pipeline import PipelineOptions, run_pipeline  # lazy: torch + MONAI (3.5 s)
 
     options = PipelineOptions(args.threshold, args.largest_component, args.fill_holes, args.save_sct, args.baseline,
-                              args.overwrite, args.output_format)
+                              args.overwrite, args.output_format, args.qc_page)
     translator, segmenter, liver_index = args.translator, args.segmenter, args.liver_index
     if args.model:
         if translator or segmenter:
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="liver probability threshold (default 0.5)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--qc-page", action=argparse.BooleanOptionalAction, default=True,
+                   help="a folder run writes OUTPUT/index.html, a picture per case (default on)")
     _add_device(p)
     _add_output_format(p)
     _add_overwrite(p, "recompute finished cases and replace outputs")

@@ -483,10 +483,12 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, phantom_dir
                              env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while not (out / "config.yaml").exists() and first.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
+        while not out.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
         assert first.poll() is None, first.stderr.read()
-        assert_refused(medgen("train", config(2), "--out", out, *sets), out, "another medgen process is training")
+        assert_refused(medgen("train", config(2), "--out", out, *sets), out,
+                       "another medgen process is training|already holds a training run")
+        assert first.poll() is None  # the first goes on
     finally:
         first.kill()
         first.wait()

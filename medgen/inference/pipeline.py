@@ -49,6 +49,7 @@ class PipelineOptions:
     baseline: bool = False
     overwrite: bool = False
     output_format: str = "auto"  # nifti | dicom-seg | both | auto: both for a DICOM series input, NIfTI otherwise
+    qc_page: bool = True  # folder runs: OUT/index.html with a picture per case (OUT/qc/)
 
 
 def uncertainty(prob: np.ndarray, mask: np.ndarray) -> float:
@@ -214,7 +215,7 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
         try:
             rows.append(pipe.run_case(path, mask_path, out / "sct" / f"{name}.nii.gz" if opts.save_sct else None,
                                       out / "baseline" / f"{name}.nii.gz" if opts.baseline else None, truth_mask(path),
-                                      out / "qc" / f"{name}.png"))
+                                      out / "qc" / f"{name}.png" if opts.qc_page else None))
         except MedgenError as exc:
             failed += 1
             rows.append({"case": name, "status": "failed", "error": str(exc)})
@@ -228,5 +229,6 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
         shutil.rmtree(out, ignore_errors=True)
         return rows, failed
     _write_summary(out, rows)
-    write_index(out, rows, "medgen pipeline mri-liver")
+    if opts.qc_page:
+        write_index(out, rows, "medgen pipeline mri-liver")
     return rows, failed

@@ -36,11 +36,12 @@ from medgen.data.synthseg import body_mask
 from medgen.dicomseg import save_mask
 from medgen.errors import MedgenError, each_case, short
 from medgen.inference.volume import infer_volume
-from medgen.io import ImageRef, load_image, save_like
+from medgen.io import ImageRef, case_name, load_image, save_like
 from medgen.keys import Modality
 from medgen.models.run import CONFIG_FILE, load_averages, load_run, load_weights
 from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, n_classes, weights_name
 from medgen.models.shipped import resolve_model
+from medgen.qcpage import case_picture, save_png, write_index
 from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor, largest_component
 
@@ -313,10 +314,19 @@ def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path,
     :func:`load_segmenter`. Returns the written masks and the number of failed inputs."""
     seg = load_segmenter(segmenter, device, liver_index, modality)
     single, pairs = input_output_pairs(inputs, output)
+    rows = []
 
     def one(src: Path, dst: Path) -> Path:
         array, ref = load_image(src)
         mask = postprocess(seg.predict(array, ref), seg.postprocess)
-        return save_mask(mask, ref, dst, overwrite, output_format, Path(str(segmenter)).name)[0]
+        written = save_mask(mask, ref, dst, overwrite, output_format, Path(str(segmenter)).name)[0]
+        if not single:  # a folder run: its QC page
+            save_png(case_picture(array, mask, ref), Path(output) / "qc" / f"{case_name(src)}.png")
+            rows.append({"case": case_name(src), "status": "ok", "flags": "", "mask": str(dst), "image": str(src),
+                         "liver_ml": round(float(mask.sum()) * float(np.prod(ref.spacing)) / 1000.0, 1)})
+        return written
 
-    return each_case(pairs, single, one)
+    done, failed = each_case(pairs, single, one)
+    if rows:
+        write_index(output, rows, f"medgen segment ({Path(str(segmenter)).name})")
+    return done, failed
