@@ -35,6 +35,46 @@ MODELS = {
     "mri-liver": ("segmenter_liver_any_contrast.yaml", ["train.iterations=6000"]),
     "ct-liver": ("segmenter_ct_liver_2d.yaml", ["train.iterations=3000"]),
 }
+COMMON = {
+    "training_data": "BTCV abdominal CTs btcv_0 .. btcv_24 (25 portal-venous CTs, Synapse multi-organ challenge) with "
+                     "their manual labels (liver = 6); no MRI. btcv_25 .. btcv_29 held out for the CT figures.",
+    "terms": "The weights derive from BTCV (Synapse) data, released for research use: research use only, not for "
+             "clinical decisions. The code is Apache-2.0.",
+}
+CARDS = {
+    "mri-liver": {
+        "summary": "contrast-agnostic liver segmenter (2D, axial): MRI of any weighting, and CT",
+        "intended_use": "Liver masks on abdominal MRI (T1, T2, in/opposed phase) and CT with no training: "
+                        "`medgen segment IN OUT --modality mri`; the starting point of `medgen fit mri-liver`.",
+        "method": "Label -> image synthesis (SynthSeg-style): 80 % of the training slices are painted with a random "
+                  "contrast per structure from the CT label maps, with blur, bias field, resolution and noise "
+                  "changes, rotation, scaling and smooth deformation; the network learns the liver's shape and "
+                  "context, not its intensity. Inference on MRI: N4 bias correction, the 0.5-99.5 percentile "
+                  "range into [-1, 1].",
+        "failure_modes": [
+            "trained on CT anatomy only: MRI-specific appearances (fat suppression failures, strong motion, "
+            "susceptibility artefacts) are not modelled",
+            "2D axial slices: the left lobe against the stomach, the medial liver by the IVC and portal vein, the "
+            "dome and the lowest slices are where masks go wrong",
+            "the training CTs' intensities were clipped to [-125, 275] HU",
+            "adult abdomens only; no pathology beyond what 25 BTCV CTs show",
+        ],
+    },
+    "ct-liver": {
+        "summary": "CT liver segmenter (2D, axial), real CT only",
+        "intended_use": "Liver masks on portal-venous abdominal CT (`medgen segment ct.nii.gz liver.nii.gz`); the "
+                        "frozen CT segmenter behind `medgen fit mri-liver --segmenter ct-liver` (MRI -> synthetic "
+                        "CT -> this model).",
+        "method": "Supervised on real CT slices in the abdominal window [-175, 250] HU, with intensity, rotation and "
+                  "scaling augmentation.",
+        "failure_modes": [
+            "not for MRI directly: on an MRI it finds the liver poorly (see its figures); use mri-liver",
+            "trained on portal-venous CTs whose intensities were clipped to [-125, 275] HU: other phases, "
+            "non-contrast CT and metal artefacts are untested",
+            "2D axial slices at 2 mm in-plane: very thick slices or unusual fields of view may cut the dome",
+        ],
+    },
+}
 
 
 def ct_datalist(data: Path, ids: list[int], path: Path) -> Path:
@@ -74,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             command = (f"python benchmarks/shipped_models.py --models {name} (medgen train {config} --set "
                        f"data.images=BTCV[{TRAIN_CTS[0]}..{TRAIN_CTS[-1]}] --set data.label_map={{6: 1}} "
                        + " ".join(f"--set {s}" for s in sets) + ")")
-            export_run(run, name, command=command, train_cts=[f"btcv_{i}" for i in TRAIN_CTS],
-                       held_out_cts=[f"btcv_{i}" for i in HELD_OUT_CTS])
+            export_run(run, name, command=command, **COMMON, **CARDS[name])
     return 0
 
 

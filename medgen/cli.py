@@ -229,6 +229,11 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="where networks run (auto: CUDA when available)")
 
 
+def _add_trust_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="evaluate a MONAI bundle's $-expressions (Python code in its config); only for bundles you trust")
+
+
 def _add_output_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-format", choices=("auto", "nifti", "dicom-seg", "both"), default="auto",
                    help="masks as NIfTI, DICOM-SEG (referencing a DICOM input series) or both (default auto: both "
@@ -306,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset key (route=synthct), or a stage's (segmenter.train.iterations=500)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted fit in --out (stage by stage)")
+    _add_trust_bundle(p)
 
     p = add("translate", _cmd_translate, "translate whole volumes with a trained CycleGAN run",
             "medgen translate runs/t mri/ synth_ct/ --direction mri2ct")
@@ -327,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input intensity preset of a medgen segmenter run (default: its training modality; "
                         "mri for a contrast-agnostic segmenter on MRIs)")
     _add_device(p)
+    _add_trust_bundle(p)
     _add_output_format(p)
     _add_overwrite(p)
 
@@ -352,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qc-page", action=argparse.BooleanOptionalAction, default=True,
                    help="a folder run writes OUTPUT/index.html, a picture per case (default on)")
     _add_device(p)
+    _add_trust_bundle(p)
     _add_output_format(p)
     _add_overwrite(p, "recompute finished cases and replace outputs")
 
@@ -428,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "trust_bundle", False):
+        os.environ["MEDGEN_TRUST_BUNDLE"] = "1"  # read where a bundle is loaded (medgen.inference.segment)
     try:
         return int(args.func(args) or 0)
     except MedgenError as exc:

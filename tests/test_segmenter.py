@@ -226,6 +226,32 @@ def test_monai_bundle_backend(tmp_path):
     assert dice(mask, expected) > 0.85  # through a 4 mm resampling and back
 
 
+def test_a_bundle_with_python_expressions_needs_trust(tmp_path, capsys):
+    src, _ = _phantom_ct(tmp_path, np.diag([6.0, 6.0, 8.0, 1.0]))
+    bundle = _bundle(tmp_path / "bundle")
+    marker = tmp_path / "ran"
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["inferer"]["sw_batch_size"] = f"$__import__('pathlib').Path('{marker}').touch() or 1"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    out = tmp_path / "m.nii.gz"
+    assert main(["segment", str(bundle), str(src), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--trust-bundle" in err[0] and not marker.exists() and not out.exists()
+    assert main(["segment", str(bundle), str(src), str(out), "--trust-bundle"]) == 0 and marker.exists()
+
+
+@pytest.mark.parametrize("weights", [b"", b"garbage" * 100, "pickle"])
+def test_a_bundle_with_damaged_weights_is_one_line(tmp_path, capsys, weights):
+    import pickle
+
+    src, _ = _phantom_ct(tmp_path, np.diag([6.0, 6.0, 8.0, 1.0]))
+    bundle = _bundle(tmp_path / "bundle")
+    (bundle / "models" / "model.pt").write_bytes(pickle.dumps({"w": object}) if weights == "pickle" else weights)
+    assert main(["segment", str(bundle), str(src), str(tmp_path / "m.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"medgen: error: {bundle / 'models' / 'model.pt'}")
+
+
 FAKE_TOTALSEG = {
     "__init__.py": "",
     "config.py": "import os\ndef get_weights_dir():\n    return os.environ['TOTALSEG_WEIGHTS_PATH']\n",

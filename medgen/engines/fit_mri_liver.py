@@ -148,8 +148,11 @@ def _adapt(cfg: FitConfig, out: Path, base: str, mris: list[Path], mri: str, set
     return "adapted"
 
 
+NO_CT = ('data.images=""', 'data.labels=""')  # a stage's data when the fit has no CT (the MRIs alone)
+
+
 def _has_ct(sets: list[str]) -> bool:
-    return any(s.startswith("data.images=") and s != "data.images=" for s in sets)
+    return any(s.startswith("data.images=") and s not in NO_CT for s in sets)
 
 
 def _keep_segmenter(spec: str, out: Path) -> str:
@@ -210,7 +213,7 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
     if segmenter is not None:  # the user's segmenter loads (or fails in one line) before anything is trained
         load_segmenter(segmenter, "cpu")
     route = "synthct" if segmenter else cfg.route
-    data = ["data.images=", "data.labels="]
+    data = list(NO_CT)
     if ct is not None:
         lm = "{" + ", ".join(f"{k}: {v}" for k, v in label_map.items()) + "}"
         data = [f"data.images={ct}", f"data.labels={ct_labels}", f"data.label_map={lm}"]

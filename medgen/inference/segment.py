@@ -20,6 +20,7 @@ into a mask (threshold, largest component, holes filled) with the backend's :cla
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +39,7 @@ from medgen.errors import MedgenError, each_case, short
 from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, case_name, load_image, save_like
 from medgen.keys import Modality
-from medgen.models.run import CONFIG_FILE, load_averages, load_run, load_weights
+from medgen.models.run import CONFIG_FILE, load_averages, load_checkpoint, load_run, load_weights
 from medgen.models.segmenter import PostprocessConfig, build_network, input_multiple, n_classes, weights_name
 from medgen.models.shipped import resolve_model
 from medgen.qcpage import case_picture, save_png, write_index
@@ -189,6 +190,20 @@ def _activate(out: torch.Tensor, kind: str) -> torch.Tensor:
     raise MedgenError(None, f"unknown output activation {kind!r} (softmax | sigmoid | probabilities)")
 
 
+TRUST_BUNDLE_ENV = "MEDGEN_TRUST_BUNDLE"  # "1": evaluate a bundle's $-expressions (set by --trust-bundle)
+
+
+def _expressions(node) -> list[str]:
+    """The ``$``-expressions (Python that MONAI's ConfigParser evaluates) anywhere in a bundle config."""
+    if isinstance(node, str):
+        return [node] if node.startswith("$") else []
+    if isinstance(node, dict):
+        return [e for v in node.values() for e in _expressions(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in _expressions(v)]
+    return []
+
+
 class BundleSegmenter:
     """A MONAI bundle: its ``network_def``, ``preprocessing`` and ``inferer`` from ``configs/inference.*``,
     weights from ``models/model.pt``. The prediction is resampled from the bundle's preprocessed grid
@@ -210,7 +225,14 @@ class BundleSegmenter:
         if config is None or not weights.is_file():
             raise MedgenError(self.root, "not a MONAI bundle (needs configs/inference.json|yaml and models/model.pt)")
         parser = ConfigParser()
-        parser.read_config(str(config))
+        try:
+            parser.read_config(str(config))
+        except Exception as exc:  # broken JSON/YAML
+            raise MedgenError(config, f"unreadable bundle config ({short(exc, 120)})") from None
+        code = _expressions(parser.get())
+        if code and os.environ.get(TRUST_BUNDLE_ENV) != "1":
+            raise MedgenError(config, f"the bundle config holds Python expressions ({short(code[0], 60)}), which MONAI "
+                                      "runs at load: pass --trust-bundle if you trust this bundle")
         parser["bundle_root"] = str(self.root)
         self.device = resolve_device(device)
         try:
@@ -219,8 +241,11 @@ class BundleSegmenter:
             self.inferer = parser.get_parsed_content("inferer")
         except Exception as exc:  # MONAI raises many types for bad configs
             raise MedgenError(config, f"bundle config could not be instantiated ({short(exc, 120)})") from None
-        state = torch.load(weights, map_location=self.device, weights_only=True)
-        self.net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        state = load_checkpoint(weights, self.device)
+        try:
+            self.net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise MedgenError(weights, f"weights do not fit the bundle's network_def ({short(exc, 100)})") from None
         self.liver_index = 1 if liver_index is None else liver_index
         self.postprocess = PostprocessConfig()
 
