@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "trust_bundle", False):
+    trusted = getattr(args, "trust_bundle", False) and "MEDGEN_TRUST_BUNDLE" not in os.environ
+    if trusted:
         os.environ["MEDGEN_TRUST_BUNDLE"] = "1"  # read where a bundle is loaded (medgen.inference.segment)
     try:
         return int(args.func(args) or 0)
@@ -453,3 +454,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `medgen info x | head`
         sys.stderr.close()
         return 0
+    finally:
+        if trusted:
+            del os.environ["MEDGEN_TRUST_BUNDLE"]
