@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.cases} cases: without the page {plain:.1f} s (best of 2), with it {times['with']:.1f} s: "
           f"{extra:+.1%}")
     write_record("qc_page", {
-        "title": "What the QC page costs", "command": f"python benchmarks/qc_page.py --cases {args.cases}",
+        "title": "What the QC page costs", "summary": [[f"QC page of a {args.cases}-case folder run", f"{extra:+.1%} time"]], "command": f"python benchmarks/qc_page.py --cases {args.cases}",
         "data": {"ct_count": 0, "cases": f"{args.cases} phantom MRIs, 96 x 96 x 48 at 4 mm"},
         "table": {"columns": ["run", "wall time (s)"],
                   "rows": [[k, round(v, 1)] for k, v in times.items()] + [["extra for the page", f"{extra:+.1%}"]]}})

@@ -31,6 +31,8 @@ def test_results_doc_is_generated_from_the_records():
     records = doc.load_records()
     assert records, "no result records in docs/results/"
     assert (ROOT / "docs" / "results.md").read_text() == doc.render(records)
+    readme = (ROOT / "README.md").read_text()
+    assert readme == doc.readme_with_summary(readme, records)  # the README's table too
     for name, record in records.items():
         assert record["command"] and record["table"]["rows"], name
         assert "ct_count_for_training" in record["data"] or "ct_count" in record["data"], name
