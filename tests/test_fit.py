@@ -179,3 +179,34 @@ def test_pipeline_needs_a_segmenter_with_a_translator(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     assert main(["pipeline", "mri-liver", "--model", str(tmp_path / "m"), "x.nii.gz", "y.nii.gz"]) == 2
     assert "not a fit model" in capsys.readouterr().err
+
+
+def test_a_fit_killed_mid_stage_resumes_to_the_same_model(phantom_dir, tmp_path):
+    import os
+    import signal
+    import time
+
+    extra = ["--set", "segmenter.train.iterations=12", "--set", "segmenter.train.checkpoint_every=3",
+             "--set", "segmenter.train.keep_checkpoints=10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDGEN_PROGRESS": "0"}  # the same threads in every run
+
+    def fit(out, more=()):
+        return [sys.executable, "-m", "medgen", *_args(phantom_dir, out, extra=[*extra, *more])]
+
+    whole = tmp_path / "whole"
+    assert subprocess.run(fit(whole), env=env, capture_output=True).returncode == 0
+    model = tmp_path / "killed"
+    proc = subprocess.Popen(fit(model), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if latest_checkpoint(model / "segmenter") is not None:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    if (model / "model.json").exists():
+        pytest.skip("the fit finished before it could be killed")
+    assert subprocess.run(fit(model, ["--resume"]), env=env, capture_output=True).returncode == 0
+    assert json.loads((model / "model.json").read_text()) == json.loads((whole / "model.json").read_text())
+    for mask in sorted((whole / "qc").glob("*.nii.gz")):
+        assert np.array_equal(load_image(mask)[0], load_image(model / "qc" / mask.name)[0]), mask.name
