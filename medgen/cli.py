@@ -164,6 +164,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                                                      args.pred_label_map, args.out)
         print(f"{len(rows)} cases: Dice {summary['dice_mean']:.4f} +- {summary['dice_sd']:.4f}, "
               f"HD95 {summary['hd95_mean']:.2f} mm, ASSD {summary['assd_mean']:.2f} mm -> {csv_path}")
+    elif args.kind == "translation" and args.unpaired:
+        if not (args.mri_labels and args.ct_labels):
+            raise MedgenError(None, "--unpaired needs --mri-labels (organ masks of the MRIs) and --ct-labels")
+        report = translation.evaluate_unpaired(args.run, args.mri, args.mri_labels, args.ct, args.ct_labels,
+                                               args.segmenter, args.device, args.out)
+        for method, r in report["summary"].items():
+            organs = ", ".join(f"{k} {v['median']:.0f} HU (|diff| {v['abs_diff']:.0f}, IQR overlap {v['iqr_overlap']:.2f})"
+                               for k, v in r["organs"].items())
+            print(f"{method}: liver Dice of {args.segmenter} {r['dice']:.3f}; {organs}")
     elif args.kind == "translation":
         rows, m, csv_path = translation.evaluate_translation(args.run, args.mri, args.ct, args.device, args.out)
         print(f"{len(rows)} cases, inside the body: MAE {m['mae']:.1f} HU, PSNR {m['psnr']:.2f} dB, SSIM "
@@ -389,9 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = ev.add_parser("translation", help="SynthRAD MAE/PSNR/SSIM in the body beside the identity baseline")
     e.add_argument("--run", required=True, help="CycleGAN run directory")
     e.add_argument("--mri", required=True, help="MRIs (folder or datalist JSON)")
-    e.add_argument("--ct", required=True, help="their paired CTs, matched by case name")
+    e.add_argument("--ct", required=True, help="their paired CTs, matched by case name (--unpaired: any real CTs)")
+    e.add_argument("--unpaired", action="store_true", help="no paired CT: organ HU against the real CTs' population "
+                   "and anatomy kept through a frozen CT segmenter, beside identity and histogram matching")
+    e.add_argument("--mri-labels", help="--unpaired: the MRIs' organ labels (CHAOS: liver 1, kidneys 2 3, spleen 4)")
+    e.add_argument("--ct-labels", help="--unpaired: the CTs' labels (BTCV: liver 6, spleen 1, kidneys 2 3)")
+    e.add_argument("--segmenter", default="ct-liver", help="--unpaired: the frozen CT segmenter (default ct-liver)")
     _add_device(e)
-    e.add_argument("--out", help="report path without extension (default RUN/translation_eval)")
+    e.add_argument("--out", help="report path without extension (default RUN/translation_eval; --unpaired: a .json)")
     e = ev.add_parser("synthesis", help="FID/KID, MS-SSIM diversity, label plausibility of a synthesizer")
     e.add_argument("--run", required=True, help="synthesizer run directory")
     e.add_argument("--features", required=True, help="segmenter run whose deepest features score FID/KID")

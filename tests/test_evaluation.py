@@ -69,3 +69,37 @@ def test_demo_report_page(tmp_path):
     assert f"<td>{name}</td>" in text and "<th>mask</th>" not in text  # the mask path column is left out
     assert f'src="figures/{name}.png"' in text and (out / "figures" / f"{name}.png").stat().st_size > 5000
     assert "Anatomy synthesizer" not in text  # no synthesis figures, no section
+
+
+def _relabelled(src, dst, mapping):
+    dst.mkdir()
+    for path in sorted(src.glob("*.nii.gz")):
+        labels, ref = load_image(path)
+        out = np.zeros_like(labels)
+        for a, b in mapping.items():
+            out[labels == a] = b
+        save_like(out, ref, dst / path.name)
+    return dst
+
+
+def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, capsys):
+    from medgen.evaluation.translation import ORGANS, organ_medians
+
+    # the phantoms' liver 1, spleen 2, kidneys 3 4 written as CHAOS (MRI) and BTCV (CT) label values
+    chaos = _relabelled(phantom_dir / "labels", tmp_path / "mri_labels", {1: 1, 2: 4, 3: 2, 4: 3})
+    btcv = _relabelled(phantom_dir / "labels", tmp_path / "ct_labels", {1: 6, 2: 1, 3: 2, 4: 3})
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "translation", "--unpaired", "--run", str(cyclegan_run), "--mri", str(phantom_dir / "mri"),
+                 "--mri-labels", str(chaos), "--ct", str(phantom_dir / "ct"), "--ct-labels", str(btcv),
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    cases = len(list((phantom_dir / "mri").glob("*.nii.gz")))
+    assert sorted(report["summary"]) == ["histmatch", "identity", "translator"] and len(report["cases"]) == 3 * cases
+    liver = [organ_medians(load_image(p)[0], load_image(btcv / p.name)[0], {"liver": 6})["liver"]
+             for p in sorted((phantom_dir / "ct").glob("*.nii.gz"))]
+    assert report["ct_population"]["liver"]["median"] == pytest.approx(float(np.median(liver)))
+    for method, r in report["summary"].items():
+        assert set(r["organs"]) == {name for name, _, _ in ORGANS} and 0.0 <= r["dice"] <= 1.0
+        liver_row = r["organs"]["liver"]
+        assert liver_row["abs_diff"] == pytest.approx(abs(liver_row["median"] - report["ct_population"]["liver"]["median"]))
+    assert "translator: liver Dice of ct-liver" in capsys.readouterr().out
