@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -268,3 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_cards:
         write_cards(results)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engines",),
     ("evaluation",),
     ("demo",),
+    ("cliparser",),
     ("cli",),
     ("__main__",),
 )

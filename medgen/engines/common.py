@@ -183,6 +183,7 @@ def start_from(to_save: Mapping, init: str | Path) -> Path:
         base = name.removesuffix(EMA_SUFFIX)
         if name.endswith(EMA_SUFFIX) and name not in state and base in state and isinstance(net, AveragedModel):
             state[name] = {**{f"module.{k}": v for k, v in state[base].items()}, "n_averaged": net.n_averaged.clone()}
+    missing = [name for name in nets if name not in state]
     if missing:
         raise MedgenError(path, f"train.init: the checkpoint has no {', '.join(missing)} weights (another task's run?)")
     for name, net in nets.items():
