@@ -115,6 +115,10 @@ def train(config: str | Path | None, out: str | Path, overrides: list[str] = (),
             cfg = prepare_run(config, out, list(overrides), resume)  # again, under the lock
             with idist.Parallel(backend=backend) as parallel:
                 parallel.run(_worker, cfg, run, resume)
+        except OSError as exc:  # a full disk, a quota, a folder gone read-only: one line, no half-made run
+            if created:
+                shutil.rmtree(run, ignore_errors=True)
+            raise MedgenError(run, f"cannot write ({short(exc)})") from None
         except BaseException:
             if created and run.is_dir() and not any(run.iterdir()):
                 run.rmdir()  # nothing was written: leave nothing

@@ -149,6 +149,23 @@ class MriLiverPipeline:
         return row
 
 
+def _finished_row(mri_path: Path, mask_path: Path) -> dict | None:
+    """The QC row of a mask already in the output folder when it is complete (readable, binary, on the MRI's grid);
+    None otherwise. Its flags are the volume and field-of-view ones (no probabilities are kept to judge more)."""
+    try:
+        _, ref = load_image(mri_path)
+        mask, mask_ref = load_image(mask_path)
+        check_same_grid(ref, mask_ref)
+    except MedgenError:
+        return None
+    if not set(np.unique(mask).tolist()) <= {0, 1}:
+        return None
+    liver_ml = float(mask.sum()) * float(np.prod(ref.spacing)) / 1000.0
+    return {"case": case_name(mri_path), "status": "ok", "liver_ml": round(liver_ml, 1), "cycle_error": None,
+            "flags": ";".join(quality_flags(mask, mask, liver_ml, None)), "mask": str(mask_path),
+            "image": str(mri_path), "note": "mask found complete in the output folder: kept"}
+
+
 def _write_summary(out_dir: Path, rows: list[dict]) -> None:
     keys: list[str] = []
     for r in rows:
@@ -211,6 +228,10 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
         name = case_name(path)
         if name in previous and mask_path.exists():
             rows.append({**previous[name], "status": "ok"})
+            continue
+        kept = None if opts.overwrite or not mask_path.exists() else _finished_row(path, mask_path)
+        if kept is not None:  # a complete mask another run wrote (its summary lost or failed): kept, not redone
+            rows.append(kept)
             continue
         try:
             rows.append(pipe.run_case(path, mask_path, out / "sct" / f"{name}.nii.gz" if opts.save_sct else None,
