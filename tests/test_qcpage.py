@@ -103,3 +103,20 @@ def test_qc_picture_of_a_real_mri(real_dir):
     truth = load_image(real_dir / "example_seg_mr.nii.gz")[0] == 5
     rgb = case_picture(image, truth, ref)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and (rgb == [40, 220, 60]).all(-1).sum() > 50
+
+
+def test_a_rerun_keeps_complete_masks_whose_summary_was_lost(phantom_dir, tmp_path):
+    import json
+
+    first = tmp_path / "first"
+    assert main(["pipeline", "mri-liver", str(phantom_dir / "mri"), str(first), "--no-qc-page"]) == 0
+    assert not (first / "index.html").exists()
+    second = tmp_path / "second"
+    second.mkdir()
+    for mask in first.glob("*.nii.gz"):  # as if another run wrote the masks and its summary was lost
+        shutil.copy(mask, second / mask.name)
+    before = {p.name: p.read_bytes() for p in second.glob("*.nii.gz")}
+    assert main(["pipeline", "mri-liver", str(phantom_dir / "mri"), str(second)]) == 0
+    rows = json.loads((second / "summary.json").read_text())["cases"]
+    assert all(r["status"] == "ok" and "kept" in r["note"] for r in rows) and len(rows) == len(before)
+    assert {p.name: p.read_bytes() for p in second.glob("*.nii.gz")} == before
