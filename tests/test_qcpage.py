@@ -120,3 +120,22 @@ def test_a_rerun_keeps_complete_masks_whose_summary_was_lost(phantom_dir, tmp_pa
     rows = json.loads((second / "summary.json").read_text())["cases"]
     assert all(r["status"] == "ok" and "kept" in r["note"] for r in rows) and len(rows) == len(before)
     assert {p.name: p.read_bytes() for p in second.glob("*.nii.gz")} == before
+
+
+def test_the_page_of_the_ten_development_mris_renders_in_chromium(tmp_path):
+    from tests.conftest import ROOT
+
+    dev = ROOT / ".." / "shared" / "data" / "real" / "abdomen_uda_dev" / "mri"
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not dev.is_dir() or browser is None:
+        pytest.skip("needs the development MRIs (../shared) and Debian's chromium")
+    out = tmp_path / "out"
+    assert main(["pipeline", "mri-liver", str(dev / "images"), str(out), "--truth", str(dev / "labels")]) == 0
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    assert len(page.images) == 10
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1400,2400", (out / "index.html").as_uri()], capture_output=True, timeout=180)
+    picture = np.asarray(Image.open(shot).convert("RGB"))
+    assert (np.abs(picture.astype(int) - [40, 220, 60]).sum(-1) < 40).sum() > 100  # the thumbnails' contours
