@@ -37,8 +37,8 @@ import numpy as np
 from medgen.evaluation.segmentation import evaluate_folders, flag_quality
 
 from results_doc import write_record
-from real_liver import HELD_OUT, TRAIN, dice_by_case, histogram_matched, link_cases, medgen
-from shipped_models import HELD_OUT_CTS, TRAIN_CTS, ct_datalist
+from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
+from shipped_models import HELD_OUT_CTS, TRAIN_CTS
 
 ROOT = Path(__file__).resolve().parents[1]
 MRIS = sorted(TRAIN + HELD_OUT)

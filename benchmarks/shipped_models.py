@@ -12,21 +12,21 @@ The one command that made every shipped weight file (slow: about an hour on 2 CP
 - ``ct-liver``: ``segmenter_ct_liver_2d.yaml`` (real CT only).
 
 Each model is an ordinary ``medgen train`` run in ``--work``; ``export`` copies its weight average into
-``medgen/shipped/<name>/`` (``config.yaml``, ``weights.pt``, ``card.json`` with the sha256 checked at load).
+``medgen/models/weights/<name>/`` (``config.yaml``, ``checkpoints/``, ``card.json`` with the sha256 checked at
+load).
 The card's measured figures come from ``benchmarks/shipped_eval.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from medgen.models.run import run_finished
 from medgen.models.shipped_export import export_run
 
-from real_liver import medgen
+from real_liver import ct_datalist, medgen
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CTS = list(range(25))
@@ -75,15 +75,6 @@ CARDS = {
         ],
     },
 }
-
-
-def ct_datalist(data: Path, ids: list[int], path: Path) -> Path:
-    """A datalist JSON of BTCV CTs ``ids`` and their labels (absolute paths)."""
-    entries = [{"image": str((data / "ct" / "images" / f"btcv_{i}.nii.gz").resolve()),
-                "label": str((data / "ct" / "labels" / f"btcv_{i}.nii.gz").resolve())} for i in ids]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"training": entries}, indent=2) + "\n")
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
