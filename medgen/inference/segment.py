@@ -89,9 +89,13 @@ def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, d
     pre = Preprocessor.from_config(Modality(modality or cfg.data.modality), cfg.preprocess)
     x, geom = pre.forward(array, ref)
     inf = cfg.inference
-    logits = infer_volume(net, x, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size, inf.overlap,
-                          input_multiple(cfg))
-    return pre.restore(torch.softmax(logits, 0), geom).astype(np.float32)
+    prob = None
+    for gamma in [1.0, *inf.tta_gammas]:  # test-time contrast augmentation (inference.tta_gammas), averaged
+        xg = x if gamma == 1.0 else ((x.clamp(-1, 1) + 1) / 2) ** gamma * 2 - 1
+        p = torch.softmax(infer_volume(net, xg, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size,
+                                       inf.overlap, input_multiple(cfg)), 0)
+        prob = p if prob is None else prob + p
+    return pre.restore(prob / (1 + len(inf.tta_gammas)), geom).astype(np.float32)
 
 
 class RunSegmenter:

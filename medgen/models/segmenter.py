@@ -114,6 +114,15 @@ class PostprocessConfig:
 
 
 @dataclass
+class SegInferenceConfig(InferenceConfig):
+    """Whole-volume inference of a segmenter; ``tta_gammas``: test-time contrast augmentation, the softmax averaged
+    over the input and its copies with intensity curve ``u -> u ** gamma`` (in [0, 1]) for each gamma listed (a
+    contrast-agnostic segmenter sees the same anatomy in other contrasts; empty: off)."""
+
+    tta_gammas: list[float] = field(default_factory=list)
+
+
+@dataclass
 class SegmenterConfig:
     task: str = "segmenter"
     spatial_dims: int = 2
@@ -125,7 +134,7 @@ class SegmenterConfig:
     loss: SegLossConfig = field(default_factory=SegLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    inference: SegInferenceConfig = field(default_factory=SegInferenceConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
