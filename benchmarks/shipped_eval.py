@@ -186,10 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.time()
             medgen("pipeline", "mri-liver", *args, str(inputs), str(out), "--truth", str(mri_labels), log=log)
             results.setdefault("pipeline_wall_s", {})[name] = time.time() - start
-        qc_rows.extend({**r, "source": name} for r in json.loads((out / "summary.json").read_text())["cases"])
         return dice_by_case(out, mri_labels)
 
-    qc_rows: list[dict] = []
     if "zero_shot" in steps:
         matched = histogram_matched(mri, data / "ct" / "images" / f"btcv_{HELD_OUT_CTS[0]}.nii.gz",
                                     work / "mri_histmatch")
@@ -274,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "right kidney", "left kidney"], "rows": rows},
             "summary": [["synthct translator on real MRIs: ct-liver Dice on the synthetic CT; liver HU |diff|",
                          f"{t['dice']:.3f}; {t['organs'].get('liver', {}).get('abs_diff', float('nan')):.0f} HU"]]})
-    if qc_rows:  # the QC flags judged on every mask of this run (several qualities)
+    qc_rows = [r for summary in sorted(work.glob("masks_*/summary.json"))  # every pipeline's masks: several qualities
+               for r in json.loads(summary.read_text())["cases"]]
+    if qc_rows:
         results["qc_flags"] = flag_quality(qc_rows)
         print(json.dumps(results["qc_flags"], indent=1))
     results["data"] = {"ct_train": [f"btcv_{i}" for i in TRAIN_CTS], "ct_held_out": [f"btcv_{i}" for i in HELD_OUT_CTS],

@@ -44,11 +44,16 @@ def _block(shape=(40, 40, 20), lo=(10, 10, 5), hi=(30, 30, 15)) -> np.ndarray:
     (_block() * 0, _block() * 0, 0.0, None, ["empty_mask"]),
     (_block(), _block(), 300.0, None, ["liver_volume_low"]),
     (_block(), _block(), 5000.0, 0.2, ["liver_volume_high", "high_cycle_error"]),
-    (_block(hi=(30, 30, 20)), _block(hi=(30, 30, 20)), 1000.0, None, ["touches_fov_edge"]),
+    (_block(hi=(40, 30, 20)), _block(hi=(40, 30, 20)), 1000.0, None, []),  # reaching the field of view's edge
     (_block(), _block() + _block(lo=(0, 0, 0), hi=(8, 40, 20)), 1000.0, None, ["fragmented"]),
 ])
 def test_quality_flags(mask, raw, liver_ml, cycle, expected):
     assert quality_flags(mask, raw, liver_ml, cycle) == expected
+
+
+def test_an_unsure_segmenter_is_flagged():
+    assert quality_flags(_block(), _block(), 1000.0, None, unsure=0.45) == ["low_confidence"]
+    assert quality_flags(_block(), _block(), 1000.0, None, unsure=0.2) == []
 
 
 @pytest.fixture(scope="module")
