@@ -111,6 +111,7 @@ def record(results: dict) -> dict:
         rows.append([f"the same with test-time contrast augmentation (gammas {r['gammas']})", r["mean_all_10"],
                      r["mean_held_out"], ""])
     for key, label in (("fit_mri", "`medgen fit mri-liver --mri` (7 MRIs, no CT) + `pipeline --model`"),
+                       ("fit_mri_paint", "the same fit with `--set adapt.paint=true` (the MRIs' anatomy also painted)"),
                        ("frozen", "`fit --segmenter ct-liver` (25 CTs, 7 MRIs; frozen CT segmenter) + `pipeline`")):
         if key in results:
             r = results[key]
@@ -236,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         d = pipeline("fit_mri", mri, "--model", str(model))
         results["fit_mri"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                               "wall_s": results.get("fit_mri_wall_s")}
+    if "fit_mri_paint" in steps:  # the same fit, its MRIs' anatomy also painted in random contrasts (adapt.paint)
+        model = work / "fit_mri_paint"
+        if not (model / "model.json").is_file():
+            results["fit_mri_paint_wall_s"] = medgen("fit", "mri-liver", "--mri", str(train_mri), "--out", str(model),
+                                                     "--preset", "cpu", "--set", "adapt.paint=true", log=log)
+        d = pipeline("fit_mri_paint", mri, "--model", str(model))
+        results["fit_mri_paint"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
+                                    "wall_s": results.get("fit_mri_paint_wall_s")}
     if "frozen" in steps:
         model = work / "fit_frozen"
         listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")

@@ -141,8 +141,13 @@ def _adapt(cfg: FitConfig, out: Path, base: str, mris: list[Path], mri: str, set
               "as it is", flush=True)
         return base
     a = cfg.adapt
-    own = [f"train.init={source}", f"target.images={listing}",
-           f"target.labels={listing}", f"target.ratio={a.ratio if _has_ct(sets) else 1.0}",
+    ratio = a.ratio
+    if not _has_ct(sets):  # no CT: the MRIs alone, or (paint) their anatomy painted as well, in place of the CTs
+        ratio = a.ratio if a.paint else 1.0
+        if a.paint:
+            sets = [*sets, f"data.images={listing}", f"data.labels={listing}", "data.modality=mri",
+                    "data.label_map={1: 1}"]
+    own = [f"train.init={source}", f"target.images={listing}", f"target.labels={listing}", f"target.ratio={ratio}",
            f"train.iterations={a.iterations}", f"optim.lr={a.lr}"]
     _, times["adapted"] = _stage("adapted", cfg.segmenter.config, out / "adapted", sets + own)
     return "adapted"

@@ -47,6 +47,8 @@ class AdaptConfig:
     iterations: int = 0  # fine-tuning steps (0: no adaptation)
     ratio: float = 0.5  # fraction of the training samples drawn from the pseudo-labelled MRIs
     lr: float = 3e-4  # learning rate of the fine-tuning (constant, then the segmenter's linear decay)
+    paint: bool = False  # with no CT: the pseudo-labelled MRIs also feed the label -> image synthesis (their
+    # anatomy painted in random contrasts) in place of the CTs; off: the MRIs alone, in their own contrast
 
 
 @dataclass
