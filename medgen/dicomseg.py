@@ -7,7 +7,6 @@ files in GDCM's order), rows along the second and columns along the first array 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +64,12 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _complete_uids(sources: list, series: str | Path, quiet: bool = False) -> None:
-    """Fill, in memory, the UIDs an anonymiser blanked: SOP Class and Instance UIDs from each file's meta header;
-    empty Study and Series Instance UIDs with UIDs derived from the series (the same for every slice), said in one
-    warning line, since a SEG must reference them."""
+def _complete_uids(sources: list, series: str | Path) -> None:
+    """Fill, in memory, the UIDs an anonymiser blanked, since a SEG must reference them: SOP Class and Instance UIDs
+    from each file's meta header; empty Study, Series and Frame of Reference UIDs with UIDs derived from the series
+    (the same for every slice). The source files are not touched."""
     from pydicom.uid import generate_uid
 
-    derived = []
     for ds in sources:
         meta = getattr(ds, "file_meta", None)
         if not ds.get("SOPClassUID") and meta is not None and meta.get("MediaStorageSOPClassUID"):
@@ -80,14 +78,9 @@ def _complete_uids(sources: list, series: str | Path, quiet: bool = False) -> No
             ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         if not ds.get("SOPInstanceUID"):
             raise MedgenError(series, "a slice has no SOP Instance UID: a DICOM-SEG cannot reference it")
-        for key in ("StudyInstanceUID", "SeriesInstanceUID"):
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
             if not ds.get(key):
-                setattr(ds, key, generate_uid(entropy_srcs=[key, str(sources[0].get("FrameOfReferenceUID", "")),
-                                                            str(sources[0].SOPInstanceUID)]))
-                derived.append(key)
-    if derived and not quiet:
-        print(f"medgen: warning: {series}: the series has no {' or '.join(sorted(set(derived)))}; the DICOM-SEG "
-              "references derived ones", file=sys.stderr)
+                setattr(ds, key, generate_uid(entropy_srcs=[key, str(sources[0].SOPInstanceUID)]))
 
 
 def write_dicom_seg(mask: np.ndarray, series: str | Path, out: str | Path, model: str = "medgen") -> Path:
@@ -118,13 +111,21 @@ def write_dicom_seg(mask: np.ndarray, series: str | Path, out: str | Path, model
         segment_number=1, segment_label="Liver", segmented_property_category=codes.SCT.Organ,
         segmented_property_type=codes.SCT.Liver, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm)
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(hd, sources, frames, segment, model, version)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # a series highdicom cannot reference
+        raise MedgenError(series, f"cannot make a DICOM-SEG of this series ({short(exc, 120)}); use "
+                                  "--output-format nifti") from None
+    return atomic_write(out, lambda tmp: seg.save_as(str(tmp)))
+
+
+def _segmentation(hd, sources, frames, segment, model: str, version: str):
+    return hd.seg.Segmentation(
         source_images=sources, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment], series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medgen", manufacturer_model_name=model,
         software_versions=version, device_serial_number="none", series_description=f"medgen {model} liver",
         omit_empty_frames=False)
-    return atomic_write(out, lambda tmp: seg.save_as(str(tmp)))
 
 
 def read_dicom_seg(path: str | Path, series: str | Path) -> np.ndarray:
@@ -136,7 +137,7 @@ def read_dicom_seg(path: str | Path, series: str | Path) -> np.ndarray:
     seg = hd.seg.segread(str(path))
     _, files = dicom_series_files(Path(series))
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    _complete_uids(sources, series, quiet=True)
+    _complete_uids(sources, series)
     uids = [ds.SOPInstanceUID for ds in sources]
     volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
     return np.ascontiguousarray(np.transpose(volume[..., 0], (2, 1, 0))).astype(np.uint8)

@@ -65,7 +65,7 @@ def test_segment_of_a_dicom_series_writes_a_dicom_seg_equal_to_the_nifti(phantom
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     segment = ds.SegmentSequence[0]
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SNOMED CT: liver
-    assert "mri-liver" in segment.SegmentationAlgorithmName
+    assert "mri-liver" in segment.SegmentAlgorithmName
     assert {p.name: p.read_bytes() for p in series.iterdir()} == before  # inputs untouched
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (Debian's dicom3tools) is not installed: the DICOM-SEG was not validated")

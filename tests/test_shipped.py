@@ -102,11 +102,16 @@ def test_fit_from_the_shipped_model_with_no_ct(phantom_dir, tmp_path, capsys):
         pytest.skip("no plausible pseudo-label on these phantoms: nothing to adapt to")
     assert Path(segmenter) == model / "adapted"
     cfg = load_config(model / "adapted" / "config.yaml")
-    assert cfg.train.init == str(shipped.WEIGHTS_DIR / "mri-liver") and cfg.target.ratio == 1.0
-    assert cfg.data.images == ""  # the MRIs alone
+    assert cfg.train.init == str(shipped.WEIGHTS_DIR / "mri-liver")
+    listing = str(model / "pseudo" / "dataset.json")  # the preset's adapt.paint: the MRIs painted and as they are
+    assert (cfg.data.images, cfg.data.modality, cfg.target.images, cfg.target.ratio) == (listing, "mri", listing, 0.5)
     start = load_checkpoint(latest_checkpoint(shipped.WEIGHTS_DIR / "mri-liver"))["net"]
     tuned = load_checkpoint(latest_checkpoint(model / "adapted"))["net"]
     assert start.keys() == tuned.keys() and any(not torch.equal(start[k], tuned[k]) for k in start)
+    alone = tmp_path / "alone"  # adapt.paint off: the pseudo-labelled MRIs alone, no CT read
+    assert main(args[:-1] + [str(alone)] + [a for s in [*TINY_ADAPT, "adapt.paint=false"] for a in ("--set", s)]) == 0
+    cfg = load_config(alone / "adapted" / "config.yaml")
+    assert (cfg.data.images, cfg.target.ratio) == ("", 1.0)
 
 
 def test_fit_with_a_frozen_segmenter_needs_cts(phantom_dir, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,9 @@ def run_finished(run_dir: str | Path, config: str | Path | None = None, override
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True`` (no code is unpickled)."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
         raise MedgenError(path, f"unreadable checkpoint ({short(exc, 120)})") from None
 
