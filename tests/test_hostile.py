@@ -493,3 +493,15 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, phantom_dir
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.parametrize("extra, cause", [(["--set", "amp=bogus"], "amp must be one of"),
+                                          (["--preset", "EMPTY"], "not a fit preset")])
+def test_fit_refuses_a_bad_preset_or_value_before_anything(extra, cause, tmp_path, phantom_dir):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    extra = [str(empty) if e == "EMPTY" else e for e in extra]
+    out = tmp_path / "model"
+    proc = medgen("fit", "mri-liver", "--mri", phantom_dir / "mri", "--out", out, *extra)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and re.search(cause, proc.stderr)
+    assert not out.exists()

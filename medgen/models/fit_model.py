@@ -24,6 +24,7 @@ from medgen.config import from_dict, read_yaml
 from medgen.errors import MedgenError, short
 from medgen.io import atomic_write
 from medgen.models.shipped import SHIPPED
+from medgen.runtime import AMP_MODES
 
 FIT_CONFIG = "fit.yaml"
 MODEL_FILE = "model.json"
@@ -65,12 +66,19 @@ class FitConfig:
 
 
 def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FitConfig:
-    """A fit preset + ``--set`` overrides -> :class:`FitConfig` (unknown keys are one-line errors)."""
-    cfg = from_dict(FitConfig, read_yaml(path, overrides), str(path))
+    """A fit preset + ``--set`` overrides -> :class:`FitConfig` (unknown keys, bad values and a preset that is not a
+    fit preset are one-line errors, before anything is trained)."""
+    data = read_yaml(path, overrides)
+    if data.get("task") != "fit_mri_liver":
+        raise MedgenError(path, "not a fit preset (it needs task: fit_mri_liver; see fit_mri_liver_cpu.yaml)")
+    cfg = from_dict(FitConfig, data, str(path))
     if cfg.route not in ROUTES:
         raise MedgenError(path, f"route must be one of {', '.join(ROUTES)}, not {cfg.route!r}")
     if cfg.start not in (*SHIPPED, "scratch"):
         raise MedgenError(path, f"start must be scratch or a shipped model ({', '.join(SHIPPED)}), not {cfg.start!r}")
+    if cfg.amp not in AMP_MODES or cfg.device not in ("auto", "cpu", "cuda"):
+        raise MedgenError(path, f"amp must be one of {', '.join(AMP_MODES)} and device auto, cpu or cuda, not "
+                                f"{cfg.amp!r} / {cfg.device!r}")
     return cfg
 
 
