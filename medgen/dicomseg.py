@@ -51,7 +51,12 @@ def save_mask(mask: np.ndarray, ref: ImageRef, path: str | Path, overwrite: bool
         seg = seg_path(path)
         if seg.exists() and not overwrite:
             raise MedgenError(seg, "output exists (pass --overwrite to replace it)")
-        written.append(write_dicom_seg(mask, ref.path, seg, model))
+        try:
+            written.append(write_dicom_seg(mask, ref.path, seg, model))
+        except MedgenError as exc:
+            if output_format != "auto":
+                raise
+            print(f"medgen: note: {exc} (the NIfTI mask is written)")  # auto: the DICOM-SEG is the extra
     return written
 
 
