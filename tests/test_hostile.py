@@ -366,9 +366,10 @@ def test_whole_corpus_as_one_folder_run(command, corpus, cyclegan_run, segmenter
         assert re.search(expected.pop(path), line), line
     written = sorted(p.name for p in out.iterdir())
     assert written == {"translate": ["good_src.nii.gz", "one_series.nii.gz"],
-                       "pipeline": ["good_src.nii.gz", "one_series.nii.gz", "summary.csv", "summary.json"],
-                       "segment": ["good_src.nii.gz", "one_series.nii.gz", "thin_y.nii.gz", "thin_z.nii.gz",
-                                   "zeros.nii.gz"]}[command]
+                       "pipeline": ["good_src.nii.gz", "index.html", "one_series.nii.gz", "qc", "summary.csv",
+                                    "summary.json"],
+                       "segment": ["good_src.nii.gz", "index.html", "one_series.nii.gz", "qc", "thin_y.nii.gz",
+                                   "thin_z.nii.gz", "zeros.nii.gz"]}[command]
     assert snapshot(folder) == before
 
 
