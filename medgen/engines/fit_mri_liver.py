@@ -130,9 +130,10 @@ def _pseudo_labels(segmenter: Path, mris: list[Path], mri: str, out: Path, cfg: 
     return atomic_write(listing, lambda tmp: Path(tmp).write_text(text))
 
 
-def _adapt(cfg: FitConfig, out: Path, base: str, mris: list[Path], mri: str, sets: list[str], times: dict) -> str:
+def _adapt(cfg: FitConfig, out: Path, base: str, mris: list[Path], mri: str, sets: list[str], has_ct: bool,
+           times: dict) -> str:
     """Self-training: pseudo-labels from segmenter ``base`` (a run or a shipped model), then ``adapted/`` trained from
-    its weights on the CTs and the pseudo-labelled MRIs (on those MRIs alone when ``sets`` give no CT); returns the
+    its weights on the CTs and the pseudo-labelled MRIs (on those MRIs when ``has_ct`` is false); returns the
     segmenter the model uses (``base`` when no mask was plausible)."""
     source = resolve_model(base) if base in SHIPPED else out / base
     listing = _pseudo_labels(source, mris, mri, out / "pseudo", cfg)
@@ -142,7 +143,7 @@ def _adapt(cfg: FitConfig, out: Path, base: str, mris: list[Path], mri: str, set
         return base
     a = cfg.adapt
     ratio = a.ratio
-    if not _has_ct(sets):  # no CT: the MRIs alone, or (paint) their anatomy painted as well, in place of the CTs
+    if not has_ct:  # no CT: the MRIs alone, or (paint) their anatomy painted as well, in place of the CTs
         ratio = a.ratio if a.paint else 1.0
         if a.paint:
             sets = [*sets, f"data.images={listing}", f"data.labels={listing}", "data.modality=mri",
@@ -154,10 +155,6 @@ def _adapt(cfg: FitConfig, out: Path, base: str, mris: list[Path], mri: str, set
 
 
 NO_CT = ('data.images=""', 'data.labels=""')  # a stage's data when the fit has no CT (the MRIs alone)
-
-
-def _has_ct(sets: list[str]) -> bool:
-    return any(s.startswith("data.images=") and s not in NO_CT for s in sets)
 
 
 def _keep_segmenter(spec: str, out: Path) -> str:
@@ -233,7 +230,8 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                                            data + _common_sets(cfg) + cfg.segmenter.set)
             seg_spec = "segmenter"
         if route == "direct" and cfg.adapt.iterations > 0:
-            seg_spec = _adapt(cfg, out, seg_spec, mris, mri, data + _common_sets(cfg) + cfg.segmenter.set, times)
+            seg_spec = _adapt(cfg, out, seg_spec, mris, mri, data + _common_sets(cfg) + cfg.segmenter.set, ct is not None,
+                              times)
     model = FitModel(route, seg_spec, None, 1 if segmenter is None else None)
     frozen = model.resolve(out, seg_spec)
     translator = None
