@@ -127,6 +127,29 @@ def test_random_patches_positive_sampling():
     assert min(int(plain[n][Keys.LABEL].max()) for n in range(50)) == 0
 
 
+def test_random_patches_2_5d_hold_the_neighbouring_slices_as_channels():
+    """2.5D: the image as 3 slices centred on the drawn one (the pad value beyond the volume), the label the centre's;
+    the same sample index draws the same slice as plain 2D."""
+    image = torch.full((1, 16, 16, 5), -1.0)
+    for z in range(5):
+        image[0, 4:12, 4:12, z] = (z + 1) / 10  # a body on every slice, its value telling the slice
+    vol = {Keys.IMAGE: image, Keys.LABEL: (image > 0.25).to(torch.uint8)}
+    common = dict(fg_key=Keys.IMAGE, fg_prob=0.0)
+    plain = RandomPatches([vol], [Keys.IMAGE, Keys.LABEL], (16, 16), 2, seed=2, **common)
+    slab = RandomPatches([vol], [Keys.IMAGE, Keys.LABEL], (16, 16), 2, seed=2, slices=3, slab_keys=[Keys.IMAGE],
+                         **common)
+    seen = set()
+    for n in range(60):
+        a, b = plain[n], slab[n]
+        assert b[Keys.IMAGE].shape == (3, 16, 16) and b[Keys.LABEL].shape == (1, 16, 16)
+        assert torch.equal(b[Keys.IMAGE][1:2], a[Keys.IMAGE]) and torch.equal(b[Keys.LABEL], a[Keys.LABEL])
+        z = round(float(a[Keys.IMAGE].max()) * 10) - 1
+        seen.add(z)
+        assert float(b[Keys.IMAGE][0].max()) == pytest.approx(z / 10 if z > 0 else -1.0)
+        assert float(b[Keys.IMAGE][2].max()) == pytest.approx((z + 2) / 10 if z < 4 else -1.0)
+    assert seen == {0, 1, 2, 3, 4}  # the first and last slices too: their missing neighbour is the pad value
+
+
 def test_random_patches_3d_pad_outside_the_volume():
     patches = RandomPatches([_volume()], [Keys.IMAGE, Keys.LABEL], (20, 20, 12), 3, seed=0, fg_key=Keys.IMAGE,
                             pad_values={Keys.LABEL: 0})

@@ -123,6 +123,18 @@ def test_infer_volume_2d_slices_padded_and_cropped_back():
     assert net.shapes == [(2, 1, 16, 12), (2, 1, 16, 12), (1, 1, 16, 12)]  # axial slices, 2 a pass
 
 
+def test_infer_volume_2_5d_gives_each_slice_its_neighbours():
+    volume = torch.rand(1, 9, 7, 4) * 2 - 1
+    net = Recorder()
+    out = infer_volume(net, volume, 2, CPU, batch_size=3, multiple=4, slices=3)
+    assert out.shape == (6, 9, 7, 4) and net.shapes == [(3, 3, 12, 8), (1, 3, 12, 8)]
+    padded = torch.cat([torch.full((9, 7, 1), -1.0), volume[0], torch.full((9, 7, 1), -1.0)], dim=-1)
+    for c in range(3):  # channel c: the slice c - 1 away, -1 beyond the volume
+        torch.testing.assert_close(out[c], 2 * padded[..., c:c + 4] + 1)
+    with pytest.raises(ValueError, match="one-channel"):
+        infer_volume(net, torch.zeros(2, 9, 7, 4), 2, CPU, slices=3)
+
+
 @pytest.mark.parametrize("shape", [(20, 18, 9), (6, 6, 6)], ids=["larger", "smaller than the window"])
 def test_infer_volume_3d_sliding_window_blends_exactly(shape):
     volume = torch.rand(1, *shape) * 2 - 1

@@ -95,6 +95,29 @@ def test_train_segmenter_few_iterations(phantom_dir, tmp_path, segmenter_run, di
     assert any(r["name"] == "loss" for r in rows)
 
 
+def test_a_2_5d_segmenter_trains_with_synthesis_and_segments_on_the_input_grid(phantom_dir, tmp_path):
+    """network.slices=3: the label -> image synthesis paints all three slices, and inference gives each slice its
+    neighbours; the mask lands on the input's grid and header."""
+    run = train(ROOT / "configs" / "segmenter_liver_any_contrast.yaml", tmp_path / "s25",
+                tiny_segmenter(phantom_dir, 2, iterations=2, **{"network.slices": 3, "network.ema_decay": 0.0}))
+    ckpt = torch.load(latest_checkpoint(run), weights_only=True)
+    first = next(w for w in ckpt["net"].values() if w.ndim == 4)  # the first 2D convolution's weight
+    assert first.shape[1] == 3  # three input channels
+    image = sorted((phantom_dir / "ct").glob("*.nii.gz"))[0]
+    assert main(["segment", str(run), str(image), str(tmp_path / "mask.nii.gz"), "--modality", "mri"]) == 0
+    src, out = nib.load(image), nib.load(tmp_path / "mask.nii.gz")
+    assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1}
+
+
+@pytest.mark.parametrize("sets, problem", [({"network.slices": 2}, "odd number of slices"),
+                                           ({"network.slices": 3, "spatial_dims": 3,
+                                             "data.patch_size": "[16, 16, 16]"}, "for 2D networks")])
+def test_slices_must_be_odd_and_2d(phantom_dir, tmp_path, sets, problem):
+    with pytest.raises((MedgenError, ValueError), match=problem):
+        train(ROOT / "configs" / "segmenter_ct_liver.yaml", tmp_path / "bad", tiny_segmenter(phantom_dir, 2, **sets))
+
+
 def test_translator_cycled_augmentation(phantom_dir, cyclegan_run, tmp_path):
     from medgen.data.datalist import image_label_pairs
     from medgen.engines.segmenter import cycled_volumes

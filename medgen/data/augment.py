@@ -60,7 +60,8 @@ class RandGINd(RandomizableTransform, MapTransform):
     convolution networks (``layers`` layers of 1 or 3-voxel kernels, LeakyReLU, random mix with the input,
     energy kept), and the two outputs are blended by a smooth random mask. Shapes survive, contrast and
     texture do not: another way than label -> image synthesis to a segmenter that ignores modality.
-    Images ``(1, *spatial)`` in [-1, 1]; the result is rescaled into [-1, 1].
+    Images ``(C, *spatial)`` in [-1, 1] (C: a 2.5D sample's slices, each through the same networks); the result is
+    rescaled into [-1, 1].
     """
 
     def __init__(self, image_key: str, prob: float = 0.3, layers: int = 4, width: int = 2):
@@ -74,7 +75,7 @@ class RandGINd(RandomizableTransform, MapTransform):
     def _gin(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv2d if x.dim() == 3 else F.conv3d
         chans = [1] + [self.width] * (self.layers - 1) + [1]
-        h = x[None]
+        h = x[:, None]  # each channel (a 2.5D sample's slices) through the same random network
         for i in range(self.layers):
             k = int(self.R.choice([1, 3]))
             h = conv(h, self._randn(chans[i + 1], chans[i], *([k] * (x.dim() - 1))), padding=k // 2)
@@ -82,7 +83,7 @@ class RandGINd(RandomizableTransform, MapTransform):
             if i < self.layers - 1:
                 h = F.leaky_relu(h)
         alpha = float(self.R.uniform())
-        mixed = alpha * h[0] + (1 - alpha) * x
+        mixed = alpha * h[:, 0] + (1 - alpha) * x
         return mixed * x.norm() / (mixed.norm() + 1e-5)
 
     def __call__(self, data):

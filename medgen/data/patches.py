@@ -55,13 +55,16 @@ class RandomPatches(Dataset):
         pos_key / pos_prob: optional label key whose positive voxels are drawn first with ``pos_prob``.
         pad_values: key -> value used where a patch leaves the volume (default -1, background in [-1, 1]).
         transform: optional callable applied to each sample dict (e.g. MONAI random intensity transforms).
+        slices / slab_keys: 2D: the keys in ``slab_keys`` hold ``slices`` axial slices centred on the drawn one, as
+            channels ``(slices, X, Y)`` (2.5D; beyond the volume: the pad value); the other keys the centre slice.
     """
 
     def __init__(self, volumes: Sequence[Mapping[Hashable, torch.Tensor]], keys: Sequence[Hashable],
                  patch_size: Sequence[int], spatial_dims: int, seed: int, fg_key: Hashable,
                  fg_threshold: float = -0.9, min_foreground: float = 0.05, fg_prob: float = 0.9,
                  pos_key: Hashable | None = None, pos_prob: float = 0.0,
-                 pad_values: Mapping[Hashable, float] | None = None, transform=None, length: int = 2**62):
+                 pad_values: Mapping[Hashable, float] | None = None, transform=None, length: int = 2**62,
+                 slices: int = 1, slab_keys: Sequence[Hashable] = ()):
         if spatial_dims not in (2, 3) or len(patch_size) != spatial_dims:
             raise ValueError(f"patch_size {list(patch_size)} does not fit spatial_dims={spatial_dims}")
         if not volumes:
@@ -69,8 +72,9 @@ class RandomPatches(Dataset):
         self.volumes, self.keys, self.size = list(volumes), list(keys), [int(s) for s in patch_size]
         self.spatial_dims, self.seed, self.length = spatial_dims, seed, length
         self.fg_prob, self.pos_prob, self.transform = fg_prob, pos_prob, transform
+        self.slices, self.slab_keys = int(slices), set(slab_keys) if slices > 1 else set()
         self.pad = {k: -1.0 for k in self.keys} | dict(pad_values or {})
-        self.slices, self.fg, self.pos = [], [], []
+        self.ok_slices, self.fg, self.pos = [], [], []
         for vol in self.volumes:
             body = vol[fg_key][0] > fg_threshold
             if spatial_dims == 2:
@@ -80,7 +84,7 @@ class RandomPatches(Dataset):
                 ok = torch.arange(body.shape[-1])
             valid = torch.zeros(body.shape[-1], dtype=torch.bool)
             valid[ok] = True
-            self.slices.append(ok)
+            self.ok_slices.append(ok)
             self.fg.append(_coords(body & valid))
             self.pos.append(_coords((vol[pos_key][0] > 0) & valid) if pos_key is not None else _coords(None))
 
@@ -93,7 +97,7 @@ class RandomPatches(Dataset):
             return pos[rng.integers(len(pos))].tolist()
         if len(fg) and rng.random() < self.fg_prob:
             return fg[rng.integers(len(fg))].tolist()
-        z = int(self.slices[v][rng.integers(len(self.slices[v]))])
+        z = int(self.ok_slices[v][rng.integers(len(self.ok_slices[v]))])
         return [int(rng.integers(s)) for s in shape[:2]] + [z]
 
     def __getitem__(self, n: int) -> dict[Hashable, torch.Tensor]:
@@ -104,7 +108,10 @@ class RandomPatches(Dataset):
         center = self._center(rng, v, shape)
         if self.spatial_dims == 2:
             start = _start(center[:2], self.size, shape[:2])
-            out = {k: crop_or_pad(vol[k][..., center[2]], start, self.size, self.pad[k]) for k in self.keys}
+            half = self.slices // 2
+            out = {k: crop_or_pad(vol[k], [*start, center[2] - half], [*self.size, self.slices], self.pad[k])[0]
+                   .permute(2, 0, 1) if k in self.slab_keys else
+                   crop_or_pad(vol[k][..., center[2]], start, self.size, self.pad[k]) for k in self.keys}
         else:
             start = _start(center, self.size, shape)
             out = {k: crop_or_pad(vol[k], start, self.size, self.pad[k]) for k in self.keys}
@@ -141,16 +148,17 @@ class Unpaired(Dataset):
 
 
 def labelled_patches(volumes: Sequence[Mapping[Hashable, torch.Tensor]], data, spatial_dims: int, seed: int,
-                     transform=None) -> RandomPatches:
+                     transform=None, slices: int = 1) -> RandomPatches:
     """Image + label patches of :func:`medgen.data.volumes.labelled_volumes` as a ``LabelledDataConfig``
     (``data``) describes them: its patch size and foreground/positive sampling, labels padded with 0
-    (generation labels too, when the volumes hold them)."""
+    (generation labels too, when the volumes hold them); ``slices`` > 1: 2.5D, the image (and generation labels)
+    as that many slices, the label the centre one's."""
     gen = bool(volumes) and Keys.GEN in volumes[0]  # the body of generation labels: data-driven, no threshold
     keys = [Keys.IMAGE, Keys.LABEL] + ([Keys.GEN] if gen else [])
     return RandomPatches(volumes, keys, data.patch_size, spatial_dims, seed, fg_key=Keys.GEN if gen else Keys.IMAGE,
                          fg_threshold=0 if gen else -0.9, min_foreground=data.min_foreground, fg_prob=data.fg_prob,
                          pos_key=Keys.LABEL, pos_prob=data.pos_prob, pad_values={Keys.LABEL: 0, Keys.GEN: 0},
-                         transform=transform)
+                         transform=transform, slices=slices, slab_keys=[Keys.IMAGE, Keys.GEN])
 
 
 class IndexStream(Sampler[int]):

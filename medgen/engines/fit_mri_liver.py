@@ -93,12 +93,12 @@ def _check_inputs(ct: str | None, ct_labels: str | None, label_map: dict[int, in
 
 
 def _trainable_through(spec: str) -> bool:
-    """Whether gradients can pass through this segmenter: a 2D medgen segmenter run (or shipped model)."""
+    """Whether gradients can pass through this segmenter: a 2D (one-slice) medgen segmenter run (or shipped model)."""
     config = Path(resolve_model(spec)) / CONFIG_FILE
     if not config.is_file():
         return False
     cfg = load_config(config)
-    return cfg.task == "segmenter" and cfg.spatial_dims == 2
+    return cfg.task == "segmenter" and cfg.spatial_dims == 2 and cfg.network.slices == 1
 
 
 def _stage(name: str, config: str, run: Path, sets: list[str]) -> tuple[Path, float]:

@@ -143,7 +143,7 @@ def segmentation_samples(cfg: SegmenterConfig, seed: int):
                                        cfg.augment.deform, cfg.data.patch_size)
 
     def patches(volumes, stream_seed):
-        return labelled_patches(volumes, cfg.data, cfg.spatial_dims, stream_seed, transform)
+        return labelled_patches(volumes, cfg.data, cfg.spatial_dims, stream_seed, transform, cfg.network.slices)
 
     samples = patches(labelled_volumes(pairs, cfg.data, cfg.preprocess, gen_classes=gen_classes), seed)
     aug = cfg.augment
@@ -169,7 +169,7 @@ def target_patches(cfg: SegmenterConfig, seed: int):
     transform = intensity_augmentation(cfg.augment.intensity, None, cfg.spatial_dims if cfg.augment.spatial else None,
                                        None, 0.0, cfg.augment.deform, cfg.data.patch_size)
     return labelled_patches(labelled_volumes(pairs, data, cfg.preprocess, label_map=classes), data,
-                            cfg.spatial_dims, seed, transform)
+                            cfg.spatial_dims, seed, transform, cfg.network.slices)
 
 
 def validation_fn(cfg: SegmenterConfig, net: torch.nn.Module, device: torch.device) -> Callable[[], dict]:

@@ -40,8 +40,9 @@ class FrozenSegmenter(torch.nn.Module):
     def __init__(self, run: str, window: list[float], device: torch.device):
         super().__init__()
         seg = RunSegmenter(run, str(device.type))
-        if seg.cfg.spatial_dims != 2:
-            raise MedgenError(run, "the segmentation-consistency loss needs a 2D segmenter run (set loss.lambda_seg=0)")
+        if seg.cfg.spatial_dims != 2 or seg.cfg.network.slices != 1:
+            raise MedgenError(run, "the segmentation-consistency loss needs a 2D one-slice segmenter run "
+                                   "(set loss.lambda_seg=0)")
         self.net, self.window, self.seg_window = seg.net, list(window), list(seg.cfg.preprocess.ct_window)
         self.liver_index = seg.liver_index
         self.multiple = 2 ** (len(seg.cfg.network.channels) - 1)

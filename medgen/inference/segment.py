@@ -93,7 +93,7 @@ def segment_array(net: torch.nn.Module, cfg, array: np.ndarray, ref: ImageRef, d
     for gamma in [1.0, *inf.tta_gammas]:  # test-time contrast augmentation (inference.tta_gammas), averaged
         xg = x if gamma == 1.0 else ((x.clamp(-1, 1) + 1) / 2) ** gamma * 2 - 1
         p = torch.softmax(infer_volume(net, xg, cfg.spatial_dims, device, inf.amp, inf.batch_size, inf.roi_size,
-                                       inf.overlap, input_multiple(cfg)), 0)
+                                       inf.overlap, input_multiple(cfg), slices=cfg.network.slices), 0)
         prob = p if prob is None else prob + p
     return pre.restore(prob / (1 + len(inf.tta_gammas)), geom).astype(np.float32)
 

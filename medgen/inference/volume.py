@@ -54,10 +54,13 @@ def infer_volume(
     overlap: float = 0.5,
     multiple: int = 4,
     pad_value: float = -1.0,
+    slices: int = 1,
 ) -> torch.Tensor:
     """Apply ``net`` to a ``(C, X, Y, Z)`` CPU volume; returns its ``(C_out, X, Y, Z)`` float32 output on CPU.
 
-    2D: axial slices (last axis) in batches of ``batch_size``, each padded to a multiple of ``multiple``.
+    2D: axial slices (last axis) in batches of ``batch_size``, each padded to a multiple of ``multiple``;
+    ``slices`` > 1 (2.5D, a one-channel volume): each slice with its neighbours as ``slices`` channels, ``pad_value``
+    beyond the first and last slice.
     3D: MONAI sliding window with Gaussian blending, ``overlap`` and ``roi_size``; patches go to
     ``device``, the output is accumulated on the CPU so memory stays bounded for large volumes.
     On a CPU the batch is capped by :func:`pass_size`.
@@ -71,7 +74,12 @@ def infer_volume(
 
     if spatial_dims == 2:
         out = None
-        depth = volume.shape[-1]
+        depth, half = volume.shape[-1], slices // 2
+        if half:
+            if volume.shape[0] != 1:
+                raise ValueError(f"2.5D inference takes a one-channel volume, not {volume.shape[0]} channels")
+            volume = F.pad(volume, (half, half), value=pad_value)[0].unfold(-1, slices, 1)  # (X, Y, Z, slices)
+            volume = volume.permute(3, 0, 1, 2)  # (slices, X, Y, Z): channel c is the slice c - half away
         batch_size = pass_size(batch_size, device, volume.shape[1] * volume.shape[2])
         for z0 in range(0, depth, batch_size):
             z1 = min(z0 + batch_size, depth)

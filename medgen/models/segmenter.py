@@ -28,6 +28,13 @@ class SegNetworkConfig:
     # exponential moving average of the weights (0: off); inference and validation use the average, which
     # is steadier across checkpoints on another modality than any single checkpoint
     ema_decay: float = 0.0
+    # 2D: axial slices the network sees, as input channels: 1 (plain 2D), or 3, 5 (2.5D: the centre slice's mask
+    # predicted with its neighbours as through-plane context; the slices are preprocess.spacing's z apart)
+    slices: int = 1
+
+    def __post_init__(self) -> None:
+        if self.slices < 1 or self.slices % 2 == 0:
+            raise ValueError("slices", f"must be an odd number of slices (1, 3, 5), not {self.slices}")
 
 
 @dataclass
@@ -150,12 +157,14 @@ def n_classes(cfg: SegmenterConfig) -> int:
 def build_network(cfg: SegmenterConfig) -> torch.nn.Module:
     """The segmentation network (MONAI UNet or SegResNet), saved as ``net`` in checkpoints."""
     net = cfg.network
+    if net.slices > 1 and cfg.spatial_dims != 2:
+        raise ValueError(f"network.slices={net.slices} is for 2D networks (spatial_dims 2), not {cfg.spatial_dims}D")
     if net.name == "unet":
-        return UNet(cfg.spatial_dims, 1, n_classes(cfg), channels=tuple(net.channels),
+        return UNet(cfg.spatial_dims, net.slices, n_classes(cfg), channels=tuple(net.channels),
                     strides=(2,) * (len(net.channels) - 1), num_res_units=net.num_res_units, norm="INSTANCE",
                     dropout=net.dropout)
     if net.name == "segresnet":
-        return SegResNet(cfg.spatial_dims, net.init_filters, 1, n_classes(cfg), dropout_prob=net.dropout or None)
+        return SegResNet(cfg.spatial_dims, net.init_filters, net.slices, n_classes(cfg), dropout_prob=net.dropout or None)
     raise ValueError(f"unknown network {net.name!r} (unet | segresnet)")
 
 
