@@ -20,6 +20,9 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``tta``: the shipped mri-liver with test-time contrast augmentation (``inference.tta_gammas``).
 - ``frozen``: ``medgen fit mri-liver --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --segmenter ct-liver``
   (the frozen-segmenter route: a translator trained for the shipped CT segmenter, which is never retrained).
+- ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
+  ``VARIANTS``) zero-shot through ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs, with Dice at the
+  liver's two ends (``dome``: its top 15 % of slices, ``lowest``: its bottom 15 %) and each run's training time.
 
 ``--write-cards`` puts the figures into the shipped models' cards (``medgen/models/weights/*/card.json``).
 Steps whose outputs exist in ``--work`` are reused (delete them to measure again).
@@ -40,11 +43,12 @@ import numpy as np
 from medgen.config import save_config
 from medgen.evaluation.segmentation import evaluate_folders, flag_quality
 from medgen.models.registry import load_config
+from medgen.models.run import run_finished
 from medgen.models.shipped import shipped_dir
 
 from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
-from shipped_models import HELD_OUT_CTS, TRAIN_CTS
+from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
@@ -54,6 +58,12 @@ MRIS = sorted(TRAIN + HELD_OUT)
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
     vals = [v for k, v in scores.items() if ids is None or int(k.rsplit("_", 1)[-1]) in ids]
     return float(np.mean(vals))
+
+
+def training_minutes(run: Path) -> float:
+    """Wall minutes of a run from its first logged iteration to its last (``metrics.csv``'s time column)."""
+    times = [float(line.rsplit(",", 1)[1]) for line in (run / "metrics.csv").read_text().splitlines()[1:] if line]
+    return round((max(times) - min(times)) / 60, 1)
 
 
 def link_files(files: list[Path], dst: Path) -> Path:
@@ -119,6 +129,10 @@ def record(results: dict) -> dict:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
             rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
+    for name, r in results.get("architecture", {}).items():
+        rows.append([f"architecture: `{name}` training run" + (f" ({', '.join(r['sets'][1:])})" if r["sets"] else " (2D)"),
+                     r["mean_all_10"], r["mean_held_out"],
+                     f"dome {r['mean_top']:.3f}, lowest slices {r['mean_bottom']:.3f}; trained {r['train_minutes']} min"])
     for key, r in results.get("ct", {}).items():
         rows.append([f"`medgen segment {key}`" + (" --modality ct" if key == "mri-liver" else "")
                      + f" on held-out CTs ({', '.join(r['dice'])})", "", "", f"CT liver Dice {r['mean']:.3f}"])
@@ -166,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "shipped_eval"))
     p.add_argument("--only", default="zero_shot,tta,ct,speed,fit_mri,fit_mri_paint")
     p.add_argument("--write-cards", action="store_true")
+    p.add_argument("--runs", default=str(ROOT / "benchmarks" / "out" / "shipped"),
+                   help="the training runs of benchmarks/shipped_models.py (step architecture)")
     args = p.parse_args(argv)
     data, work = Path(args.data), Path(args.work)
     if not (data / "PROVENANCE.md").is_file():
@@ -177,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     mri, mri_labels = data / "mri" / "images", data / "mri" / "labels"
     train_mri = link_cases(mri, work / "mri_train", TRAIN)
     results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
+    committed = ROOT / "docs" / "results" / "shipped_models.json"
+    if not results and committed.is_file():  # a fresh work folder: the committed figures stay, steps run add to them
+        results = json.loads(committed.read_text())["per_case"]
 
     def segment(name: str, model: str, inputs: Path, modality: str | None = None) -> Path:
         out = work / f"masks_{name}"
@@ -259,6 +278,20 @@ def main(argv: list[str] | None = None) -> int:
         d = pipeline("frozen", mri, "--model", str(model))
         results["frozen"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                              "wall_s": results.get("frozen_wall_s")}
+    if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
+        arch = results.setdefault("architecture", {})
+        for name in ("mri-liver", *VARIANTS):
+            run = Path(args.runs) / name
+            if not run_finished(run):
+                print(f"shipped_eval: architecture: {run} is not a finished run (benchmarks/shipped_models.py "
+                      f"--models {name} --only train); skipped")
+                continue
+            pipeline(f"arch_{name}", mri, "--segmenter", str(run))
+            rows = evaluate_folders(work / f"masks_arch_{name}", mri_labels, {1: 1}, levels=True)
+            d = {r["case"]: r["dice"] for r in rows}
+            arch[name] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
+                          **{f"mean_{k}": float(np.nanmean([r[f"dice_{k}"] for r in rows])) for k in ("top", "bottom")},
+                          "train_minutes": training_minutes(run), "sets": VARIANTS.get(name, ("", []))[1]}
     if "translation" in steps:  # the frozen route's translator judged on the real MRIs, with no paired CT
         model = work / "fit_frozen"
         out = work / "translation_unpaired.json"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from medgen.data.datalist import list_volumes
 from medgen.data.volumes import remap_labels
 from medgen.errors import MedgenError
@@ -14,9 +16,38 @@ from medgen.metrics import segmentation_metrics
 from medgen.validate import check_label_values, check_same_grid
 
 
+def level_dice(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray, fraction: float = 0.15) -> dict[str, float]:
+    """Dice at the two ends of the true organ along the body's long axis: ``top`` (the slices from the top
+    ``fraction`` of the truth's extent upward: a liver's dome) and ``bottom`` (from the lowest ``fraction`` down: its
+    lowest slices), where 2D masks go wrong first. The superior axis is the voxel axis closest to S in ``affine``.
+
+    >>> truth = np.zeros((4, 4, 10), bool); truth[1:3, 1:3, 2:8] = True  # 6 slices, z increasing upward
+    >>> pred = truth.copy(); pred[..., 7] = False; pred[1:3, 1:3, 8] = True  # the top slice one too high
+    >>> level_dice(pred, truth, np.eye(4), fraction=0.3)  # the top 2 slices (6 and 7) upward, the bottom 2 down
+    {'top': 0.5, 'bottom': 1.0}
+    """
+    axis = int(np.argmax(np.abs(affine[2, :3])))
+    up = affine[2, axis] > 0
+    present = np.flatnonzero(np.moveaxis(truth, axis, -1).reshape(-1, truth.shape[axis]).any(0))
+    if not len(present):
+        return {"top": float("nan"), "bottom": float("nan")}
+    n = max(1, int(round(fraction * len(present))))
+    lo, hi = present[:n][-1], present[-n:][0]  # the lowest-index band ends at lo, the highest starts at hi
+    index = np.arange(truth.shape[axis]).reshape([-1 if d == axis else 1 for d in range(truth.ndim)])
+    bands = {"top": index >= hi, "bottom": index <= lo} if up else {"top": index <= lo, "bottom": index >= hi}
+
+    def dice(band: np.ndarray) -> float:
+        p, t = pred & band, truth & band
+        total = int(p.sum()) + int(t.sum())
+        return round(2 * float((p & t).sum()) / total, 3) if total else 1.0
+
+    return {name: dice(band) for name, band in bands.items()}
+
+
 def evaluate_folders(pred: str | Path, truth: str | Path, label_map: Mapping[int, int] | None = None,
-                     pred_label_map: Mapping[int, int] | None = None, cls: int = 1) -> list[dict]:
-    """Per-case metrics of class ``cls`` for predictions matched to ground truth by case name."""
+                     pred_label_map: Mapping[int, int] | None = None, cls: int = 1, levels: bool = False) -> list[dict]:
+    """Per-case metrics of class ``cls`` for predictions matched to ground truth by case name (``levels``: also
+    :func:`level_dice` as ``dice_top`` and ``dice_bottom``)."""
     truths = {case_name(p): p for p in list_volumes(truth)}
     rows = []
     for p in list_volumes(pred):
@@ -29,6 +60,8 @@ def evaluate_folders(pred: str | Path, truth: str | Path, label_map: Mapping[int
         pm = remap_labels(check_label_values(pa, p), pred_label_map) == cls
         tm = remap_labels(check_label_values(ta, truths[name]), label_map) == cls
         rows.append({"case": name, **segmentation_metrics(pm, tm, tref.spacing)})
+        if levels:
+            rows[-1].update({f"dice_{k}": v for k, v in level_dice(pm, tm, tref.affine).items()})
     if not rows:
         raise MedgenError(pred, "no predictions to evaluate")
     return rows
