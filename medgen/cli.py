@@ -147,8 +147,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"{m['ssim']:.3f}; identity baseline MAE {m['identity_mae']:.1f} HU, PSNR {m['identity_psnr']:.2f} dB, "
               f"SSIM {m['identity_ssim']:.3f} -> {csv_path}")
     elif args.kind == "synthesis":
-        report = synthesis.evaluate_synthesis(args.run, args.features, args.n, args.seed, args.device)
-        path = synthesis.write_synthesis_report(report, args.out or Path(args.run) / "synthesis_eval", args.run)
+        options = _sampling_options(args, synthesis.SamplingOptions)
+        report = synthesis.evaluate_synthesis(args.run, args.features, args.n, args.seed, args.device, options)
+        path = synthesis.write_synthesis_report(report, args.out or Path(args.run) / "synthesis_eval", args.run,
+                                                options=options)
         c1 = report.get("class_1", {})
         print(f"FID {report['fid']:.3f}, KID {report['kid']:.4f} (real vs real {report['fid_real_vs_real']:.3f}, "
               f"{report['kid_real_vs_real']:.4f}), MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} "
@@ -174,12 +176,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling_options(args: argparse.Namespace, options: type):
+    """The sampling flags of ``synth`` and ``evaluate synthesis`` as a ``SamplingOptions`` (None: the run's own)."""
+    return options(temperature=args.temperature, sampling=args.sampling, mixture_components=args.mixture_components,
+                   keep_largest=args.keep_largest, labels=args.labels)
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from medgen.inference.synthesize import write_synthetic  # lazy: torch + MONAI (3.5 s)
+    from medgen.inference.synthesize import SamplingOptions, write_synthetic  # lazy: torch + MONAI (3.5 s)
 
     check_output_folder(args.out)
     info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite, args.judge,
-                           args.min_dice, args.judge_class)
+                           args.min_dice, args.judge_class, _sampling_options(args, SamplingOptions))
     judged = info["judge"]
     print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}"
           + (f" ({judged['kept']} of {judged['drawn']} drawn agree with {args.judge} at Dice >= {args.min_dice})"

@@ -49,6 +49,31 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    """How a synthesizer run is sampled; each option's default is the run's config key of the same name."""
+    g = p.add_argument_group("sampling (default: the run's own config key of the same name)")
+    g.add_argument("--temperature", type=_non_negative, metavar="T",
+                   help="VAE, GAN: latents from N(0, T^2); a mixture component's or a posterior's spread x T")
+    g.add_argument("--sampling", choices=("prior", "posterior", "mixture"),
+                   help="VAE: latents from the prior, around the encodings of training patches, or from the mixture "
+                        "fitted to them (both stored in the run)")
+    g.add_argument("--mixture-components", type=_positive, metavar="C",
+                   help="VAE: components of the latent mixture (another count than the stored fit's is fitted on the "
+                        "stored encodings)")
+    g.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                   help="VAE, GAN: keep each class's largest component in every sampled map")
+    g.add_argument("--labels", metavar="RUN|training",
+                   help="label2image: render this VAE/GAN run's label maps (the options above go to it), or "
+                        "'training': the run's training label maps (these read the training data)")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where networks run (auto: CUDA when available)")
@@ -212,6 +237,7 @@ def _inference_commands(add: Callable) -> None:
     p.add_argument("--min-dice", type=float, default=0.7, help="the agreement a kept pair needs (default 0.7)")
     p.add_argument("--judge-class", type=int, help="the synthesizer's class the judge segments (default: read "
                                                    "through the label maps of a medgen segmenter run)")
+    _add_sampling(p)
     _add_device(p)
     _add_overwrite(p)
 
@@ -243,6 +269,7 @@ def _evaluation_commands(add: Callable) -> None:
     e.add_argument("--features", required=True, help="segmenter run whose deepest features score FID/KID")
     e.add_argument("--n", type=_positive, default=200, help="samples of each kind")
     e.add_argument("--seed", type=int, default=0)
+    _add_sampling(e)
     _add_device(e)
     e.add_argument("--out", help="output folder (default RUN/synthesis_eval)")
     e = ev.add_parser("augmentation", help="segmenter on k real cases vs k real + synthetic, over repeats")

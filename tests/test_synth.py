@@ -13,6 +13,7 @@ from medgen.data.mixing import MixedSamples
 from medgen.engines.train import train
 from medgen.evaluation.synthesis import display_window, kid, label_stats, ms_ssim_diversity
 from medgen.inference.synthesize import sample_pairs
+from medgen.inference.synthesizers import SamplingOptions
 from medgen.errors import MedgenError
 from medgen.io import hu_int16
 from medgen.keys import Keys
@@ -75,62 +76,72 @@ def test_train_and_sample(phantom_dir, tmp_path, vae_run, task, dims):
 
 
 def test_sampling_temperature_scales_the_latents(vae_run):
-    from medgen.inference.synthesize import load_synthesizer, sample_joint
+    from medgen.inference.synthesizers import SamplingOptions, load_synthesizer
 
-    cfg, model, _ = load_synthesizer(vae_run, torch.device("cpu"))
-    assert cfg.model.temperature == 1.0
-    a, b = sample_joint(model, cfg, 3, 0, "cpu"), sample_joint(model, cfg, 3, 0, "cpu")
-    assert a.shape[:2] == (3, 2) and torch.equal(a, b) and not torch.equal(a[0], a[1])  # seeded, diverse
-    cfg.model.temperature = 0.0  # every latent at the prior's mean: one sample, whatever the seed
-    cold = torch.cat([sample_joint(model, cfg, 2, seed, "cpu") for seed in (0, 1)])
-    assert torch.allclose(cold, cold[:1].expand_as(cold), atol=1e-5)
+    synth = load_synthesizer(vae_run, "cpu")
+    assert synth.cfg.model.temperature == 1.0
+    a, b = synth.draw(3, 0), synth.draw(3, 0)
+    assert a.images.shape == (3, 1, 32, 32) and a.labels.shape == (3, 32, 32)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images[0], a.images[1])  # seeded, diverse
+    cold = load_synthesizer(vae_run, "cpu", SamplingOptions(temperature=0.0))  # every latent at the prior's mean
+    images = torch.cat([cold.draw(2, seed).images for seed in (0, 1)])  # one sample, whatever the seed
+    assert torch.allclose(images, images[:1].expand_as(images), atol=1e-5)
     with torch.no_grad():
-        assert torch.allclose(cold[0], model.sample(torch.zeros(1, model.latent_size))[0].float(), atol=1e-5)
+        assert torch.allclose(images[0], cold.model.sample(torch.zeros(1, cold.model.latent_size))[0, :1].float(),
+                              atol=1e-5)
 
 
-def test_posterior_sampling_decodes_around_the_training_patches(vae_run):
-    from medgen.inference.synthesize import load_synthesizer, sample_joint, training_patches
-    from medgen.models.synth import joint_tensor, n_foreground
+def test_a_vae_stores_the_encodings_of_its_training_patches_when_training_ends(vae_run):
+    """``RUN/latents.pt``: the posteriors of ``MIXTURE_PATCHES`` training patches (drawn with ``train.seed``) by the
+    final weights, and the ``model.mixture_components`` mixture of their means, read with ``weights_only``."""
+    from medgen.inference.synthesizers import load_synthesizer, training_patches
+    from medgen.models.synth import LATENTS_FILE, MIXTURE_PATCHES, encode_patches, fit_mixture
 
-    cfg, model, _ = load_synthesizer(vae_run, torch.device("cpu"))
-    cfg.model.sampling, cfg.model.temperature = "posterior", 0.0  # each latent at its training patch's mean
-    cold = sample_joint(model, cfg, 3, 7, "cpu")
-    patches = training_patches(cfg, 7)  # the same draw: seed 7
-    x = joint_tensor({k: torch.stack([patches[i][k] for i in range(3)]) for k in (Keys.IMAGE, Keys.LABEL)},
-                     n_foreground(cfg), "cpu")
-    with torch.no_grad():
-        mu, _ = model.encode(x)
-        assert torch.allclose(cold, model.sample(mu).float(), atol=1e-5)
-    cfg.model.temperature = 1.0
-    warm = sample_joint(model, cfg, 3, 7, "cpu")
-    assert warm.shape == cold.shape and not torch.allclose(warm, cold)  # mu + sigma * noise
-    assert torch.equal(warm, sample_joint(model, cfg, 3, 7, "cpu"))  # seeded
+    stored = torch.load(vae_run / LATENTS_FILE, weights_only=True)
+    synth = load_synthesizer(vae_run, "cpu")
+    mu, logvar = encode_patches(synth.model, synth.cfg, training_patches(synth.cfg, synth.cfg.train.seed),
+                                MIXTURE_PATCHES, torch.device("cpu"))
+    assert stored["mu"].shape == (MIXTURE_PATCHES, synth.model.latent_size)
+    assert torch.allclose(stored["mu"], mu, atol=1e-5) and torch.allclose(stored["logvar"], logvar, atol=1e-5)
+    refit = fit_mixture(mu, synth.cfg.model.mixture_components)
+    assert stored["mixture_means"].shape == (10, synth.model.latent_size)  # model.mixture_components
+    for key in ("mixture_weights", "mixture_means", "mixture_covariances"):
+        assert torch.allclose(stored[key], refit[key], atol=1e-4)
+
+
+def test_posterior_sampling_decodes_around_the_stored_encodings(vae_run):
+    from medgen.inference.synthesizers import SamplingOptions, load_synthesizer
+    from medgen.models.synth import read_latents
+
+    stored = read_latents(vae_run)
+    cold = load_synthesizer(vae_run, "cpu", SamplingOptions(sampling="posterior", temperature=0.0))
+    index = np.random.default_rng(7).choice(len(stored["mu"]), 3, replace=False)  # seed 7 picks the patches
+    with torch.no_grad():  # each latent at its training patch's mean
+        assert torch.allclose(cold.draw(3, 7).images, cold.model.sample(stored["mu"][index])[:, :1].float(), atol=1e-5)
+    warm = load_synthesizer(vae_run, "cpu", SamplingOptions(sampling="posterior"))
+    assert not torch.allclose(warm.draw(3, 7).images, cold.draw(3, 7).images)  # mu + sigma * noise
+    assert torch.equal(warm.draw(3, 7).images, warm.draw(3, 7).images)  # seeded
 
 
 def test_mixture_sampling_draws_from_a_mixture_of_the_training_encodings(vae_run):
-    from medgen.inference.synthesize import MIXTURE_PATCHES, latent_mixture, sample_joint, training_patches
-    from medgen.inference.synthesize import load_synthesizer
-    from medgen.models.synth import joint_tensor, n_foreground
+    from medgen.inference.synthesizers import SamplingOptions, load_synthesizer
+    from medgen.models.synth import read_latents
 
-    cfg, model, _ = load_synthesizer(vae_run, torch.device("cpu"))
-    cfg.model.sampling, cfg.model.mixture_components = "mixture", 1
-    patches = training_patches(cfg, cfg.train.seed)  # the draw the mixture is fitted on
-    x = joint_tensor({k: torch.stack([patches[i][k] for i in range(MIXTURE_PATCHES)]) for k in (Keys.IMAGE, Keys.LABEL)},
-                     n_foreground(cfg), "cpu")
-    with torch.no_grad():
-        mu = model.encode(x)[0].double().numpy()
-    one = latent_mixture(model, cfg, "cpu")  # one component: the encodings' mean and covariance
-    np.testing.assert_allclose(one.means_[0], mu.mean(0), atol=1e-6)
-    np.testing.assert_allclose(one.covariances_[0], np.cov(mu.T, bias=True) + 1e-4 * np.eye(mu.shape[1]), atol=1e-6)
-    cfg.model.mixture_components, cfg.model.temperature = 3, 0.0  # every latent at one of the 3 means
-    cold = sample_joint(model, cfg, 6, 0, "cpu")
-    with torch.no_grad():
-        centres = model.sample(torch.from_numpy(latent_mixture(model, cfg, "cpu").means_).float()).float()
-    assert all(min(float((c - m).abs().max()) for m in centres) < 1e-4 for c in cold)
-    cfg.model.temperature = 1.0
-    warm = sample_joint(model, cfg, 6, 0, "cpu")
-    assert torch.equal(warm, sample_joint(model, cfg, 6, 0, "cpu"))  # seeded
-    assert not torch.allclose(warm, sample_joint(model, cfg, 6, 1, "cpu")) and not torch.allclose(warm[0], warm[1])
+    mu = read_latents(vae_run)["mu"].double().numpy()
+    one = load_synthesizer(vae_run, "cpu", SamplingOptions(sampling="mixture", mixture_components=1))
+    fit = one.mixture()  # another count than the stored fit's: fitted on the stored encodings
+    np.testing.assert_allclose(fit["mixture_means"][0].numpy(), mu.mean(0), atol=1e-6)
+    np.testing.assert_allclose(fit["mixture_covariances"][0].numpy(), np.cov(mu.T, bias=True) + 1e-4 * np.eye(mu.shape[1]),
+                               atol=1e-6)
+    cold = load_synthesizer(vae_run, "cpu", SamplingOptions(sampling="mixture", mixture_components=3, temperature=0.0))
+    with torch.no_grad():  # every latent at one of the 3 means
+        centres = cold.model.sample(cold.mixture()["mixture_means"].float()).float()[:, :1]
+    assert all(min(float((c - m).abs().max()) for m in centres) < 1e-4 for c in cold.draw(6, 0).images)
+    warm = load_synthesizer(vae_run, "cpu", SamplingOptions(sampling="mixture"))
+    assert torch.equal(warm.mixture()["mixture_means"], read_latents(vae_run)["mixture_means"])  # the stored fit
+    a = warm.draw(6, 0).images
+    assert torch.equal(a, warm.draw(6, 0).images)  # seeded
+    assert not torch.allclose(a, warm.draw(6, 1).images) and not torch.allclose(a[0], a[1])
 
 
 def test_sampling_must_be_prior_posterior_or_mixture():
@@ -276,7 +287,7 @@ def test_multi_organ_vae_samples_categorical_maps(phantom_dir, tmp_path, capsys)
 
 
 def test_label2image_renders_real_and_synthetic_label_maps(phantom_dir, vae_run, segmenter_run, tmp_path, capsys):
-    from medgen.inference.synthesize import render
+    from medgen.inference.synthesizers import render
     from medgen.models.label2image import one_hot
 
     sets = tiny_label2image(phantom_dir, "{1: 1, 2: 2, 3: 3, 4: 3}")
@@ -332,13 +343,12 @@ def test_label2image_body_classes_are_inputs_not_written_labels(phantom_dir, vae
     """``body_classes``: the unlabelled body as intensity classes after the organ classes, extra generator inputs;
     the written pairs keep the organ classes only; a VAE's maps (no body classes) are refused."""
     from medgen.data.synthseg import generation_labels
-    from medgen.inference.synthesize import label_maps
+    from medgen.inference.synthesizers import load_synthesizer
     from medgen.models.registry import load_config
 
     sets = tiny_label2image(phantom_dir, "{1: 1, 2: 2, 3: 3, 4: 3}", "body_classes=2")
     run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
-    cfg = load_config(run / "config.yaml")
-    maps = label_maps(cfg, 6, seed=0)
+    maps = load_synthesizer(run, "cpu").label_maps(6, seed=0)
     assert set(np.unique(maps.numpy())) <= set(range(6)) and {4, 5} <= set(np.unique(maps.numpy()))
     _, labels, _, _ = sample_pairs(run, 6, seed=0)
     np.testing.assert_array_equal(labels, np.where(maps.numpy() < 4, maps.numpy(), 0))  # organs kept, body dropped
@@ -431,6 +441,10 @@ def test_keep_largest_leaves_each_class_one_component_in_the_maps_only(vae_run, 
     assert removed["components"] == sum(max(ndimage.label(m == 1)[1] - 1, 0) for m in raw_evaluated) > 0
     assert removed["foreground_fraction"] == pytest.approx((raw_evaluated != evaluated).sum() / (raw_evaluated > 0).sum())
     assert "removed" not in reports["raw"]["organs"]
+    # the option on the run as trained scores what the config key scores
+    assert main(["evaluate", "synthesis", "--run", str(vae_run), "--features", str(segmenter_run), "--n", "12",
+                 "--keep-largest", "--out", str(tmp_path / "option")]) == 0
+    assert json.loads((tmp_path / "option" / "synthesis.json").read_text()) == reports["clean"]
 
 
 def test_augmentation_experiment_cli(phantom_dir, tmp_path, capsys):
@@ -540,8 +554,8 @@ def test_augmentation_experiment_with_synthseg_on_the_fly_tests_on_the_cases_not
 def test_label2image_class_means_render_one_volume_phase(phantom_dir, tmp_path):
     """``class_means``: the generator gets each class's mean intensity as one more input, and in sampling every
     map is rendered in the means of one training volume; a generator that ignores the maps shows it directly."""
-    from medgen.inference.synthesize import render_maps, rendered_pairs
-    from medgen.models.label2image import class_mean_image, n_inputs, one_hot, volume_class_means
+    from medgen.inference.synthesizers import load_synthesizer, render_maps
+    from medgen.models.label2image import CLASS_MEANS_FILE, class_mean_image, n_inputs, one_hot, volume_class_means
     from medgen.models.registry import load_config
     from medgen.data.volumes import config_volumes
 
@@ -554,12 +568,17 @@ def test_label2image_class_means_render_one_volume_phase(phantom_dir, tmp_path):
     v = volumes[0]
     liver = v[Keys.IMAGE][v[Keys.LABEL] == 1]
     assert table.shape == (len(volumes), 3) and abs(float(table[0, 1]) - float(liver.mean())) < 1e-5
+    stored = torch.tensor(json.loads((run / CLASS_MEANS_FILE).read_text())["class_means"])
+    assert torch.equal(stored, table)  # the table the run stored when its training ended
 
     class LastChannel(torch.nn.Module):  # "renders" the class-mean input as it is
         def forward(self, cond):
             return cond[:, -1:]
 
-    images, labels = rendered_pairs(LastChannel(), cfg, 5, seed=0, device="cpu", volumes=volumes)
+    synth = load_synthesizer(run, "cpu")
+    synth.generator = LastChannel()
+    drawn = synth.draw(5, seed=0)
+    images, labels = drawn.images, drawn.labels
     assert images.shape == (5, 1, 32, 32) and labels.shape == (5, 32, 32)
     for image, label in zip(images[:, 0], labels):  # each image: one volume's means on its own map
         assert any(torch.allclose(image[label == 1], row[1].expand(int((label == 1).sum())))
@@ -579,10 +598,9 @@ def test_label2image_linear_output_is_clamped_when_rendering(phantom_dir, tmp_pa
 
     sets = tiny_label2image(phantom_dir, "{1: 1, 2: 2}", "generator.output=linear")
     run = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", sets)
-    from medgen.inference.synthesize import load_synthesizer, render
+    from medgen.inference.synthesizers import load_synthesizer, render
 
-    _, model, _ = load_synthesizer(run, torch.device("cpu"))
-    assert model.tanh is False
+    assert load_synthesizer(run, "cpu").generator.tanh is False
 
     class Overshoot(torch.nn.Module):
         def forward(self, cond):
@@ -662,3 +680,133 @@ def test_judged_pairs_read_the_labels_in_a_segmenter_runs_classes(phantom_dir, s
         assert main(["synth", *extra, "--n", "2"]) == 2 and not (tmp_path / extra[1]).exists()
         err = capsys.readouterr().err
         assert err.startswith("medgen: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_directory_samples_without_its_training_data(phantom_dir, tmp_path, capsys):
+    """A VAE's mixture and posterior sampling and a label2image run's class means are fitted when training ends and
+    stored in the run: with the training data deleted, both sample the same pairs as before."""
+    import shutil
+
+    data = Path(shutil.copytree(phantom_dir, tmp_path / "data"))
+    copied = [s.replace(str(phantom_dir), str(data)) for s in tiny_synth(phantom_dir, "vae", 2)]
+    vae = train(ROOT / "configs" / "vae_2d.yaml", tmp_path / "vae", copied + ["model.mixture_components=3"])
+    l2i = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i",
+                [s.replace(str(phantom_dir), str(data)) for s in tiny_label2image(phantom_dir, "{1: 1, 2: 2}")]
+                + ["class_means=true", f"labels={vae}"])
+    mixture = ["--sampling", "mixture", "--temperature", "0.8"]
+    before = {name: sample_pairs(run, 4, seed=2, options=options)[:2] for name, run, options in (
+        ("mixture", vae, SamplingOptions(sampling="mixture", temperature=0.8)),
+        ("posterior", vae, SamplingOptions(sampling="posterior")), ("l2i", l2i, None))}
+    shutil.rmtree(data)
+    for name, run, flags in (("mixture", vae, mixture), ("posterior", vae, ["--sampling", "posterior"]),
+                             ("l2i", l2i, [])):
+        out = tmp_path / f"pairs_{name}"
+        assert main(["synth", str(run), str(out), "--n", "4", "--seed", "2", *flags]) == 0
+        info = json.loads((out / "dataset.json").read_text())
+        for entry, image, label in zip(info["training"], *before[name]):
+            np.testing.assert_array_equal(np.asarray(nib.load(out / entry["image"]).dataobj)[..., 0], hu_int16(image))
+            np.testing.assert_array_equal(np.asarray(nib.load(out / entry["label"]).dataobj)[..., 0], label)
+    assert info["sampling"]["label_maps"] == str(vae)
+    # the training label maps are the training data itself: rendering them needs it, and says so in one line
+    capsys.readouterr()
+    assert main(["synth", str(l2i), str(tmp_path / "gone"), "--n", "2", "--labels", "training"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medgen: error: ") and len(err.strip().splitlines()) == 1 and str(data) in err
+
+
+def test_a_run_without_its_stored_fit_says_how_to_write_it(vae_run, tmp_path, capsys):
+    """A VAE run trained before ``latents.pt`` samples its prior as before; posterior or mixture sampling is one
+    line naming the file and the fix, ``medgen train --resume RUN``, which writes the same fit from the training data."""
+    import shutil
+
+    from medgen.models.synth import LATENTS_FILE, read_latents
+
+    old = Path(shutil.copytree(vae_run, tmp_path / "old"))
+    (old / LATENTS_FILE).unlink()
+    assert main(["synth", str(old), str(tmp_path / "prior"), "--n", "2"]) == 0
+    assert main(["synth", str(old), str(tmp_path / "mix"), "--n", "2", "--sampling", "mixture"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"medgen: error: {old / LATENTS_FILE}: missing: the encodings a VAE's posterior and mixture "
+                           f"sampling need, written when training ends (a run trained before them: `medgen train "
+                           f"--resume {old}` writes them from its training data)")
+    assert main(["train", "--resume", str(old)]) == 0
+    fitted, original = read_latents(old), read_latents(vae_run)
+    assert set(fitted) == set(original) and all(torch.allclose(fitted[k], original[k], atol=1e-5) for k in original)
+    assert main(["synth", str(old), str(tmp_path / "mix"), "--n", "2", "--sampling", "mixture"]) == 0
+    (old / LATENTS_FILE).write_bytes(b"not a tensor file")
+    assert main(["synth", str(old), str(tmp_path / "bad"), "--n", "2", "--sampling", "posterior"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"medgen: error: {old / LATENTS_FILE}: unreadable (") and len(err.strip().splitlines()) == 1
+
+
+def test_synth_options_override_the_runs_stored_defaults(phantom_dir, vae_run, tmp_path, capsys):
+    """``medgen synth --temperature/--sampling/--keep-largest/--labels``: each defaults to the run's config key and
+    overrides it; dataset.json records what was used; options a run cannot take are one-line errors."""
+    from scipy import ndimage
+
+    def written(out: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+        info = json.loads((out / "dataset.json").read_text())
+        load = lambda key: np.stack([np.asarray(nib.load(out / e[key]).dataobj)[..., 0] for e in info["training"]])  # noqa: E731
+        return load("image"), load("label"), info
+
+    def synth(name: str, *flags: str, run: Path = vae_run) -> tuple[np.ndarray, np.ndarray, dict]:
+        assert main(["synth", str(run), str(tmp_path / name), "--n", "16", "--seed", "3", *flags]) == 0
+        return written(tmp_path / name)
+
+    default, labels, info = synth("default")
+    assert info["sampling"] == {"label_maps": "the synthesizer's own", "temperature": 1.0, "keep_largest": False,
+                                "sampling": "prior"}  # the run's config keys
+    same, _, _ = synth("t1", "--temperature", "1.0")  # the stored default, given
+    np.testing.assert_array_equal(same, default)
+    cooler, _, info = synth("t03", "--temperature", "0.3")
+    assert info["sampling"]["temperature"] == 0.3 and not np.array_equal(cooler, default)
+    frozen, _, _ = synth("t0", "--temperature", "0")  # every latent at the prior's mean: one pair, whatever the seed
+    assert all(np.array_equal(f, frozen[0]) for f in frozen)
+    assert max(ndimage.label(m == 1)[1] for m in labels) > 1  # the 4-iteration VAE's maps are fragmented
+    kept_image, kept, info = synth("largest", "--keep-largest")
+    assert info["sampling"]["keep_largest"] is True and np.array_equal(kept_image, default)  # in the maps only
+    assert [ndimage.label(m == 1)[1] for m in kept] == [min(ndimage.label(m == 1)[1], 1) for m in labels]
+    assert np.all((kept == labels) | (kept == 0))
+    _, posterior_labels, info = synth("posterior", "--sampling", "posterior")
+    assert info["sampling"]["sampling"] == "posterior" and not np.array_equal(posterior_labels, labels)
+    # a label2image run renders the maps of the run --labels names, which the VAE options sample
+    l2i = train(ROOT / "configs" / "label2image_2d.yaml", tmp_path / "l2i", tiny_label2image(phantom_dir, "{1: 1}"))
+    _, rendered, info = synth("l2i", "--labels", str(vae_run), "--keep-largest", run=l2i)
+    np.testing.assert_array_equal(rendered, kept)
+    assert info["sampling"] == {"label_maps": str(vae_run), "temperature": 1.0, "keep_largest": True,
+                                "sampling": "prior"}
+    capsys.readouterr()
+    gan = train(ROOT / "configs" / "gan_2d.yaml", tmp_path / "gan", tiny_synth(phantom_dir, "gan", 2))
+    for run, flags, message in (
+            (gan, ["--sampling", "mixture"], f"{gan}: a gan run samples its prior only"),
+            (l2i, ["--temperature", "0.5"], f"{l2i}: --temperature: this label2image run renders its training label"),
+            (l2i, ["--labels", str(l2i)], f"{l2i}: labels: must be a VAE or GAN run, not a label2image run"),
+            (vae_run, ["--temperature", "-1"], "--temperature: must be a number >= 0, not -1"),
+            (vae_run, ["--sampling", "mean"], "--sampling: invalid choice: 'mean'")):
+        args = ["synth", str(run), str(tmp_path / "bad"), "--n", "2", *flags]
+        if message.startswith("--"):  # refused by the parser
+            with pytest.raises(SystemExit, match="2"):
+                main(args)
+        else:
+            assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("medgen: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad" / "dataset.json").exists()
+
+
+def test_one_synthesizer_backend_per_task_and_no_task_branches():
+    """Every synthesizer task has its backend in ``SYNTHESIZERS``; sampling and evaluation ask the backend, never
+    which task a run is."""
+    import re
+
+    from medgen.inference.synthesizers import SYNTHESIZERS, Synthesizer
+    from medgen.models.registry import tasks_of
+
+    assert sorted(SYNTHESIZERS) == sorted(tasks_of("synthesizer"))
+    for backend in SYNTHESIZERS.values():
+        assert all(callable(getattr(backend, name)) for name in ("draw", "sample", "settings"))
+        assert isinstance(backend.evaluation_seed_offset, int) and "draw" in Synthesizer.__dict__
+    branches = [f"{path.name}:{i}" for folder in ("inference", "evaluation") for path in (ROOT / "medgen" / folder).glob("*.py")
+                for i, line in enumerate(path.read_text().splitlines(), 1)
+                if re.search(r"\.task\s*(==|!=|(not )?in\s*[(\[{])", line)]
+    assert branches == []

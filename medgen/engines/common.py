@@ -92,6 +92,9 @@ class TaskSetup:
         lr: the initial learning rate.
         validate: optional ``() -> dict`` of validation metrics.
         artifacts: JSON files (name -> content) written into the run directory with its config.
+        finish: ``run_dir -> None``, called once the run has reached its last iteration (rank 0; a resumed finished
+            run calls it again): writes what inference fits from the trained networks into the run directory
+            (a VAE's encodings, ``latents.pt``), so that sampling never needs the training data.
     """
 
     step: Callable[[Engine, Mapping], dict]
@@ -101,6 +104,7 @@ class TaskSetup:
     lr: float = 2e-4
     validate: Callable[[], dict] | None = None
     artifacts: dict[str, dict] = field(default_factory=dict)
+    finish: Callable[[Path], None] | None = None
 
 
 class MetricsCSV:
@@ -290,4 +294,7 @@ def run_trainer(cfg, run_dir: Path, setup: TaskSetup, resume: bool) -> Engine:
         raise MedgenError(run_dir, f"training diverged at iteration {trainer.state.iteration} ({shown}); "
                                    f"last good checkpoint: {last.name if last else 'none'} (lower optim.lr, or try "
                                    "train.amp=none, then --resume or start again)")
+    if setup.finish is not None and idist.get_rank() == 0:
+        with share:
+            setup.finish(run_dir)
     return trainer

@@ -3,7 +3,8 @@
 Its config and networks are in :mod:`medgen.models.label2image`. Each step: the discriminator learns real
 (label map, image) pairs from (label map, G(label map)) ones (LSGAN, halved as in pix2pix), then the
 generator is updated to fool it plus ``lambda_l1`` times the L1 to the real image. With ``class_means`` both
-networks also see the real patch's mean intensity per class.
+networks also see the real patch's mean intensity per class, and when training ends the run stores the training
+volumes' class means (``RUN/class_means.json``), which sampling draws from instead of re-reading the volumes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from medgen.data.volumes import config_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
 from medgen.keys import Keys
 from medgen.models.label2image import (Label2ImageConfig, build_nets, class_mean_image, n_label_channels, one_hot,
-                                      with_body_classes)
+                                      volume_class_means, with_body_classes, write_class_means)
 from medgen.models.synth import synth_artifacts
 from medgen.runtime import autocast
 
@@ -74,5 +75,9 @@ def setup(cfg: Label2ImageConfig, device: torch.device) -> TaskSetup:
     opt_g = torch.optim.Adam(nets["G"].parameters(), lr=cfg.optim.lr, betas=betas)
     opt_d = torch.optim.Adam(nets["D"].parameters(), lr=cfg.optim.lr, betas=betas)
     step = label2image_step(nets["G"], nets["D"], opt_g, opt_d, cfg, device)
+
+    def finish(run_dir) -> None:  # the class means that sampling draws from (RUN/class_means.json)
+        write_class_means(run_dir, volume_class_means(cfg, volumes))
+
     return TaskSetup(step, {**nets, "opt_g": opt_g, "opt_d": opt_d}, loader_factory(samples, cfg.train, device),
-                     [opt_g, opt_d], cfg.optim.lr, None, artifacts)
+                     [opt_g, opt_d], cfg.optim.lr, None, artifacts, finish if cfg.class_means else None)

@@ -9,6 +9,10 @@ keys): samples are ``1 + K`` channels in [-1, 1], the image then one channel per
 - GAN: latent -> image+label; non-saturating logistic loss, spectrally normalised discriminator, lazy R1
   penalty, and an exponential moving average (EMA) of the generator, which is what sampling uses.
 
+When a VAE's training ends it encodes ``MIXTURE_PATCHES`` training patches and fits the latent mixture on them
+(``RUN/latents.pt``, :func:`medgen.models.synth.fit_latents`): its posterior and mixture sampling read that file,
+never the training data.
+
 Every step reseeds torch from ``(train.seed, iteration)``, so a resumed run draws the same noise.
 """
 
@@ -26,8 +30,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import config_volumes
 from medgen.engines.common import TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad
-from medgen.models.synth import (GANConfig, VAEConfig, build_model, categorical_logits, joint_tensor, n_foreground,
-                                 split_joint, synth_artifacts)
+from medgen.models.synth import (GANConfig, VAEConfig, build_model, categorical_logits, fit_latents, joint_tensor,
+                                 n_foreground, split_joint, synth_artifacts, write_latents)
 from medgen.networks.generators import build_discriminator as patch_discriminator
 from medgen.networks.synth import build_discriminator
 from medgen.runtime import autocast
@@ -150,6 +154,9 @@ def setup(cfg: VAEConfig | GANConfig, device: torch.device) -> TaskSetup:
             to_save |= {"disc": disc, "opt_d": opt_d}
         step = vae_step(model, opt, cfg, device, disc, opt_d)
         optimizers = [opt] + ([opt_d] if opt_d is not None else [])
+
+        def finish(run_dir) -> None:  # the encodings and mixture that sampling reads (RUN/latents.pt)
+            write_latents(run_dir, fit_latents(model, cfg, volumes, device))
     else:
         disc = build_discriminator((1 + n_foreground(cfg), *cfg.data.patch_size), cfg.model.disc_channels,
                                    cfg.model.spectral_norm).to(device)
@@ -158,4 +165,5 @@ def setup(cfg: VAEConfig | GANConfig, device: torch.device) -> TaskSetup:
         step = gan_step(model, disc, ema, opt, opt_d, cfg, device)
         to_save = {"model": model, "model_ema": ema, "disc": disc, "opt": opt, "opt_d": opt_d}
         optimizers = [opt, opt_d]
-    return TaskSetup(step, to_save, make_loader, optimizers, cfg.optim.lr, None, artifacts)
+        finish = None  # a GAN samples its prior: nothing to fit
+    return TaskSetup(step, to_save, make_loader, optimizers, cfg.optim.lr, None, artifacts, finish)

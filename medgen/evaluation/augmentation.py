@@ -36,6 +36,7 @@ from medgen.engines.train import train_or_reuse
 from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter, postprocess
 from medgen.inference.synthesize import write_synthetic
+from medgen.inference.synthesizers import SYNTHESIZERS
 from medgen.io import atomic_write, load_image
 from medgen.metrics import segmentation_metrics
 from medgen.models.registry import load_config
@@ -123,10 +124,11 @@ def augmentation_experiment(seg_config: str | Path, synth_config: str | Path, tr
     if judge_dice is not None and (on_the_fly or not 0.0 <= judge_dice <= 1.0):
         raise MedgenError(synth_config, "--judge-dice takes a Dice in [0, 1] and written pairs (not synthseg)")
     if label_config is not None:
-        if on_the_fly or load_config(synth_config, list(synth_sets)).task != "label2image":
+        renderer = None if on_the_fly else SYNTHESIZERS.get(load_config(synth_config, list(synth_sets)).task)
+        if not getattr(renderer, "renders_label_maps", False):
             raise MedgenError(synth_config, "a label-map synthesizer (--label-config) needs a label2image synthesizer "
                                             "config to render its maps")
-        if load_config(label_config, list(label_sets)).task not in ("vae", "gan"):
+        if not getattr(SYNTHESIZERS.get(load_config(label_config, list(label_sets)).task), "label_source", False):
             raise MedgenError(label_config, "the label-map synthesizer must be a VAE or GAN config")
     rows, t0 = [], time.perf_counter()
     for r, chosen in enumerate(draw_subsets(len(pairs), k, repeats)):

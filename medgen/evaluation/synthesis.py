@@ -26,12 +26,13 @@ from scipy import ndimage, stats
 
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import config_volumes
-from medgen.inference.synthesize import clean_maps, load_synthesizer, rendered_pairs, sample_joint, sample_pairs
+from medgen.inference.synthesize import sample_pairs
+from medgen.inference.synthesizers import SamplingOptions, load_synthesizer
 from medgen.io import atomic_write
 from medgen.keys import Keys, Modality
 from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
-from medgen.models.synth import joint_tensor, n_foreground, split_joint
+from medgen.models.synth import joint_tensor, n_foreground
 from medgen.runtime import resolve_device
 from medgen.transforms import ct_to_unit, mri_range, unit_to_ct
 
@@ -181,26 +182,21 @@ def removed_components(raw: np.ndarray, clean: np.ndarray, classes: list[int]) -
 
 
 def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int = 200, seed: int = 0,
-                       device: str = "auto") -> dict:
-    """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run."""
+                       device: str = "auto", options: SamplingOptions | None = None) -> dict:
+    """Fidelity (FID, KID), diversity (MS-SSIM) and label plausibility of a synthesizer run, sampled as ``options``
+    say (default: as its config says)."""
     dev = resolve_device(device)
-    cfg, model, meta = load_synthesizer(synth_run, dev)
-    volumes = config_volumes(cfg)
-    if cfg.task == "label2image":  # label maps (a VAE/GAN run's, or real ones) rendered by the generator
-        fake_image, fake_labels = rendered_pairs(model, cfg, n, seed + 2, device, volumes)
-        fake_labels, channels = fake_labels.numpy(), None
-    else:
-        fake = sample_joint(model, cfg, n, seed, dev)
-        raw_labels = split_joint(fake)[1]
-        fake_image, fake_labels = fake[:, :1], clean_maps(raw_labels, cfg).numpy()
-        # independent label channels can claim one voxel twice; a categorical softmax cannot (its map is the argmax)
-        categorical = (cfg.loss.label_loss if cfg.task == "vae" else cfg.model.label_output) == "categorical"
-        channels = None if categorical else fake[:, 1:].numpy()
+    cfg = load_run(synth_run, "synthesizer")
+    volumes = config_volumes(cfg)  # the real samples' (and training label maps') volumes, read once
+    synth = load_synthesizer(synth_run, dev, options, volumes)
+    cfg = synth.cfg
+    fake = synth.draw(n, seed + synth.evaluation_seed_offset)
+    fake_image, fake_labels = fake.images, fake.labels.numpy()
     real, real_labels = real_samples(cfg, n, seed + 1, volumes)
     other = real_samples(cfg, n, seed + 3, volumes)[0][:, :1]  # a second real draw: the real-vs-real yardstick
     features = DeepFeatures(features_run, dev)
     f_fake, f_real, f_other = (features(unit_to_ct(x, cfg.preprocess.ct_window)) for x in (fake_image, real[:, :1], other))
-    spacing = meta.get("spacing") or [1.0, 1.0, 1.0]
+    spacing = synth.spacing
     dims = cfg.spatial_dims
     voxel = float(np.prod(spacing[:dims])) / (100.0 if dims == 2 else 1000.0)  # cm^2 (2D) or mL (3D)
     report = {"samples": n, "features": str(features_run), "fid": float(FIDMetric()(f_fake, f_real)),
@@ -208,21 +204,17 @@ def evaluate_synthesis(synth_run: str | Path, features_run: str | Path, n: int =
               "kid_real_vs_real": kid(f_other, f_real, seed=seed),
               "ms_ssim_synthetic": ms_ssim_diversity(fake_image, dims, seed=seed),
               "ms_ssim_real": ms_ssim_diversity(real[:, :1], dims, seed=seed), "size_unit": "cm2" if dims == 2 else "mL",
-              "label_maps": getattr(cfg, "labels", None) or ("training label maps" if cfg.task == "label2image"
-                                                              else "the synthesizer's own")}
-    if cfg.task != "label2image":
-        report["temperature"] = cfg.model.temperature
-        report["keep_largest"] = cfg.model.keep_largest
+              **synth.settings()}
     classes = sorted(set(cfg.data.label_map.values()))
     for cls in classes:
         report[f"class_{cls}"] = label_plausibility(real_labels, fake_labels, voxel, cls)
-    report["organs"] = organs_plausibility(real_labels, fake_labels, voxel, classes, channels)
+    report["organs"] = organs_plausibility(real_labels, fake_labels, voxel, classes, fake.channels)
     report["organs"]["real_plausible_fraction"] = organs_plausibility(  # the yardstick: real maps by the same rule
         real_labels, real_labels, voxel, classes)["plausible_fraction"]
-    if report.get("keep_largest"):  # the network's maps before the clean-up, by the same rule, and what it removed
-        raw_labels = raw_labels.numpy()
+    if fake.raw_labels is not None:  # the network's maps before the clean-up, by the same rule, and what it removed
+        raw_labels = fake.raw_labels.numpy()
         report["organs"]["raw_plausible_fraction"] = organs_plausibility(
-            real_labels, raw_labels, voxel, classes, channels)["plausible_fraction"]
+            real_labels, raw_labels, voxel, classes, fake.channels)["plausible_fraction"]
         report["organs"]["removed"] = removed_components(raw_labels, fake_labels, classes)
     return report
 
@@ -234,8 +226,10 @@ def display_window(images: np.ndarray, cfg) -> tuple[float, float]:
     return mri_range(images, cfg.preprocess.mri_percentiles)
 
 
-def write_synthesis_report(report: dict, out: str | Path, synth_run: str | Path, n_show: int = 8) -> Path:
-    """``OUT/synthesis.json`` and ``OUT/samples.png`` (synthetic samples with their label contours)."""
+def write_synthesis_report(report: dict, out: str | Path, synth_run: str | Path, n_show: int = 8,
+                           options: SamplingOptions | None = None) -> Path:
+    """``OUT/synthesis.json`` and ``OUT/samples.png`` (synthetic samples with their label contours, sampled as
+    ``options`` say)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,7 +237,7 @@ def write_synthesis_report(report: dict, out: str | Path, synth_run: str | Path,
 
     out = Path(out)
     atomic_write(out / "synthesis.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
-    images, labels, _, cfg = sample_pairs(synth_run, n_show, seed=123)
+    images, labels, _, cfg = sample_pairs(synth_run, n_show, seed=123, options=options)
     vmin, vmax = display_window(images, cfg)
     fig, axes = plt.subplots(1, n_show, figsize=(2 * n_show, 2.2))
     for ax, image, label in zip(np.atleast_1d(axes), images, labels):

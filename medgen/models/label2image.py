@@ -11,21 +11,28 @@ inventing the body around the organs; the written label maps keep the organ clas
 the generator also gets each class's mean intensity as an input (a piecewise-constant image): pix2pix is
 deterministic, so from training CTs of different contrast phases (a non-contrast and a portal-venous one) it
 paints every map in an average phase that no scan has; given the means (the training patch's own in training,
-one training volume's per map in sampling) it renders one phase. The step is in
-:mod:`medgen.engines.label2image`, sampling in :mod:`medgen.inference.synthesize`.
+one training volume's per map in sampling, from the table ``class_means.json`` that the run stores when training
+ends) it renders one phase. The step is in :mod:`medgen.engines.label2image`, sampling in
+:mod:`medgen.inference.synthesizers`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.data.synthseg import generation_labels
+from medgen.errors import MedgenError, short
+from medgen.io import atomic_write
 from medgen.keys import Keys
 from medgen.models.cyclegan import DiscriminatorConfig, GeneratorConfig
 from medgen.networks.generators import build_discriminator, build_generator
+
+CLASS_MEANS_FILE = "class_means.json"
 
 
 @dataclass
@@ -39,7 +46,8 @@ class Label2ImageConfig:
     task: str = "label2image"
     spatial_dims: int = 2
     data: LabelledDataConfig = field(default_factory=lambda: LabelledDataConfig(patch_size=[128, 128]))
-    labels: str | None = None  # sampling: label maps from this VAE/GAN run (None: the training label maps)
+    # sampling: label maps from this VAE/GAN run (None: the training label maps); the default of `medgen synth --labels`
+    labels: str | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=32, output="linear"))
     discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(ndf=32, n_layers=3))
@@ -114,6 +122,31 @@ def volume_class_means(cfg: Label2ImageConfig, volumes: list[dict]) -> torch.Ten
     means = sums / counts.clamp_min(1)
     fallback = sums.sum(0) / counts.sum(0).clamp_min(1)
     return torch.where(counts > 0, means, fallback).float()
+
+
+def write_class_means(run_dir: str | Path, table: torch.Tensor) -> Path:
+    """``RUN/class_means.json``: the :func:`volume_class_means` table of the training volumes, which a
+    ``class_means`` run's sampling draws from (written once, when training ends)."""
+    text = json.dumps({"class_means": table.tolist()}) + "\n"
+    return atomic_write(Path(run_dir) / CLASS_MEANS_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_class_means(run_dir: str | Path, channels: int) -> torch.Tensor:
+    """``(V, channels)`` float32: the table of :func:`write_class_means`; missing or not such a table: a
+    ``MedgenError`` that says how to write it again."""
+    path = Path(run_dir) / CLASS_MEANS_FILE
+    if not path.is_file():
+        raise MedgenError(path, "missing: the training volumes' class means a class_means run renders in, written "
+                                f"when training ends (a run trained before them: `medgen train --resume {run_dir}` "
+                                "writes them from its training data)")
+    try:
+        table = torch.tensor(json.loads(path.read_text())["class_means"], dtype=torch.float32)
+        if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] != channels:
+            raise ValueError(f"a table of shape {list(table.shape)}, not (volumes, {channels})")
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise MedgenError(path, f"unreadable ({short(exc, 100)}): `medgen train --resume {run_dir}` writes it "
+                                "again") from None
+    return table
 
 
 def class_mean_image(cond: torch.Tensor, image: torch.Tensor | None = None,

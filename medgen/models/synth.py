@@ -1,7 +1,8 @@
 """Joint image + label synthesizers (VAE, GAN) as training and inference share them: configs, the
-sampling network, the ``1 + K`` channel layout of a sample, and the run artifact ``synth.json``.
+sampling network, the ``1 + K`` channel layout of a sample, and the run artifacts: ``synth.json``, and a VAE's
+``latents.pt`` (what its posterior and mixture sampling fit, computed once when training ends).
 
-The training steps are in :mod:`medgen.engines.synth`, sampling in :mod:`medgen.inference.synthesize`.
+The training steps are in :mod:`medgen.engines.synth`, sampling in :mod:`medgen.inference.synthesizers`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import numpy as np
 import torch
 
 from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+from medgen.data.patches import labelled_patches
+from medgen.errors import MedgenError, short
+from medgen.io import atomic_write
 from medgen.keys import Keys
 from medgen.networks.synth import JointGenerator, JointVAE
 
 SYNTH_FILE = "synth.json"
+LATENTS_FILE = "latents.pt"
+MIXTURE_PATCHES = 2000  # training patches a VAE encodes when its training ends (drawn with train.seed)
 
 
 @dataclass
@@ -26,15 +32,18 @@ class VAEModelConfig:
     latent_size: int = 64
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # encoder filters (stride 2 each)
     num_res_units: int = 1
+    # the sampling keys (temperature, sampling, mixture_components, keep_largest) are the run's defaults of the
+    # `medgen synth` options of the same names
     # sampling temperature: latents drawn from N(0, temperature^2); < 1 trades diversity for samples nearer the
     # data (fewer stray fragments), as in Glow and NVAE; MS-SSIM diversity is reported beside plausibility
     temperature: float = 1.0
-    # prior: latents from N(0, T^2), new anatomy; posterior: each sample encodes one of the training slices (drawn
-    # as training drew them) and decodes mu + T * sigma * noise, a variation of that real anatomy; mixture: latents
-    # from a Gaussian mixture fitted to the training patches' encodings (ex-post density estimation, Ghosh et al.
-    # 2020), each component's spread times T: new anatomy where the data lies, not in the prior's holes
+    # prior: latents from N(0, T^2), new anatomy; posterior: each sample decodes mu + T * sigma * noise around the
+    # encoding of one training patch (of the MIXTURE_PATCHES stored in latents.pt), a variation of that real anatomy;
+    # mixture: latents from a Gaussian mixture fitted to the training patches' encodings (ex-post density
+    # estimation, Ghosh et al. 2020), each component's spread times T: new anatomy where the data lies, not in the
+    # prior's holes
     sampling: str = "prior"
-    mixture_components: int = 10  # components of the mixture (full covariance)
+    mixture_components: int = 10  # components of the mixture (full covariance), fitted when training ends
     # sampled label maps keep each class's largest face-connected component (the plausibility rule's connectivity);
     # the voxels of its other components become background, in the map only (a VAE/GAN image keeps them)
     keep_largest: bool = False
@@ -190,3 +199,72 @@ def read_synth(run_dir: Path) -> dict:
     """``RUN/synth.json`` (empty for runs without it)."""
     path = Path(run_dir) / SYNTH_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+@torch.inference_mode()
+def encode_patches(model: torch.nn.Module, cfg: VAEConfig, patches, n: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, logvar)`` (float32, CPU) of a VAE's posteriors of the first ``n`` of ``patches``, 32 a pass."""
+    mus, logvars = [], []
+    for index in torch.arange(n).split(32):
+        batch = [patches[int(i)] for i in index]
+        x = joint_tensor({key: torch.stack([b[key] for b in batch]) for key in (Keys.IMAGE, Keys.LABEL)},
+                         n_foreground(cfg), device)
+        mu, logvar = model.encode(x)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def fit_mixture(mu: torch.Tensor, components: int) -> dict[str, torch.Tensor]:
+    """A full-covariance Gaussian mixture of ``components`` (scikit-learn, ``reg_covar`` 1e-4, ``random_state`` 0:
+    the same fit of the same latents) fitted to latents ``mu`` ``(P, L)``: its ``mixture_weights`` ``(C,)``,
+    ``mixture_means`` ``(C, L)`` and ``mixture_covariances`` ``(C, L, L)``, float64.
+
+    >>> fit = fit_mixture(torch.tensor([[0.0], [2.0]]), 1)
+    >>> round(float(fit["mixture_means"][0, 0]), 6), round(float(fit["mixture_covariances"][0, 0, 0]), 6)
+    (1.0, 1.0001)
+    """
+    from sklearn.mixture import GaussianMixture  # scikit-learn: 0.5 s to import, for VAEs only
+
+    gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=0).fit(mu.double().numpy())
+    return {"mixture_weights": torch.from_numpy(gmm.weights_), "mixture_means": torch.from_numpy(gmm.means_),
+            "mixture_covariances": torch.from_numpy(gmm.covariances_)}
+
+
+def fit_latents(model: torch.nn.Module, cfg: VAEConfig, volumes: Sequence[Mapping],
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """What a VAE's sampling fits, once, when its training ends (``RUN/latents.pt``): the posteriors ``mu`` and
+    ``logvar`` ``(P, L)`` of ``MIXTURE_PATCHES`` training patches drawn from ``volumes`` with ``train.seed``, and
+    the ``model.mixture_components`` mixture of their means (:func:`fit_mixture`)."""
+    patches = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed)
+    training = model.training
+    model.eval()
+    try:
+        mu, logvar = encode_patches(model, cfg, patches, MIXTURE_PATCHES, device)
+    finally:
+        model.train(training)
+    return {"mu": mu, "logvar": logvar, **fit_mixture(mu, cfg.model.mixture_components)}
+
+
+def write_latents(run_dir: str | Path, fitted: Mapping[str, torch.Tensor]) -> Path:
+    """``RUN/latents.pt``: the tensors of :func:`fit_latents` (read back with ``weights_only``), written atomically."""
+    return atomic_write(Path(run_dir) / LATENTS_FILE, lambda tmp: torch.save(dict(fitted), tmp))
+
+
+def read_latents(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """``RUN/latents.pt`` (:func:`fit_latents`), read with ``weights_only``; missing or unreadable: a ``MedgenError``
+    that says how to write it again."""
+    path = Path(run_dir) / LATENTS_FILE
+    if not path.is_file():
+        raise MedgenError(path, "missing: the encodings a VAE's posterior and mixture sampling need, written when "
+                                f"training ends (a run trained before them: `medgen train --resume {run_dir}` "
+                                "writes them from its training data)")
+    try:
+        fitted = torch.load(path, map_location="cpu", weights_only=True)
+        if not {"mu", "logvar", "mixture_weights", "mixture_means", "mixture_covariances"} <= set(fitted):
+            raise ValueError(f"holds {sorted(fitted)}")
+    except Exception as exc:  # torch raises several types for damaged files
+        raise MedgenError(path, f"unreadable ({short(exc, 100)}): `medgen train --resume {run_dir}` writes it "
+                                "again") from None
+    return fitted
