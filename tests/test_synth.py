@@ -779,6 +779,7 @@ def test_synth_options_override_the_runs_stored_defaults(phantom_dir, vae_run, t
     gan = train(ROOT / "configs" / "gan_2d.yaml", tmp_path / "gan", tiny_synth(phantom_dir, "gan", 2))
     for run, flags, message in (
             (gan, ["--sampling", "mixture"], f"{gan}: a gan run samples its prior only"),
+            (vae_run, ["--labels", "training"], f"{vae_run}: --labels: a vae run draws its own label maps"),
             (l2i, ["--temperature", "0.5"], f"{l2i}: --temperature: this label2image run renders its training label"),
             (l2i, ["--labels", str(l2i)], f"{l2i}: labels: must be a VAE or GAN run, not a label2image run"),
             (vae_run, ["--temperature", "-1"], "--temperature: must be a number >= 0, not -1"),

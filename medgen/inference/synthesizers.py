@@ -171,6 +171,9 @@ class JointSynthesizer(RunSynthesizer):
         return model
 
     def configure(self, cfg, options: SamplingOptions):
+        if options.labels is not None:
+            raise MedgenError(self.run_dir, f"--labels: a {cfg.task} run draws its own label maps (the option is a "
+                                            "label2image run's)")
         keys = options.model_keys()
         return dataclasses.replace(cfg, model=self._replaced(cfg.model, keys)) if keys else cfg
 
@@ -231,8 +234,7 @@ class GANSynthesizer(JointSynthesizer):
         if options.sampling not in (None, "prior") or options.mixture_components is not None:
             raise MedgenError(self.run_dir, f"a {cfg.task} run samples its prior only (--sampling and "
                                             "--mixture-components are a VAE's)")
-        keys = {k: v for k, v in options.model_keys().items() if k != "sampling"}
-        return dataclasses.replace(cfg, model=self._replaced(cfg.model, keys)) if keys else cfg
+        return super().configure(cfg, dataclasses.replace(options, sampling=None))  # no model.sampling key
 
     @property
     def categorical(self) -> bool:
