@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +80,30 @@ def test_a_run_is_reused_only_when_finished_with_the_same_resolved_config(phanto
     for path in (run / "checkpoints").iterdir():  # config.yaml but no checkpoint at all: trained again
         path.unlink()
     assert not run_finished(run) and train_or_reuse(config, run, changed) > 0 and run_finished(run)
+
+
+def test_a_finished_run_is_not_reused_once_an_input_file_changed(phantom_dir, tmp_path):
+    """Reuse by content: the run records the sha256 of the files its config reads (the datalist and the volumes it
+    names); a label map rewritten in place makes the same spec a different run."""
+    import shutil
+
+    from medgen.engines.train import train_or_reuse
+    from medgen.models.inputs import INPUTS_FILE
+    from medgen.models.run import run_finished
+    from tests.conftest import ROOT, tiny_segmenter
+
+    data = shutil.copytree(phantom_dir, tmp_path / "data")
+    config, sets, run = ROOT / "configs" / "segmenter_ct_liver.yaml", tiny_segmenter(data, iterations=2), tmp_path / "r"
+    assert train_or_reuse(config, run, sets) > 0 and run_finished(run, config, sets)
+    recorded = json.loads((run / INPUTS_FILE).read_text())["files"]
+    label = sorted((data / "labels").glob("*.nii.gz"))[0]
+    assert str(label.resolve()) in recorded and str((data / "dataset.json").resolve()) in recorded
+    img = nib.load(label)
+    arr = np.asarray(img.dataobj).copy()
+    arr[0, 0, 0] = 1 - arr[0, 0, 0]  # one voxel changed, the file name and the config the same
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), label)
+    assert not run_finished(run, config, sets) and run_finished(run)  # finished, but not for these inputs
+    with pytest.raises(MedgenError, match="input files that changed since"):
+        train_or_reuse(config, run, sets)
+    assert train_or_reuse(config, run, sets, replace=True) > 0 and run_finished(run, config, sets)
+    assert train_or_reuse(config, run, sets) == 0  # and now reused

@@ -25,6 +25,7 @@ from medgen.config import save_config, to_dict
 from medgen.engines.common import TaskSetup, run_trainer, start_from
 from medgen.errors import MedgenError, short
 from medgen.io import atomic_write
+from medgen.models.inputs import INPUTS_FILE, changed_inputs, input_digest
 from medgen.models.registry import TASKS, load_config
 from medgen.models.run import CONFIG_FILE, latest_checkpoint, load_checkpoint, run_finished
 from medgen.runtime import resolve_device, seed_everything
@@ -92,7 +93,8 @@ def _worker(local_rank: int, cfg, run: Path, resume: bool) -> None:
         save_config(cfg, run / CONFIG_FILE)
         info = {"world_size": idist.get_world_size(), "backend": idist.backend(), "device": str(device),
                 "torch": torch.__version__, "python": platform.python_version()}
-        for name, content in {"environment.json": info, **setup.artifacts}.items():
+        inputs = {"files": input_digest(cfg)}  # what run_finished compares before reusing the run
+        for name, content in {"environment.json": info, INPUTS_FILE: inputs, **setup.artifacts}.items():
             text = json.dumps(content, indent=2) + "\n"
             atomic_write(run / name, lambda tmp, text=text: Path(tmp).write_text(text))
     if idist.get_world_size() > 1:
@@ -152,11 +154,12 @@ def _locked(run: Path, lock: bool):
 def train_or_reuse(config: str | Path, out: str | Path, overrides: list[str] = (), replace: bool = False,
                    tag: str = "medgen") -> float:
     """Train ``config`` (+ ``overrides``) into ``out`` unless that run is finished with exactly this resolved
-    config (:func:`medgen.models.run.run_finished`); returns the training's wall time (0 when reused).
+    config and input files of the same content (:func:`medgen.models.run.run_finished`); returns the training's
+    wall time (0 when reused).
 
-    An interrupted run of the same config is resumed from its last checkpoint (one that never reached a
-    checkpoint is started again). A run trained with another config is an error, or with ``replace`` (work
-    folders of demos and experiments) trained afresh in its place.
+    An interrupted run of the same config and inputs is resumed from its last checkpoint (one that never reached a
+    checkpoint is started again). A run trained with another config or on files that changed since is an error, or
+    with ``replace`` (work folders of demos and experiments) trained afresh in its place.
     """
     run, overrides = Path(out), list(overrides)
     if run_finished(run, config, overrides):
@@ -165,15 +168,22 @@ def train_or_reuse(config: str | Path, out: str | Path, overrides: list[str] = (
     start = time.perf_counter()
     if (run / CONFIG_FILE).is_file():
         try:
-            same = to_dict(load_config(run / CONFIG_FILE)) == to_dict(load_config(config, overrides))
+            saved = load_config(run / CONFIG_FILE)
+            same = to_dict(saved) == to_dict(load_config(config, overrides))
         except MedgenError:
             same = False
-        if same and latest_checkpoint(run) is not None:
+        changed = changed_inputs(run, saved) if same else []
+        if same and not changed and latest_checkpoint(run) is not None:
             print(f"[{tag}] resuming interrupted run {run}", flush=True)
             train(None, run, [], resume=True)
             return time.perf_counter() - start
-        if not same and not replace:
-            raise MedgenError(run, "holds a run trained with another config (use another output folder)")
+        if (not same or changed) and not replace:
+            raise MedgenError(run, "holds a run trained with another config (use another output folder)" if not same
+                              else f"holds a run trained on input files that changed since ({len(changed)}, e.g. "
+                                   f"{changed[0]}; use another output folder)")
+        if not same or changed:
+            print(f"[{tag}] {run} was trained with another config or other input files: training it again",
+                  flush=True)
         shutil.rmtree(run)
     elif run.exists() and any(run.iterdir()) and not replace:
         raise MedgenError(run, "exists and is not a run directory (use another output folder)")

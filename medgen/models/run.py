@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medgen.config import to_dict
 from medgen.errors import MedgenError, short
+from medgen.models.inputs import changed_inputs
 from medgen.models.registry import load_config, tasks_of
 
 CONFIG_FILE = "config.yaml"
@@ -43,8 +44,9 @@ def final_checkpoint(run_dir: str | Path, iterations: int) -> Path:
 def run_finished(run_dir: str | Path, config: str | Path | None = None, overrides: Sequence[str] = ()) -> bool:
     """The one "is this run finished" check (demo, fit, experiments): the run's ``config.yaml`` is readable and
     the checkpoint of its final iteration exists; given ``config`` (+ ``overrides``), also that the run was
-    trained with exactly that resolved config. A run that was interrupted, or trained with another value of
-    any key, is not finished.
+    trained with exactly that resolved config and on input files of the same content
+    (:func:`medgen.models.inputs.changed_inputs`). A run that was interrupted, trained with another value of any
+    key, or on files that changed since, is not finished.
     """
     run = Path(run_dir)
     if not (run / CONFIG_FILE).is_file():
@@ -55,7 +57,9 @@ def run_finished(run_dir: str | Path, config: str | Path | None = None, override
         return False
     if not final_checkpoint(run, saved.train.iterations).is_file():
         return False
-    return config is None or to_dict(load_config(config, overrides)) == to_dict(saved)
+    if config is None:
+        return True
+    return to_dict(load_config(config, overrides)) == to_dict(saved) and not changed_inputs(run, saved)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
