@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medgen.data.datalist import input_output_pairs
-from medgen.errors import MedgenError
+from medgen.errors import MedgenError, WriteError
 from medgen.info import describe
+from medgen.io import new_output
 from medgen.models.fit_model import read_model
 from medgen.cliparser import build_parser
 from medgen.models.shipped import DEFAULT_FOR, SHIPPED, describe_card, read_card
@@ -60,8 +61,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from medgen.engines.fit_mri_liver import fit_mri_liver  # lazy: torch + MONAI (3.5 s)
 
     check_output_folder(args.out)
-    fit_mri_liver(args.ct, args.ct_labels, args.label_map, args.mri, args.out, args.preset, args.segmenter, args.set,
-                  args.resume)
+    with new_output(args.out, undo=(WriteError,)):  # a full disk: no half-made model (an interrupted fit resumes)
+        fit_mri_liver(args.ct, args.ct_labels, args.label_map, args.mri, args.out, args.preset, args.segmenter,
+                      args.set, args.resume)
     return 0
 
 
@@ -186,8 +188,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from medgen.inference.synthesize import SamplingOptions, write_synthetic  # lazy: torch + MONAI (3.5 s)
 
     check_output_folder(args.out)
-    info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite, args.judge,
-                           args.min_dice, args.judge_class, _sampling_options(args, SamplingOptions))
+    with new_output(args.out):  # a failed sampling (a full disk ...) leaves no half-written set
+        info = write_synthetic(args.run, args.out, args.n, args.seed, args.device, args.overwrite, args.judge,
+                               args.min_dice, args.judge_class, _sampling_options(args, SamplingOptions))
     judged = info["judge"]
     print(f"wrote {len(info['training'])} synthetic image+label pairs to {args.out}"
           + (f" ({judged['kept']} of {judged['drawn']} drawn agree with {args.judge} at Dice >= {args.min_dice})"

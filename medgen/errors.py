@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -24,6 +25,18 @@ class MedgenError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.problem = " ".join(str(problem).split())  # always one line
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+
+class WriteError(MedgenError):
+    """An output could not be written (a full disk, a quota, a read-only file system): what was half-made is undone."""
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says that an output could not be written (:data:`WRITE_ERRNOS`, or a :class:`WriteError`)."""
+    return isinstance(exc, WriteError) or (isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS)
 
 
 def short(exc: BaseException | str, limit: int = 160) -> str:
@@ -56,7 +69,8 @@ def each_case(pairs, single: bool, work) -> tuple[list, int]:
     """Run ``work(src, dst)`` on every input/output pair of a command. A single input raises its error; in a
     folder run each bad case gets its one line, ``medgen: error: <file>: <problem>`` on stderr, and the other
     cases go on (what ``medgen translate``, ``segment`` and ``pipeline`` do alike). Returns the results of the
-    good cases and the number of failed ones; the command then exits 2 when any failed.
+    good cases and the number of failed ones; the command then exits 2 when any failed. A write error (a full disk)
+    stops the run: every later case would fail alike.
 
     >>> def work(src, dst):
     ...     if src == "bad.nii.gz":
@@ -70,7 +84,7 @@ def each_case(pairs, single: bool, work) -> tuple[list, int]:
         try:
             done.append(work(src, dst))
         except MedgenError as exc:
-            if single:
+            if single or isinstance(exc, WriteError):
                 raise
             failed += 1
             print(f"medgen: error: {exc}", file=sys.stderr, flush=True)

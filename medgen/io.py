@@ -18,9 +18,11 @@ caller passes ``nonfinite="fill"``, which replaces them with the lowest finite v
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -32,7 +34,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from medgen.errors import MedgenError, short
+from medgen.errors import MedgenError, WriteError, is_write_error, short
 from medgen.headers import check_claim, check_detached_data, dicom_series_files, looks_like_dicom, nifti_precheck, quiet_stderr
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -407,6 +409,34 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def new_output(path: str | os.PathLike, undo: tuple[type[BaseException], ...] = (Exception,)):
+    """A block that makes the output ``path`` (a folder or a file): if ``path`` did not exist before and the block
+    raises one of ``undo`` or a write error (a full disk, a quota: :func:`medgen.errors.is_write_error`), what it
+    wrote is removed, so that a failed command leaves nothing half-made; a plain ``OSError`` of that kind becomes one
+    line naming ``path`` (a :class:`~medgen.errors.WriteError`).
+
+    >>> import tempfile; out = Path(tempfile.mkdtemp()) / "set"
+    >>> with contextlib.suppress(ValueError), new_output(out):
+    ...     (out / "images").mkdir(parents=True); raise ValueError("the 3rd sample failed")
+    >>> out.exists()
+    False
+    """
+    out = Path(path)
+    created = not out.exists()
+    try:
+        yield out
+    except BaseException as exc:
+        if created and (isinstance(exc, undo) or is_write_error(exc)):
+            if out.is_dir() and not out.is_symlink():
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                out.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_write_error(exc):
+            raise WriteError(out, f"cannot write ({short(exc)})") from None
+        raise
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``: readers never see half a file.
 
@@ -419,7 +449,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix_of(out)}", dir=out.parent)
     except OSError as exc:
-        raise MedgenError(out, f"cannot write ({short(exc)})") from None
+        raise WriteError(out, f"cannot write ({short(exc)})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -429,7 +459,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.replace(tmp, out)
     except OSError as exc:  # disk full, quota, read-only file system
         tmp.unlink(missing_ok=True)
-        raise MedgenError(out, f"cannot write ({short(exc)})") from None
+        raise WriteError(out, f"cannot write ({short(exc)})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

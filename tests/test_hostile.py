@@ -506,3 +506,46 @@ def test_fit_refuses_a_bad_preset_or_value_before_anything(extra, cause, tmp_pat
     proc = medgen("fit", "mri-liver", "--mri", phantom_dir / "mri", "--out", out, *extra)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and re.search(cause, proc.stderr)
     assert not out.exists()
+
+
+def _disk_fills_after(monkeypatch, module, name: str, calls: int) -> None:
+    """``module.name`` works ``calls`` times, then fails as a full disk does (ENOSPC)."""
+    real, count = getattr(module, name), [0]
+
+    def writer(*args, **kwargs):
+        count[0] += 1
+        if count[0] > calls:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, writer)
+
+
+def test_a_full_disk_during_synth_leaves_no_half_written_set(phantom_dir, tmp_path, monkeypatch, capsys):
+    import medgen.inference.synthesize as synthesize
+    from medgen.cli import main
+    from medgen.engines.train import train
+    from tests.test_synth import tiny_synth
+
+    run = train(ROOT / "configs" / "vae_2d.yaml", tmp_path / "vae", tiny_synth(phantom_dir, "vae", 2))
+    _disk_fills_after(monkeypatch, synthesize, "save_like", 5)  # 2 pairs and a half written, then the disk is full
+    out = tmp_path / "set"
+    assert main(["synth", str(run), str(out), "--n", "6", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(rf"medgen: error: {re.escape(str(out))}: cannot write .*No space left.*",
+                                          err[0])
+    assert not out.exists()
+
+
+def test_a_full_disk_during_fit_leaves_no_model(phantom_dir, tmp_path, monkeypatch, capsys):
+    """The segmenter stage trained, then the disk fills while the QC masks are written: one line, no model folder."""
+    import medgen.inference.pipeline as pipeline
+    from medgen.cli import main
+    from tests.test_fit import _args
+
+    _disk_fills_after(monkeypatch, pipeline, "save_mask", 1)
+    model = tmp_path / "model"
+    assert main(_args(phantom_dir, model)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medgen: error: ") and "No space left on device" in err[0]
+    assert not model.exists()

@@ -23,7 +23,7 @@ import torch
 
 from medgen.config import save_config, to_dict
 from medgen.engines.common import TaskSetup, run_trainer, start_from
-from medgen.errors import MedgenError, short
+from medgen.errors import MedgenError, WriteError, short
 from medgen.io import atomic_write
 from medgen.models.inputs import INPUTS_FILE, changed_inputs, input_digest
 from medgen.models.registry import TASKS, load_config
@@ -120,7 +120,7 @@ def train(config: str | Path | None, out: str | Path, overrides: list[str] = (),
         except OSError as exc:  # a full disk, a quota, a folder gone read-only: one line, no half-made run
             if created:
                 shutil.rmtree(run, ignore_errors=True)
-            raise MedgenError(run, f"cannot write ({short(exc)})") from None
+            raise WriteError(run, f"cannot write ({short(exc)})") from None
         except BaseException:
             if created and run.is_dir() and not any(run.iterdir()):
                 run.rmdir()  # nothing was written: leave nothing
@@ -139,7 +139,7 @@ def _locked(run: Path, lock: bool):
         run.mkdir(parents=True, exist_ok=True)
         fd = os.open(run, os.O_RDONLY)
     except OSError as exc:
-        raise MedgenError(run, f"cannot write ({short(exc)})") from None
+        raise WriteError(run, f"cannot write ({short(exc)})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

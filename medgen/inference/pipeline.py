@@ -27,7 +27,7 @@ from tqdm import tqdm
 from medgen.data.datalist import input_output_pairs, list_volumes
 from medgen.data.volumes import remap_labels
 from medgen.dicomseg import save_mask
-from medgen.errors import MedgenError, short
+from medgen.errors import MedgenError, is_write_error, short
 from medgen.inference.segment import load_segmenter, postprocess, thresholded
 from medgen.inference.translate import load_translator
 from medgen.io import atomic_write, case_name, load_image, save_hu, save_like
@@ -236,14 +236,13 @@ def run_pipeline(translator: str | Path | None, segmenter: str | Path, inputs: s
             rows.append(pipe.run_case(path, mask_path, out / "sct" / f"{name}.nii.gz" if opts.save_sct else None,
                                       out / "baseline" / f"{name}.nii.gz" if opts.baseline else None, truth_mask(path),
                                       out / "qc" / f"{name}.png" if opts.qc_page else None))
-        except MedgenError as exc:
+        except Exception as exc:  # one broken case must not stop the batch; a full disk does (the next would fail too)
+            if is_write_error(exc):
+                raise
             failed += 1
-            rows.append({"case": name, "status": "failed", "error": str(exc)})
-            tqdm.write(f"medgen: error: {exc}", file=sys.stderr)
-        except Exception as exc:  # one broken case must not stop the batch
-            failed += 1
-            rows.append({"case": name, "status": "failed", "error": f"{path}: {type(exc).__name__}: {exc}"})
-            tqdm.write(f"medgen: error: {path}: {type(exc).__name__}: {short(exc)}", file=sys.stderr)
+            error = str(exc) if isinstance(exc, MedgenError) else f"{path}: {type(exc).__name__}: {short(exc)}"
+            rows.append({"case": name, "status": "failed", "error": error})
+            tqdm.write(f"medgen: error: {error}", file=sys.stderr)
         _write_summary(out, rows)
     if rows and failed == len(rows) and fresh:  # every input refused: leave nothing behind
         shutil.rmtree(out, ignore_errors=True)
