@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -236,3 +239,98 @@ def write_corpus(folder: str | Path) -> dict[str, tuple[Path, str]]:
 if __name__ == "__main__":
     for name, (path, cause) in write_corpus(sys.argv[1] if len(sys.argv) > 1 else "tests/data/bad").items():
         print(f"{name:14s} {path}  ->  {cause}")
+
+
+class _Marker:
+    """A pickle that, if ever unpickled, creates the file ``path`` (proof that code ran)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def model_corpus(d: Path, segmenter_run: Path, marker: Path) -> dict[str, tuple[Path, Path, str]]:
+    """Damaged models, each from a copy of the good ``segmenter_run`` (or a bundle / TorchScript file made here):
+    name -> (the model to load, the file the one-line error names, a regex of its problem). None of them may execute
+    code: a pickle that would create ``marker`` is among them."""
+    import pickle
+
+    import torch
+
+    def run(name: str) -> Path:
+        dst = d / name
+        shutil.copytree(segmenter_run, dst, ignore=shutil.ignore_patterns("tb"))
+        return dst
+
+    def last(r: Path) -> Path:
+        return sorted((r / "checkpoints").glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))[-1]
+
+    out: dict[str, tuple[Path, Path, str]] = {}
+    r = run("config_garbage")
+    (r / "config.yaml").write_text("task: [segmenter\n  : :\n")
+    out["run: config.yaml not YAML"] = (r, r / "config.yaml", "")
+    r = run("config_wrong_task")
+    (r / "config.yaml").write_text((r / "config.yaml").read_text().replace("task: segmenter", "task: cyclegan"))
+    out["run: config.yaml of another task"] = (r, r / "config.yaml", "")
+    r = run("config_bad_value")
+    (r / "config.yaml").write_text((r / "config.yaml").read_text().replace("spatial_dims: 2", "spatial_dims: seven"))
+    out["run: config.yaml with a bad value"] = (r, r / "config.yaml", "spatial_dims")
+    r = run("no_checkpoint")
+    shutil.rmtree(r / "checkpoints")
+    out["run: no checkpoint"] = (r, r, "no checkpoint")
+    for name, damage in {"empty": b"", "garbage": os.urandom(4096)}.items():
+        r = run(f"ckpt_{name}")
+        last(r).write_bytes(damage)
+        out[f"run: checkpoint {name}"] = (r, last(r), "unreadable checkpoint")
+    r = run("ckpt_truncated")
+    last(r).write_bytes(last(r).read_bytes()[:2000])
+    out["run: checkpoint truncated"] = (r, last(r), "unreadable checkpoint")
+    r = run("ckpt_pickle")
+    last(r).write_bytes(pickle.dumps({"net": _Marker(marker)}))
+    out["run: checkpoint a code-running pickle"] = (r, last(r), "unreadable checkpoint")
+    r = run("ckpt_wrong_keys")
+    torch.save({"weights": {"w": torch.zeros(2)}}, last(r))
+    out["run: checkpoint without the network"] = (r, last(r), "has no 'net' weights")
+    r = run("ckpt_wrong_shapes")
+    state = torch.load(last(r), weights_only=True)
+    state["net"] = {k: torch.zeros(*(s + 1 for s in v.shape)) if v.ndim else v for k, v in state["net"].items()}
+    torch.save(state, last(r))
+    out["run: checkpoint of another network"] = (r, last(r), "do not fit")
+
+    ts = d / "ts_garbage" / "model.pt"
+    ts.parent.mkdir(parents=True)
+    ts.write_bytes(os.urandom(2048))
+    (ts.parent / "model.json").write_text(json.dumps({"spatial_dims": 3}))
+    out["TorchScript: garbage"] = (ts, ts, "")
+    ts = d / "ts_pickle" / "model.pt"
+    ts.parent.mkdir(parents=True)
+    ts.write_bytes(pickle.dumps(_Marker(marker)))
+    (ts.parent / "model.json").write_text(json.dumps({"spatial_dims": 3}))
+    out["TorchScript: a code-running pickle"] = (ts, ts, "")
+    ts = d / "ts_sidecar" / "model.pt"
+    ts.parent.mkdir(parents=True)
+    torch.jit.script(torch.nn.Conv3d(1, 2, 1)).save(str(ts))
+    (ts.parent / "model.json").write_text("{broken")
+    out["TorchScript: sidecar not JSON"] = (ts, ts.parent / "model.json", "")
+
+    def bundle(name: str, config: str, weights: bytes | None = None) -> Path:
+        b = d / name
+        (b / "configs").mkdir(parents=True)
+        (b / "models").mkdir()
+        (b / "configs" / "inference.json").write_text(config)
+        if weights is None:
+            torch.save(torch.nn.Conv3d(1, 2, 1).state_dict(), b / "models" / "model.pt")
+        else:
+            (b / "models" / "model.pt").write_bytes(weights)
+        return b
+
+    net = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
+    b = bundle("bundle_json", "{\"network_def\": ")
+    out["bundle: inference.json broken"] = (b, b / "configs" / "inference.json", "")
+    b = bundle("bundle_pickle", json.dumps({"network_def": net}), pickle.dumps({"weight": _Marker(marker)}))
+    out["bundle: weights a code-running pickle"] = (b, b / "models" / "model.pt", "")
+    b = bundle("bundle_class", json.dumps({"network_def": {**net, "_target_": "nosuch.Net"}}))
+    out["bundle: unknown network class"] = (b, b, "")
+    return out

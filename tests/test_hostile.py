@@ -549,3 +549,31 @@ def test_a_full_disk_during_fit_leaves_no_model(phantom_dir, tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("medgen: error: ") and "No space left on device" in err[0]
     assert not model.exists()
+
+
+@pytest.fixture(scope="module")
+def damaged_models(segmenter_run, tmp_path_factory):
+    from tests.bad_inputs import model_corpus
+
+    d = tmp_path_factory.mktemp("models")
+    marker = d / "code_ran"
+    return model_corpus(d, segmenter_run, marker), marker
+
+
+def test_every_damaged_model_is_one_line_and_runs_no_code(damaged_models, phantom_dir, tmp_path):
+    """The hostile-model corpus through `medgen segment`: exit 2, one line naming the damaged file, nothing written,
+    the model unchanged, and no pickle ever unpickled."""
+    corpus, marker = damaged_models
+    image = phantom_dir / "ct" / "case_000.nii.gz"
+    failures = []
+    for name, (model, named, cause) in corpus.items():
+        before = snapshot(model)
+        out = tmp_path / f"{abs(hash(name))}.nii.gz"
+        proc = medgen("segment", model, image, out, "--device", "cpu")
+        try:
+            assert_refused(proc, named, cause)
+            assert not out.exists() and snapshot(model) == before
+        except AssertionError as exc:
+            failures.append(f"{name}: {str(exc).splitlines()[0]}")
+    assert not marker.exists(), "a damaged model ran code"
+    assert not failures, "\n".join(failures)

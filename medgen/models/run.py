@@ -94,7 +94,10 @@ def load_weights(run_dir: Path, names: Sequence[str], nets: Sequence[torch.nn.Mo
     for name, net in zip(names, nets):
         if name not in state:
             raise MedgenError(path, f"checkpoint has no '{name}' weights")
-        net.load_state_dict(state[name])
+        try:
+            net.load_state_dict(state[name])
+        except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
+            raise MedgenError(path, f"its '{name}' weights do not fit the run's network ({short(exc, 100)})") from None
         net.eval()
     return path
 
