@@ -210,3 +210,43 @@ def test_a_fit_killed_mid_stage_resumes_to_the_same_model(phantom_dir, tmp_path)
     assert json.loads((model / "model.json").read_text()) == json.loads((whole / "model.json").read_text())
     for mask in sorted((whole / "qc").glob("*.nii.gz")):
         assert np.array_equal(load_image(mask)[0], load_image(model / "qc" / mask.name)[0]), mask.name
+
+
+def test_synthct_l1_counts_only_samples_with_a_ct():
+    """Real MRIs mixed into the translator's training (has_ct 0) add no L1: only the frozen segmenter judges them."""
+    from medgen.engines.synthct import HAS_CT, synthct_step
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTLossConfig
+
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.zero_()
+    step = synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), SynthCTLossConfig(lambda_l1=1.0, lambda_seg=0.0),
+                        torch.device("cpu"))
+    x = torch.zeros(2, 1, 4, 4)
+    ct = torch.stack([torch.full((1, 4, 4), 0.5), torch.full((1, 4, 4), 3.0)])  # |G(x) - ct|: 0.5 and 3.0
+    batch = {Keys.MRI: x, Keys.IMAGE: ct, Keys.LABEL: torch.zeros(2, 1, 4, 4)}
+    assert step(None, batch)["l1"] == pytest.approx(1.75)  # without the flag: every sample has its CT
+    assert step(None, {**batch, HAS_CT: torch.tensor([[1.0], [0.0]])})["l1"] == pytest.approx(0.5)
+    assert step(None, {**batch, HAS_CT: torch.tensor([[0.0], [0.0]])})["l1"] == 0.0
+
+
+def test_the_frozen_route_trains_its_translator_on_the_pseudo_labelled_mris(phantom_dir, tmp_path):
+    model = tmp_path / "model"
+    assert main(_args(phantom_dir, model, "synthct")) == 0
+    listing = json.loads((model / "pseudo" / "dataset.json").read_text())["training"]
+    cfg = load_config(model / "translator" / "config.yaml")
+    assert listing and cfg.target.ratio == 0.5 and cfg.target.images == str(model / "pseudo" / "dataset.json")
+
+
+def test_target_mris_without_the_frozen_segmenter_are_refused(phantom_dir, tmp_path):
+    from medgen.engines.train import train
+    from medgen.errors import MedgenError
+
+    ds = phantom_dir / "dataset.json"
+    sets = [f"{k}={v}" for k, v in TRANS.items()] + [f"data.images={ds}", f"data.labels={ds}",
+                                                      f"target.images={ds}", f"target.labels={ds}", "target.ratio=0.5"]
+    with pytest.raises(MedgenError, match="through the frozen segmenter alone"):
+        train("synthct_2d", tmp_path / "t", sets)
+    assert not (tmp_path / "t").exists()

@@ -8,7 +8,8 @@ checkpoints), resumable one by one with ``--resume``:
 1b. route ``direct`` with ``adapt.iterations`` > 0: ``pseudo/``, that segmenter's masks of the fit's MRIs, and
    ``adapted/``, a copy of it fine-tuned on the CTs mixed with those MRIs and masks (self-training);
 2. ``translator/`` (route ``synthct`` only): the MRI -> synthetic CT translator, trained on CTs painted with
-   random contrasts and, when the segmenter is a 2D medgen run, through that frozen segmenter;
+   random contrasts and, when the segmenter is a 2D medgen run, through that frozen segmenter, on those CTs and on
+   the fit's MRIs pseudo-labelled by the shipped ``mri-liver`` (``pseudo/``; the translator's ``target.ratio``);
 3. ``qc/``: the pipeline run on the training MRIs (liver volume, flags), a label-free check of the result.
 
 ``model.json`` is written last: a model directory without it is unfinished (``--resume`` completes it).
@@ -108,6 +109,7 @@ def _stage(name: str, config: str, run: Path, sets: list[str]) -> tuple[Path, fl
 
 
 PSEUDO_REFUSED = {"empty_mask", "liver_volume_low", "liver_volume_high"}  # QC flags that keep a case out
+PSEUDO_LABELLER = "mri-liver"  # route synthct: the MRIs' pseudo-labels for the translator
 
 
 def _pseudo_labels(segmenter: Path, mris: list[Path], mri: str, out: Path, cfg: FitConfig) -> Path:
@@ -240,8 +242,14 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
             print(f"[medgen fit] translator: {frozen} is not a 2D medgen segmenter run; the translator trains "
                   "without the segmentation-consistency loss", flush=True)
         through = resolve_model(frozen) if _trainable_through(frozen) else "null"
+        target = []  # the fit's MRIs, pseudo-labelled by the shipped mri-liver, trained through the frozen segmenter
+        if through != "null":
+            listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg)
+            if json.loads(listing.read_text())["training"]:
+                target = [f"target.images={listing}", f"target.labels={listing}"]
         _, times["translator"] = _stage("translator", cfg.translator.config, out / "translator",
-                                        data + [f"segmenter={through}"] + _common_sets(cfg) + cfg.translator.set)
+                                        data + [f"segmenter={through}"] + target + _common_sets(cfg)
+                                        + cfg.translator.set)
         model.translator = translator = "translator"
     print(f"[medgen fit] qc: the pipeline on the {len(mris)} training MRIs -> {out / 'qc'}", flush=True)
     run_pipeline(None if translator is None else str(out / translator), frozen, mri, out / "qc", cfg.device,

@@ -4,7 +4,9 @@ Its config and network are in :mod:`medgen.models.synthct`. Each sample holds th
 target), its liver label and a copy painted with random contrasts from its generation labels (the input,
 under :data:`Keys.MRI`: what an MRI of unknown weighting looks like to the generator). The step minimises
 ``lambda_l1 * |G(x) - ct|`` plus, with a frozen segmenter, ``lambda_seg * DiceCE(S(G(x)), liver)``; the
-segmenter's weights never change, gradients pass through it into the generator.
+segmenter's weights never change, gradients pass through it into the generator. With ``target`` real MRIs and
+their pseudo-labels are mixed in: those samples have no CT (``has_ct`` 0, no L1) and train through the segmenter
+alone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
+from medgen.data.mixing import MixedSamples
 from medgen.data.patches import labelled_patches
 from medgen.data.synthseg import RandLabelToImaged
 from medgen.data.volumes import labelled_volumes
@@ -71,11 +74,12 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         x = batch[Keys.MRI].to(device, non_blocking=True)
         ct = batch[Keys.IMAGE].to(device, non_blocking=True)
         liver = (batch[Keys.LABEL].to(device, non_blocking=True) == 1).float()
+        has_ct = batch[HAS_CT].to(device).float().flatten() if HAS_CT in batch else torch.ones(len(x), device=device)
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
             fake = net(x)
         fake = fake.float()
-        l1 = (fake - ct).abs().mean()
+        l1 = ((fake - ct).abs().flatten(1).mean(1) * has_ct).sum() / has_ct.sum().clamp_min(1.0)
         loss, seg = loss_cfg.lambda_l1 * l1, torch.zeros(())
         if segmenter is not None and loss_cfg.lambda_seg > 0:
             prob = segmenter(fake)
@@ -93,8 +97,38 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
     return step
 
 
+HAS_CT = "has_ct"  # batch key: 1 for a painted CT (its real CT is the L1 target), 0 for a real MRI
+
+
+class _flagged(torch.utils.data.Dataset):
+    """A sample stream with ``has_ct`` set to ``value`` in every sample."""
+
+    def __init__(self, samples, value: float):
+        self.samples, self.value = samples, value
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, n: int) -> dict:
+        return {**self.samples[n], HAS_CT: torch.tensor([self.value])}
+
+
+def target_mris(cfg: SynthCTConfig, spatial) -> torch.utils.data.Dataset:
+    """Patches of the real MRIs of ``cfg.target`` with their pseudo-labels: the MRI is the generator's input (and,
+    unused, the image key), ``has_ct`` 0."""
+    pairs = image_label_pairs(cfg.target.images, cfg.target.labels or "")
+    data = dataclasses.replace(cfg.data, modality=cfg.target.modality)
+    volumes = labelled_volumes(pairs, data, cfg.preprocess, label_map={1: 1})
+    transform = Compose([*(spatial.transforms if spatial else []), CopyItemsd(Keys.IMAGE, names=[Keys.MRI])])
+    return _flagged(labelled_patches(volumes, data, cfg.spatial_dims, cfg.train.seed * 2 + 2, transform), 0.0)
+
+
 def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     """Data (painted and real CT patches), the generator, the frozen segmenter and the step."""
+    mris = bool(cfg.target.images) and cfg.target.ratio > 0
+    if mris and not (cfg.segmenter and cfg.loss.lambda_seg > 0):
+        raise MedgenError(cfg.target.images, "target MRIs train through the frozen segmenter alone (they have no CT): "
+                                             "set segmenter and loss.lambda_seg > 0, or target.ratio=0")
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
     options = dataclasses.asdict(cfg.synthseg)
     classes, prob = options.pop("classes"), options.pop("prob")
@@ -103,6 +137,9 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     transform = Compose([*(spatial.transforms if spatial else []), CopyItemsd(Keys.IMAGE, names=[Keys.MRI]),
                          RandLabelToImaged(Keys.MRI, Keys.GEN, prob=prob, **options)])
     samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1, transform)
+    if mris:
+        samples = MixedSamples(_flagged(samples, 1.0), target_mris(cfg, spatial), cfg.target.ratio,
+                               cfg.train.seed * 2 + 3)
     make_loader = loader_factory(samples, cfg.train, device)
     net = build_nets(cfg, prefers_channels_last(device, cfg.train.amp))["G"].to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),

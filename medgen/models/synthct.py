@@ -16,7 +16,7 @@ import torch
 
 from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.models.cyclegan import GeneratorConfig
-from medgen.models.segmenter import SynthSegConfig
+from medgen.models.segmenter import SynthSegConfig, TargetDataConfig
 from medgen.networks.generators import build_generator
 
 GENERATORS = {"mri2ct": "G"}
@@ -37,6 +37,10 @@ class SynthCTConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=16))
     synthseg: SynthSegConfig = field(default_factory=lambda: SynthSegConfig(prob=1.0))
+    # real MRIs with pseudo-labels (a fit's: the shipped mri-liver's masks of its MRIs, in class values) mixed in at
+    # ``target.ratio``: no CT to match there (no L1), the frozen segmenter must find the pseudo-label's liver in the
+    # generator's output, so the translator sees the MRIs it is to translate (needs ``segmenter``)
+    target: TargetDataConfig = field(default_factory=TargetDataConfig)
     spatial: bool = True  # random rotation and scaling of the training patches
     # exponential moving average of the generator's weights (0: off); inference uses the average (``G_ema``)
     ema_decay: float = 0.0
