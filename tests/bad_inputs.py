@@ -329,8 +329,13 @@ def model_corpus(d: Path, segmenter_run: Path, marker: Path) -> dict[str, tuple[
     net = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
     b = bundle("bundle_json", "{\"network_def\": ")
     out["bundle: inference.json broken"] = (b, b / "configs" / "inference.json", "")
-    b = bundle("bundle_pickle", json.dumps({"network_def": net}), pickle.dumps({"weight": _Marker(marker)}))
+    full = {"network_def": net, "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16],
+                                            "sw_batch_size": 1},
+            "preprocessing": {"_target_": "Compose", "transforms": [
+                {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"}]}}
+    b = bundle("bundle_pickle", json.dumps(full), pickle.dumps({"weight": _Marker(marker)}))
     out["bundle: weights a code-running pickle"] = (b, b / "models" / "model.pt", "")
-    b = bundle("bundle_class", json.dumps({"network_def": {**net, "_target_": "nosuch.Net"}}))
+    b = bundle("bundle_class", json.dumps({**full, "network_def": {**net, "_target_": "nosuch.Net"}}))
     out["bundle: unknown network class"] = (b, b, "")
     return out

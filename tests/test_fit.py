@@ -234,7 +234,7 @@ def test_synthct_l1_counts_only_samples_with_a_ct():
 
 def test_the_frozen_route_trains_its_translator_on_the_pseudo_labelled_mris(phantom_dir, tmp_path):
     model = tmp_path / "model"
-    assert main(_args(phantom_dir, model, "synthct")) == 0
+    assert main(_args(phantom_dir, model, "synthct", ["--set", "translator.target.ratio=0.5"])) == 0
     listing = json.loads((model / "pseudo" / "dataset.json").read_text())["training"]
     cfg = load_config(model / "translator" / "config.yaml")
     assert listing and cfg.target.ratio == 0.5 and cfg.target.images == str(model / "pseudo" / "dataset.json")

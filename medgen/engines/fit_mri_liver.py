@@ -110,6 +110,9 @@ def _stage(name: str, config: str, run: Path, sets: list[str]) -> tuple[Path, fl
 
 PSEUDO_REFUSED = {"empty_mask", "liver_volume_low", "liver_volume_high"}  # QC flags that keep a case out
 PSEUDO_LABELLER = "mri-liver"  # route synthct: the MRIs' pseudo-labels for the translator
+# route synthct with start: scratch: the translator trains through its segmenter slice by slice, so that segmenter is
+# the 2D network (one slice, the slices as scanned), not the shipped config's 2.5D one
+SLICEWISE = ["network.slices=1", "preprocess.spacing=[2.0, 2.0, null]"]
 
 
 def _pseudo_labels(segmenter: Path, mris: list[Path], mri: str, out: Path, cfg: FitConfig) -> Path:
@@ -228,8 +231,9 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
     if segmenter is None:
         seg_spec = cfg.start
         if cfg.start == "scratch":
+            slicewise = SLICEWISE if route == "synthct" else []
             _, times["segmenter"] = _stage("segmenter", cfg.segmenter.config, out / "segmenter",
-                                           data + _common_sets(cfg) + cfg.segmenter.set)
+                                           data + _common_sets(cfg) + slicewise + cfg.segmenter.set)
             seg_spec = "segmenter"
         if route == "direct" and cfg.adapt.iterations > 0:
             seg_spec = _adapt(cfg, out, seg_spec, mris, mri, data + _common_sets(cfg) + cfg.segmenter.set, ct is not None,
@@ -243,7 +247,7 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                   "without the segmentation-consistency loss", flush=True)
         through = resolve_model(frozen) if _trainable_through(frozen) else "null"
         target = []  # the fit's MRIs, pseudo-labelled by the shipped mri-liver, trained through the frozen segmenter
-        if through != "null":
+        if through != "null" and load_config(config_path(cfg.translator.config), cfg.translator.set).target.ratio > 0:
             listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg)
             if json.loads(listing.read_text())["training"]:
                 target = [f"target.images={listing}", f"target.labels={listing}"]

@@ -20,8 +20,10 @@ into a mask (threshold, largest component, holes filled) with the backend's :cla
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +47,12 @@ from medgen.models.shipped import resolve_model
 from medgen.qcpage import case_picture, save_png, write_index
 from medgen.runtime import resolve_device
 from medgen.transforms import Preprocessor, largest_component
+
+
+# MONAI's image readers (a bundle's LoadImaged) warn on every CPU machine that the GPU DICOM decoder is missing: noise
+# on stderr, where a refusal must be one line
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
 
 
 class Segmenter(Protocol):
