@@ -409,6 +409,20 @@ def _umask() -> int:
     return mask
 
 
+def read_run_artifact(run_dir: str | os.PathLike, name: str, what: str, parse):
+    """``parse(path)`` of ``RUN/name``, a file a run writes when training ends (``what`` it holds); missing, or
+    unreadable (any exception of ``parse``): one line that says how to write it again (``medgen train --resume``)."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise MedgenError(path, f"missing: {what}, written when training ends (a run trained before them: "
+                                f"`medgen train --resume {run_dir}` writes them from its training data)")
+    try:
+        return parse(path)
+    except Exception as exc:  # damaged files raise many types (torch, json, shape checks)
+        raise MedgenError(path, f"unreadable ({short(exc, 100)}): `medgen train --resume {run_dir}` writes it "
+                                "again") from None
+
+
 @contextlib.contextmanager
 def new_output(path: str | os.PathLike, undo: tuple[type[BaseException], ...] = (Exception,)):
     """A block that makes the output ``path`` (a folder or a file): if ``path`` did not exist before and the block

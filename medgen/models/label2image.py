@@ -26,8 +26,7 @@ import torch
 
 from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.data.synthseg import generation_labels
-from medgen.errors import MedgenError, short
-from medgen.io import atomic_write
+from medgen.io import atomic_write, read_run_artifact
 from medgen.keys import Keys
 from medgen.models.cyclegan import DiscriminatorConfig, GeneratorConfig
 from medgen.networks.generators import build_discriminator, build_generator
@@ -134,19 +133,15 @@ def write_class_means(run_dir: str | Path, table: torch.Tensor) -> Path:
 def read_class_means(run_dir: str | Path, channels: int) -> torch.Tensor:
     """``(V, channels)`` float32: the table of :func:`write_class_means`; missing or not such a table: a
     ``MedgenError`` that says how to write it again."""
-    path = Path(run_dir) / CLASS_MEANS_FILE
-    if not path.is_file():
-        raise MedgenError(path, "missing: the training volumes' class means a class_means run renders in, written "
-                                f"when training ends (a run trained before them: `medgen train --resume {run_dir}` "
-                                "writes them from its training data)")
-    try:
+
+    def parse(path: Path) -> torch.Tensor:
         table = torch.tensor(json.loads(path.read_text())["class_means"], dtype=torch.float32)
         if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] != channels:
             raise ValueError(f"a table of shape {list(table.shape)}, not (volumes, {channels})")
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise MedgenError(path, f"unreadable ({short(exc, 100)}): `medgen train --resume {run_dir}` writes it "
-                                "again") from None
-    return table
+        return table
+
+    return read_run_artifact(run_dir, CLASS_MEANS_FILE, "the training volumes' class means a class_means run renders "
+                             "in", parse)
 
 
 def class_mean_image(cond: torch.Tensor, image: torch.Tensor | None = None,

@@ -17,8 +17,7 @@ import torch
 
 from medgen.config import LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.data.patches import labelled_patches
-from medgen.errors import MedgenError, short
-from medgen.io import atomic_write
+from medgen.io import atomic_write, read_run_artifact
 from medgen.keys import Keys
 from medgen.networks.synth import JointGenerator, JointVAE
 
@@ -255,16 +254,11 @@ def write_latents(run_dir: str | Path, fitted: Mapping[str, torch.Tensor]) -> Pa
 def read_latents(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """``RUN/latents.pt`` (:func:`fit_latents`), read with ``weights_only``; missing or unreadable: a ``MedgenError``
     that says how to write it again."""
-    path = Path(run_dir) / LATENTS_FILE
-    if not path.is_file():
-        raise MedgenError(path, "missing: the encodings a VAE's posterior and mixture sampling need, written when "
-                                f"training ends (a run trained before them: `medgen train --resume {run_dir}` "
-                                "writes them from its training data)")
-    try:
+
+    def parse(path: Path) -> dict[str, torch.Tensor]:
         fitted = torch.load(path, map_location="cpu", weights_only=True)
         if not {"mu", "logvar", "mixture_weights", "mixture_means", "mixture_covariances"} <= set(fitted):
             raise ValueError(f"holds {sorted(fitted)}")
-    except Exception as exc:  # torch raises several types for damaged files
-        raise MedgenError(path, f"unreadable ({short(exc, 100)}): `medgen train --resume {run_dir}` writes it "
-                                "again") from None
-    return fitted
+        return fitted
+
+    return read_run_artifact(run_dir, LATENTS_FILE, "the encodings a VAE's posterior and mixture sampling need", parse)
