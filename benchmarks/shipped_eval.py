@@ -20,6 +20,15 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``tta``: the shipped mri-liver with test-time contrast augmentation (``inference.tta_gammas``).
 - ``frozen``: ``medgen fit mri-liver --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --segmenter ct-liver``
   (the frozen-segmenter route: a translator trained for the shipped CT segmenter, which is never retrained).
+  The preset's translator draws half its samples from the 7 MRIs, pseudo-labelled by the shipped mri-liver and
+  trained through the frozen segmenter alone (``translator.target.ratio: 0.5``).
+- ``frozen_ct_only``: the same with ``--set translator.target.ratio=0`` (the translator on painted CTs alone).
+- ``mri_ct``: ``medgen fit mri-ct --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --preset cpu`` (the
+  translator as the product), then its model through ``pipeline --model``.
+- ``mri_ct_gan``: the same with ``--set translator.loss.lambda_gan=1`` (a PatchGAN judges the translator's output on
+  the MRIs against real CT patches).
+- ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
+  (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT).
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
   ``VARIANTS``) zero-shot through ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs, with Dice at the
   liver's two ends (``dome``: its top 15 % of slices, ``lowest``: its bottom 15 %) and each run's training time.
@@ -53,6 +62,12 @@ from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
 MRIS = sorted(TRAIN + HELD_OUT)
+ORGANS = ("liver", "spleen", "right_kidney", "left_kidney")
+FROZEN_VARIANTS = {"frozen": [],  # the preset: half the translator's samples the 7 MRIs, pseudo-labelled
+                   "frozen_ct_only": ["--set", "translator.target.ratio=0"]}  # the painted CTs alone
+MRI_CT_VARIANTS = {"mri_ct": [],  # the preset (the same translator stage as frozen's)
+                   "mri_ct_gan": ["--set", "translator.loss.lambda_gan=1"]}  # a PatchGAN on its MRI outputs
+TRANSLATORS = (*FROZEN_VARIANTS, *MRI_CT_VARIANTS)  # the fits whose translator the translation step judges
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -132,7 +147,12 @@ def record(results: dict) -> dict:
                      r["mean_held_out"], ""])
     for key, label in (("fit_mri_paint", "`medgen fit mri-liver --mri` (7 MRIs, no CT; the preset) + `pipeline --model`"),
                        ("fit_mri", "the same fit with `--set adapt.paint=false` (the MRIs alone, unpainted)"),
-                       ("frozen", "`fit --segmenter ct-liver` (25 CTs, 7 MRIs; frozen CT segmenter) + `pipeline`")):
+                       ("frozen", "`fit --segmenter ct-liver` (25 CTs, 7 MRIs; frozen CT segmenter; the preset) + `pipeline`"),
+                       ("frozen_ct_only", "the same fit with `--set translator.target.ratio=0` (the translator on "
+                                          "painted CTs alone, not on the MRIs)"),
+                       ("mri_ct", "`fit mri-ct` (25 CTs, 7 MRIs) + `pipeline --model`: its synthetic CT through ct-liver"),
+                       ("mri_ct_gan", "the same fit with `--set translator.loss.lambda_gan=1` (a PatchGAN on the "
+                                      "synthetic CTs of the MRIs)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
@@ -157,9 +177,10 @@ def record(results: dict) -> dict:
         r = results["fit_mri_paint"]
         summary.append(["`fit mri-liver --mri` (7 unlabelled MRIs, no CT): Dice on held-out MRIs 15 19 20",
                         f"{r['mean_held_out']:.3f}" + (f" (fit {r['wall_s'] / 60:.1f} min)" if r.get("wall_s") else "")])
-    if "frozen" in results:
-        summary.append(["`fit --segmenter ct-liver` (frozen CT segmenter): Dice, 10 MRIs",
-                        f"{results['frozen']['mean_all_10']:.3f}"])
+    for key in FROZEN_VARIANTS:
+        if key in results:
+            summary.append([f"`fit --segmenter ct-liver` (frozen CT segmenter{', ' + ' '.join(results[key].get('set', [])) if results[key].get('set') else ''}): Dice, 10 MRIs",
+                            f"{results[key]['mean_all_10']:.3f}"])
     arch = results.get("architecture", {})
     if "mri-liver" in arch and len(arch) > 1:
         others = ", ".join(f"{k} {v['mean_all_10']:.3f}" for k, v in arch.items() if k != "mri-liver")
@@ -185,6 +206,45 @@ def record(results: dict) -> dict:
             "machine": f"{os.cpu_count()} CPU cores, no GPU",
             "table": {"columns": ["what", "liver Dice, all 10 MRIs", "MRIs 15 19 20", "other"], "rows": rows},
             "per_case": {k: v for k, v in results.items() if k != "data"}}
+
+
+def translation_record(translation: dict) -> dict:
+    """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
+    def cells(r: dict) -> list:
+        return [f"{r['fid']:.2f}" if "fid" in r else "-", f"{r['kid']:.3f}" if "kid" in r else "-", *(
+            f"{r['organs'][o]['median']:.0f} ({r['organs'][o]['abs_diff']:.0f}; {r['organs'][o]['iqr_overlap']:.2f})"
+            if o in r.get("organs", {}) else "-" for o in ORGANS)]
+
+    rows, summary = [], []
+    for i, (step, t) in enumerate(translation.items()):
+        for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:  # baselines: one row each
+            rows.append([f"`{step}` translator" if method == "translator" else f"baseline: {method}",
+                         round(t[method]["dice"], 3), round(t["held_out_dice"][method], 3), *cells(t[method])])
+        r = t["translator"]
+        summary.append([f"`{step}` translator, 10 real MRIs: ct-liver Dice on its synthetic CT; FID (real vs real); "
+                        "|liver HU - real CTs'|",
+                        f"{r['dice']:.3f}; {r.get('fid', float('nan')):.2f} ({t.get('real_vs_real', {}).get('fid', float('nan')):.2f}); "
+                        f"{r['organs'].get('liver', {}).get('abs_diff', float('nan')):.0f} HU"])
+    first = next(iter(translation.values()))
+    pop = first["ct_population"]
+    if "real_vs_real" in first:
+        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", *cells(first["real_vs_real"])[:2],
+                     *(f"{pop[o]['median']:.0f} (IQR {pop[o]['iqr'][0]:.0f} to {pop[o]['iqr'][1]:.0f})" for o in ORGANS)])
+    return {"title": "Translators judged on real MRIs, no paired CT", "summary": summary,
+            "command": "python benchmarks/shipped_eval.py --only frozen,frozen_ct_only,mri_ct,mri_ct_gan,translation",
+            "data": {"ct_count": 30, "ct_count_for_training": len(TRAIN_CTS), "mri": "10 CHAOS T2 MRIs, manual labels",
+                     "translators": "the synthct translator of each fit, trained on 25 CTs: frozen (fit mri-liver "
+                                    "--segmenter ct-liver; also on the 7 fit MRIs, target.ratio 0.5), frozen_ct_only "
+                                    "(the same on the painted CTs alone), mri_ct (fit mri-ct --preset cpu), mri_ct_gan (the same "
+                                    "with a PatchGAN, translator.loss.lambda_gan=1)"},
+            "notes": ["organ HU: the median synthetic-CT HU inside the MRI's manual organ label (median over the 10 "
+                      "MRIs), |its difference to the real CTs' median|, and the overlap of the two IQRs; BTCV HU are "
+                      "known in [-125, 275] only, and the translator's output window is [-175, 250]",
+                      "FID/KID: 12 axial slices over the liver per scan, 2 mm in-plane, features of ct-liver's deepest "
+                      "layer, against the 15 even-numbered BTCV CTs; real vs real: the 15 odd-numbered ones"],
+            "table": {"columns": ["method", "ct-liver Dice, 10 MRIs", "MRIs 15 19 20", "FID", "KID",
+                                  "liver HU (|diff|; IQR overlap)", "spleen", "right kidney", "left kidney"],
+                      "rows": rows}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,16 +341,31 @@ def main(argv: list[str] | None = None) -> int:
         d = pipeline("fit_mri_paint", mri, "--model", str(model))
         results["fit_mri_paint"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                                     "wall_s": results.get("fit_mri_paint_wall_s")}
-    if "frozen" in steps:
-        model = work / "fit_frozen"
+    for step, extra in FROZEN_VARIANTS.items():
+        if step not in steps:
+            continue
+        model = work / f"fit_{step}"
         listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
         if not (model / "model.json").is_file():
-            results["frozen_wall_s"] = medgen(
+            results[f"{step}_wall_s"] = medgen(
                 "fit", "mri-liver", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
-                "--mri", str(train_mri), "--segmenter", "ct-liver", "--out", str(model), "--preset", "cpu", log=log)
-        d = pipeline("frozen", mri, "--model", str(model))
-        results["frozen"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
-                             "wall_s": results.get("frozen_wall_s")}
+                "--mri", str(train_mri), "--segmenter", "ct-liver", "--out", str(model), "--preset", "cpu", *extra,
+                log=log)
+        d = pipeline(step, mri, "--model", str(model))
+        results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
+                         "wall_s": results.get(f"{step}_wall_s"), "set": extra[1::2]}
+    for step, extra in MRI_CT_VARIANTS.items():  # medgen fit mri-ct: the translator as the product
+        if step not in steps:
+            continue
+        model = work / f"fit_{step}"
+        listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
+        if not (model / "model.json").is_file():
+            results[f"{step}_wall_s"] = medgen(
+                "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
+                "--mri", str(train_mri), "--out", str(model), "--preset", "cpu", *extra, log=log)
+        d = pipeline(step, mri, "--model", str(model))
+        results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
+                         "wall_s": results.get(f"{step}_wall_s"), "set": extra[1::2]}
     if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
         arch = results.setdefault("architecture", {})
         for name in ("mri-liver", *VARIANTS):
@@ -305,32 +380,22 @@ def main(argv: list[str] | None = None) -> int:
             arch[name] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                           **{f"mean_{k}": float(np.nanmean([r[f"dice_{k}"] for r in rows])) for k in ("top", "bottom")},
                           "train_minutes": training_minutes(run), "network": network_of(run)}
-    if "translation" in steps:  # the frozen route's translator judged on the real MRIs, with no paired CT
-        model = work / "fit_frozen"
-        out = work / "translation_unpaired.json"
-        if not out.is_file():
-            medgen("evaluate", "translation", "--unpaired", "--run", str(model / "translator"), "--mri", str(mri),
-                   "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
-                   str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out), log=log)
-        report = json.loads(out.read_text())
-        rows = [[method, round(r["dice"], 3), *(f"{r['organs'][o]['median']:.0f} ({r['organs'][o]['abs_diff']:.0f}; "
-                                                f"{r['organs'][o]['iqr_overlap']:.2f})" if o in r["organs"] else "-"
-                                                for o in ("liver", "spleen", "right_kidney", "left_kidney"))]
-                for method, r in report["summary"].items()]
-        pop = report["ct_population"]
-        rows.append(["real CTs (30 BTCV): median HU (IQR)", "", *(f"{pop[o]['median']:.0f} ({pop[o]['iqr'][0]:.0f}-"
-                                                                  f"{pop[o]['iqr'][1]:.0f})" for o in
-                                                                  ("liver", "spleen", "right_kidney", "left_kidney"))])
-        t = report["summary"]["translator"]
-        write_record("translation_real", {
-            "title": "The synthct translator judged on real MRIs (no paired CT)",
-            "command": "python benchmarks/shipped_eval.py --only frozen,translation",
-            "data": {"ct_count": 30, "ct_count_for_training": len(TRAIN_CTS), "mri": "10 CHAOS T2 MRIs, manual organ labels",
-                     "translator": "the frozen route's synthct translator (fit --segmenter ct-liver), trained on 7 MRIs"},
-            "table": {"columns": ["method", "ct-liver Dice on it", "liver HU (|diff|; IQR overlap)", "spleen",
-                                  "right kidney", "left kidney"], "rows": rows},
-            "summary": [["synthct translator on real MRIs: ct-liver Dice on the synthetic CT; liver HU |diff|",
-                         f"{t['dice']:.3f}; {t['organs'].get('liver', {}).get('abs_diff', float('nan')):.0f} HU"]]})
+    if "translation" in steps:  # each fit's translator judged on the real MRIs, with no paired CT
+        for step in TRANSLATORS:
+            model, out = work / f"fit_{step}", work / f"translation_{step}.json"
+            if (model / "model.json").is_file() and not out.is_file():
+                medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
+                       "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
+                       str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out), log=log)
+            if out.is_file():
+                report = json.loads(out.read_text())
+                results.setdefault("translation", {})[step] = {
+                    **report["summary"], "held_out_dice": {m: mean({r["case"]: r["dice"] for r in report["cases"]
+                                                                    if r["method"] == m}, HELD_OUT)
+                                                           for m in ("translator", "identity", "histmatch")},
+                    "ct_population": report["ct_population"]}
+        if results.get("translation"):
+            write_record("translation_real", translation_record(results["translation"]))
     qc_rows = [r for summary in sorted(work.glob("masks_*/summary.json"))  # every pipeline's masks: several qualities
                for r in json.loads(summary.read_text())["cases"]]
     if qc_rows:

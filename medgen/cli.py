@@ -63,7 +63,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     with new_output(args.out, undo=(WriteError,)):  # a full disk: no half-made model (an interrupted fit resumes)
         fit_mri_liver(args.ct, args.ct_labels, args.label_map, args.mri, args.out, args.preset, args.segmenter,
-                      args.set, args.resume)
+                      args.set, args.resume, pipeline=args.name)
     return 0
 
 
@@ -140,9 +140,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         report = translation.evaluate_unpaired(args.run, args.mri, args.mri_labels, args.ct, args.ct_labels,
                                                args.segmenter, args.device, args.out)
         for method, r in report["summary"].items():
+            realism = f"FID {r['fid']:.2f}, KID {r['kid']:.4f}" if "fid" in r else ""
+            if "dice" not in r:  # real_vs_real: the realism floor
+                print(f"{method}: {realism}")
+                continue
             organs = ", ".join(f"{k} {v['median']:.0f} HU (|diff| {v['abs_diff']:.0f}, IQR overlap {v['iqr_overlap']:.2f})"
                                for k, v in r["organs"].items())
-            print(f"{method}: liver Dice of {args.segmenter} {r['dice']:.3f}; {organs}")
+            print(f"{method}: liver Dice of {args.segmenter} {r['dice']:.3f}; {organs}" + (f"; {realism}" if realism else ""))
     elif args.kind == "translation":
         rows, m, csv_path = translation.evaluate_translation(args.run, args.mri, args.ct, args.device, args.out)
         print(f"{len(rows)} cases, inside the body: MAE {m['mae']:.1f} HU, PSNR {m['psnr']:.2f} dB, SSIM "

@@ -157,8 +157,9 @@ def _training_commands(add: Callable) -> None:
     p.add_argument("name", nargs="?", choices=SHIPPED, help="show this model's whole card")
 
     p = add("fit", "fit a model directory to your scanner; mri-liver: the shipped segmenter adapted to "
-            "your unlabelled MRIs (and your labelled CTs, when given)", "medgen fit mri-liver --mri mri/ --out model/")
-    p.add_argument("name", choices=("mri-liver",), help="the pipeline to fit")
+            "your unlabelled MRIs (and your labelled CTs, when given); mri-ct: an MRI -> CT translator for your MRIs, "
+            "from labelled CTs", "medgen fit mri-liver --mri mri/ --out model/")
+    p.add_argument("name", choices=("mri-liver", "mri-ct"), help="what to fit")
     p.add_argument("--ct", help="labelled CTs: a folder or a datalist JSON (optional: added to the adaptation)")
     p.add_argument("--ct-labels", help="their label maps (folder matched by file name, or the JSON)")
     p.add_argument("--label-map", type=_label_map, help="CT label value -> class; the liver is class 1, "
@@ -167,7 +168,8 @@ def _training_commands(add: Callable) -> None:
     p.add_argument("--out", required=True, help="model directory (fit.yaml, model.json, one run per stage, qc/)")
     p.add_argument("--preset", default="cpu", help="cpu (2 cores) | gpu (one GPU) | a fit YAML (default cpu)")
     p.add_argument("--segmenter", help="a CT segmenter used frozen (ct-liver, or your run dir, TorchScript file, MONAI "
-                   "bundle): the fit trains the MRI -> synthetic CT translator for it, on --ct")
+                   "bundle): the fit trains the MRI -> synthetic CT translator for it, on --ct (mri-ct: default "
+                   "ct-liver)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset key (route=synthct), or a stage's (segmenter.train.iterations=500)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted fit in --out (stage by stage)")
@@ -176,9 +178,9 @@ def _training_commands(add: Callable) -> None:
 
 def _inference_commands(add: Callable) -> None:
     """The subcommands of inference: translate, segment, pipeline, synth."""
-    p = add("translate", "translate whole volumes with a trained CycleGAN run",
+    p = add("translate", "translate whole volumes with a translator run or a `medgen fit mri-ct` model",
             "medgen translate runs/t mri/ synth_ct/ --direction mri2ct")
-    p.add_argument("run", help="CycleGAN run directory")
+    p.add_argument("run", help="a translator run directory (cyclegan, synthct) or a `medgen fit mri-ct` model")
     p.add_argument("input", help="a volume or a folder of volumes")
     p.add_argument("output", help="an output .nii.gz (for a single input) or a folder")
     p.add_argument("--direction", choices=("mri2ct", "ct2mri"), default="mri2ct")

@@ -32,13 +32,18 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def _view(grey: np.ndarray, mask: np.ndarray, truth: np.ndarray | None, aspect: float) -> np.ndarray:
     """One 2D slice (first axis left -> right, second bottom -> top) as an RGB tile with the overlays."""
-    from PIL import Image
-
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     if truth is not None:
         rgb[mask & ~truth] = (0.5 * rgb[mask & ~truth] + 0.5 * np.array(RED)).astype(np.uint8)
         rgb[truth & ~mask] = (0.5 * rgb[truth & ~mask] + 0.5 * np.array(BLUE)).astype(np.uint8)
     rgb[mask & ~ndimage.binary_erosion(mask)] = GREEN
+    return _tile(rgb, aspect)
+
+
+def _tile(rgb: np.ndarray, aspect: float) -> np.ndarray:
+    """An RGB slice (first axis left -> right, second bottom -> top) as a display tile, TILE pixels long."""
+    from PIL import Image
+
     rgb = np.ascontiguousarray(np.flip(np.transpose(rgb, (1, 0, 2)), 0))  # rows top -> bottom
     h, w = rgb.shape[0] * aspect, rgb.shape[1]
     scale = TILE / max(h, w)
@@ -82,6 +87,35 @@ def case_picture(image: np.ndarray, mask: np.ndarray, ref: ImageRef, truth: np.n
     width = max(top.shape[1], bottom.shape[1])
     pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)))  # noqa: E731
     return np.concatenate([pad(top), np.zeros((4, width, 3), np.uint8), pad(bottom)])
+
+
+ORGAN_COLOURS = (GREEN, RED, BLUE, (250, 200, 40), (200, 60, 220), (40, 200, 220))
+
+
+def organ_tile(image: np.ndarray, labels: np.ndarray, ref: ImageRef, values: list[int], level: float = 0.5,
+               window: tuple[float, float] | None = None) -> np.ndarray:
+    """An axial tile (RGB uint8, RAS) at relative height ``level`` of the first organ in ``values`` (0: its lowest
+    slice, 1: its highest; the volume's middle when absent), in greys over ``window`` (default: the 1-99
+    percentiles), each organ of ``values`` outlined in its colour of :data:`ORGAN_COLOURS`."""
+    image, ornt = reorient(np.asarray(image, np.float32), ref.affine, "RAS")
+    labels = reorient(np.asarray(labels), ref.affine, "RAS")[0]
+    spacing = [ref.spacing[int(a)] for a, _ in ornt]
+    z = np.flatnonzero((labels == values[0]).any((0, 1))) if values else np.array([], int)
+    k = int(round(z.min() + level * (z.max() - z.min()))) if z.size else image.shape[2] // 2
+    if window is None:
+        grey = _grey(image[:, :, k])
+    else:
+        grey = (np.clip((image[:, :, k] - window[0]) / (window[1] - window[0]), 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for value, colour in zip(values, ORGAN_COLOURS):
+        organ = labels[:, :, k] == value
+        rgb[organ & ~ndimage.binary_erosion(organ)] = colour
+    return _tile(rgb, spacing[1] / spacing[0])
+
+
+def picture_row(tiles: list[np.ndarray]) -> np.ndarray:
+    """Tiles side by side (RGB uint8), 4 black pixels apart."""
+    return _row(tiles, max(t.shape[0] for t in tiles))
 
 
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:

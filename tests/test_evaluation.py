@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from medgen.cli import main
@@ -103,3 +104,24 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
         liver_row = r["organs"]["liver"]
         assert liver_row["abs_diff"] == pytest.approx(abs(liver_row["median"] - report["ct_population"]["liver"]["median"]))
     assert "translator: liver Dice of ct-liver" in capsys.readouterr().out
+    # realism on the shipped ct-liver's features: every method and the real-vs-real floor
+    for method in ("translator", "identity", "histmatch", "real_vs_real"):
+        assert report["summary"][method]["fid"] >= 0.0 and np.isfinite(report["summary"][method]["kid"])
+    assert report["summary"]["identity"]["fid"] > report["summary"]["real_vs_real"]["fid"]  # a raw MRI is no CT
+    pictures = sorted((tmp_path / "report_qc").glob("*.png"))
+    assert len(pictures) == cases and pictures[0].stat().st_size > 2000
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<img") == cases and "real_vs_real" in page and "right_kidney" in page
+
+
+def test_realism_of_identical_slices_is_zero():
+    from medgen.evaluation.synthesis import DeepFeatures
+    from medgen.evaluation.translation import realism
+    from medgen.runtime import resolve_device
+
+    features = DeepFeatures("ct-liver", resolve_device("cpu"))
+    x = torch.linspace(-200, 300, 96 * 96).reshape(1, 1, 96, 96).repeat(40, 1, 1, 1)
+    x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 30
+    same = realism(features, x, x)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-3) and same["kid"] == pytest.approx(0.0, abs=1e-3)
+    assert realism(features, x, -x)["fid"] > 1.0  # contrast inverted: far from the real slices

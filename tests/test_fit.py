@@ -232,6 +232,32 @@ def test_synthct_l1_counts_only_samples_with_a_ct():
     assert step(None, {**batch, HAS_CT: torch.tensor([[0.0], [0.0]])})["l1"] == 0.0
 
 
+def test_synthct_discriminator_judges_the_mri_outputs_against_real_ct():
+    """lambda_gan: D learns real CT patches against the generator's outputs on the MRIs (has_ct 0) only, and the
+    generator's loss gains the LSGAN term."""
+    from medgen.engines.synthct import HAS_CT, synthct_step
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTDiscriminatorConfig, SynthCTLossConfig
+    from medgen.networks.generators import build_discriminator
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 1)
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    seen = []
+    disc.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach().clone()))
+    before = [p.detach().clone() for p in disc.parameters()]
+    step = synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), SynthCTLossConfig(1.0, 0.0, lambda_gan=2.0),
+                        torch.device("cpu"), disc=disc, opt_d=torch.optim.SGD(disc.parameters(), lr=0.1))
+    x, ct = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    batch = {Keys.MRI: x, Keys.IMAGE: ct, Keys.LABEL: torch.zeros(4, 1, 16, 16), HAS_CT: torch.tensor([[1.], [1.], [0.], [0.]])}
+    out = step(None, batch)
+    fake = net(x).detach()
+    assert [len(t) for t in seen] == [2, 2, 2]  # G's term on the 2 MRI outputs; then D on 2 real CTs, 2 MRI outputs
+    assert torch.allclose(seen[0], fake[2:]) and torch.allclose(seen[1], ct[:2]) and torch.allclose(seen[2], fake[2:])
+    assert out["loss"] == pytest.approx(out["l1"] + 2.0 * out["gan"], rel=1e-5) and np.isfinite(out["loss_d"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters()))  # D learned
+
+
 def test_the_frozen_route_trains_its_translator_on_the_pseudo_labelled_mris(phantom_dir, tmp_path):
     model = tmp_path / "model"
     assert main(_args(phantom_dir, model, "synthct", ["--set", "translator.target.ratio=0.5"])) == 0
@@ -250,3 +276,41 @@ def test_target_mris_without_the_frozen_segmenter_are_refused(phantom_dir, tmp_p
     with pytest.raises(MedgenError, match="through the frozen segmenter alone"):
         train("synthct_2d", tmp_path / "t", sets)
     assert not (tmp_path / "t").exists()
+
+
+def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys):
+    from medgen.models.shipped import shipped_dir
+
+    model = tmp_path / "model"
+    args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
+            "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu"]
+    assert main(args + [a for k, v in TRANS.items() for a in ("--set", f"translator.{k}={v}")]) == 0
+    assert "medgen translate" in capsys.readouterr().out
+    route, translator, segmenter, _ = read_model(model)
+    assert (route, Path(translator), segmenter) == ("synthct", model / "translator", "ct-liver")
+    cfg = load_config(model / "translator" / "config.yaml")  # the preset: through the shipped ct-liver, MRIs mixed in
+    assert (cfg.segmenter, cfg.target.ratio, cfg.target.images) == (str(shipped_dir("ct-liver")), 0.5,
+                                                                    str(model / "pseudo" / "dataset.json"))
+    mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
+    out = tmp_path / "sct.nii.gz"
+    assert main(["translate", str(model), str(mri), str(out)]) == 0  # the model folder is a translator
+    sct, ref = load_image(out)
+    _, mri_ref = load_image(mri)
+    assert sct.shape == mri_ref.shape and np.allclose(ref.affine, mri_ref.affine)
+    assert nib.load(str(out)).get_data_dtype() == np.int16 and -175 <= sct.min() and sct.max() <= 250  # the window
+    capsys.readouterr()
+    assert main(["fit", "mri-ct", "--mri", str(phantom_dir / "mri"), "--out", str(tmp_path / "no_ct")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medgen: error:") and "fit mri-ct" in err and "\n" not in err
+    assert not (tmp_path / "no_ct").exists()
+
+
+def test_translate_refuses_a_fit_model_without_a_translator(tmp_path, capsys):
+    model = tmp_path / "direct"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({"route": "direct", "segmenter": "mri-liver", "translator": None,
+                                                  "liver_index": 1}))
+    assert main(["translate", str(model), str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"medgen: error: {model / 'model.json'}") and "no translator" in err
+    assert not (tmp_path / "out.nii.gz").exists()

@@ -39,9 +39,11 @@ from medgen.validate import check_label_values, check_same_grid, check_volume
 PRESETS = ("cpu", "gpu")
 
 
-def preset_path(preset: str) -> Path:
-    """``cpu`` / ``gpu`` -> ``configs/fit_mri_liver_{preset}.yaml``; anything else is a YAML path."""
-    path = config_path(f"fit_mri_liver_{preset}.yaml") if preset in PRESETS else Path(preset)
+def preset_path(preset: str, pipeline: str = "mri-liver") -> Path:
+    """``cpu`` / ``gpu`` -> ``configs/fit_{pipeline}_{preset}.yaml`` (``fit_mri_liver_cpu.yaml``); anything else is a
+    YAML path."""
+    name = f"fit_{pipeline.replace('-', '_')}_{preset}.yaml"
+    path = config_path(name) if preset in PRESETS else Path(preset)
     if not path.is_file():
         raise MedgenError(path, f"no such fit preset (use {' or '.join(PRESETS)}, or a YAML file)")
     return path
@@ -196,10 +198,17 @@ def _common_sets(cfg: FitConfig) -> list[str]:
 
 def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, int] | None, mri: str,
                   out: str | Path, preset: str = "cpu", segmenter: str | None = None, sets: list[str] = (),
-                  resume: bool = False) -> Path:
+                  resume: bool = False, pipeline: str = "mri-liver") -> Path:
     """Train what ``medgen pipeline mri-liver --model OUT`` runs (see the module docstring). Without CTs the fit
-    adapts the shipped ``mri-liver`` (the preset's ``start``) to the MRIs alone."""
+    adapts the shipped ``mri-liver`` (the preset's ``start``) to the MRIs alone.
+
+    ``pipeline`` ``mri-ct`` (``medgen fit mri-ct``): the synthct route's stages with the ``fit_mri_ct_*`` presets and
+    the shipped ``ct-liver`` as the frozen segmenter by default; its product is the translator
+    (``medgen translate OUT``), trained on the painted CTs and on the fit's MRIs, and the model also runs the pipeline.
+    """
     out = Path(out)
+    if pipeline == "mri-ct":
+        segmenter = segmenter or "ct-liver"
     own, stage_sets = split_sets(list(sets))
     saved = out / FIT_CONFIG
     if resume:
@@ -209,12 +218,13 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
     else:
         if saved.exists() or (out / MODEL_FILE).exists():
             raise MedgenError(out, "already holds a fit model (use --resume to finish it, or another --out)")
-        cfg = load_fit_config(preset_path(preset), own)
+        cfg = load_fit_config(preset_path(preset, pipeline), own)
         cfg.segmenter.set += stage_sets["segmenter"]
         cfg.translator.set += stage_sets["translator"]
     if ct is None and (segmenter or cfg.start == "scratch"):
         raise MedgenError(None, "--ct/--ct-labels/--label-map are needed "
-                          + ("with --segmenter: its MRI -> synthetic CT translator is trained on CTs" if segmenter
+                          + ("by fit mri-ct: its translator learns the CT from labelled CTs" if pipeline == "mri-ct"
+                             else "with --segmenter: its MRI -> synthetic CT translator is trained on CTs" if segmenter
                              else "with start: scratch (the segmenter is trained on them)"))
     mris = _check_inputs(ct, ct_labels, label_map, mri)
     if segmenter is not None:  # the user's segmenter loads (or fails in one line) before anything is trained
@@ -261,5 +271,6 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
     write_model(out, model)
     if times:
         print("[medgen fit] wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()), flush=True)
-    print(f"[medgen fit] model ready: medgen pipeline mri-liver --model {out} MRI OUT", flush=True)
+    print(f"[medgen fit] model ready: " + (f"medgen translate {out} MRI SYNTH_CT" if pipeline == "mri-ct" else
+                                           f"medgen pipeline mri-liver --model {out} MRI OUT"), flush=True)
     return out

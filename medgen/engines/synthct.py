@@ -6,7 +6,9 @@ under :data:`Keys.MRI`: what an MRI of unknown weighting looks like to the gener
 ``lambda_l1 * |G(x) - ct|`` plus, with a frozen segmenter, ``lambda_seg * DiceCE(S(G(x)), liver)``; the
 segmenter's weights never change, gradients pass through it into the generator. With ``target`` real MRIs and
 their pseudo-labels are mixed in: those samples have no CT (``has_ct`` 0, no L1) and train through the segmenter
-alone.
+alone. With ``loss.lambda_gan`` > 0 a PatchGAN (LSGAN) tells the batch's real CT patches from the generator's
+output on those MRIs (on every output without them), so that the synthetic CT takes a real CT's texture and contrast
+where there is no CT to match.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from medgen.data.mixing import MixedSamples
 from medgen.data.patches import labelled_patches
 from medgen.data.synthseg import RandLabelToImaged
 from medgen.data.volumes import labelled_volumes
-from medgen.engines.common import TaskSetup, average_gradients, loader_factory, weight_average
+from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad,
+                                   weight_average)
 from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter
 from medgen.keys import Keys
@@ -63,14 +66,22 @@ class FrozenSegmenter(torch.nn.Module):
 
 def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, device: torch.device,
                  segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None,
-                 ema: AveragedModel | None = None):
-    """Training step ``(engine, batch) -> {"loss", "l1", "seg"}`` (``ema``: a weight average of ``net``,
-    updated after each step)."""
+                 ema: AveragedModel | None = None, disc: torch.nn.Module | None = None,
+                 opt_d: torch.optim.Optimizer | None = None):
+    """Training step ``(engine, batch) -> {"loss", "l1", "seg"[, "gan", "loss_d"]}`` (``ema``: a weight average of
+    ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of ``loss_cfg.lambda_gan``)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
 
+    def judged(fake: torch.Tensor, has_ct: torch.Tensor) -> torch.Tensor:
+        """The outputs the discriminator judges: those of the target MRIs, or every output without them."""
+        return fake[has_ct == 0] if bool((has_ct == 0).any()) else fake
+
     def step(engine, batch: Mapping) -> dict:
         net.train()
+        if disc is not None:
+            disc.train()
+            set_requires_grad([disc], False)
         x = batch[Keys.MRI].to(device, non_blocking=True)
         ct = batch[Keys.IMAGE].to(device, non_blocking=True)
         liver = (batch[Keys.LABEL].to(device, non_blocking=True) == 1).float()
@@ -85,13 +96,30 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             prob = segmenter(fake)
             seg = dice(prob, liver) + F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), liver)
             loss = loss + loss_cfg.lambda_seg * seg
+        gan = loss_d = None
+        if disc is not None:
+            with autocast(device, amp):
+                gan = gan_loss(disc(judged(fake, has_ct)), True, "lsgan")
+            loss = loss + loss_cfg.lambda_gan * gan.float()
         scaler.scale(loss).backward()
         average_gradients([net])
         scaler.step(opt)
+        real = ct[has_ct == 1]
+        if disc is not None and len(real):  # the discriminator: real CT patches against this step's outputs
+            set_requires_grad([disc], True)
+            opt_d.zero_grad(set_to_none=True)
+            with autocast(device, amp):
+                logits_real, logits_fake = disc(real), disc(judged(fake.detach(), has_ct))
+                loss_d = 0.5 * (gan_loss(logits_real, True, "lsgan") + gan_loss(logits_fake, False, "lsgan"))
+            scaler.scale(loss_d).backward()
+            average_gradients([disc])
+            scaler.step(opt_d)
         scaler.update()
         if ema is not None:
             ema.update_parameters(net)
-        return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
+        extra = {} if disc is None else {"gan": float(gan.detach()),
+                                         "loss_d": float("nan") if loss_d is None else float(loss_d.detach())}
+        return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()), **extra,
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
 
     return step
@@ -141,7 +169,8 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
         samples = MixedSamples(_flagged(samples, 1.0), target_mris(cfg, spatial), cfg.target.ratio,
                                cfg.train.seed * 2 + 3)
     make_loader = loader_factory(samples, cfg.train, device)
-    net = build_nets(cfg, prefers_channels_last(device, cfg.train.amp))["G"].to(device)
+    nets = {k: v.to(device) for k, v in build_nets(cfg, prefers_channels_last(device, cfg.train.amp)).items()}
+    net, disc = nets["G"], nets.get("D")
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
     frozen = None
@@ -149,8 +178,10 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
         frozen = FrozenSegmenter(cfg.segmenter, cfg.preprocess.ct_window, device).to(device)
     scaler = grad_scaler(device, cfg.train.amp)
     ema = weight_average(net, cfg.ema_decay)
-    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema)
+    opt_d = None if disc is None else torch.optim.Adam(disc.parameters(), lr=cfg.discriminator.lr, betas=(0.5, 0.999))
+    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d)
     norm = norm_artifact([], [cfg.preprocess.ct_window])
-    to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {})}
+    to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {}),
+               **({"D": disc, "opt_d": opt_d} if disc is not None else {})}
     return TaskSetup(step, to_save, make_loader, [opt], cfg.optim.lr, None,
                      {NORM_FILE: norm})

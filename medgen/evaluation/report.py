@@ -53,7 +53,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _table(rows: Sequence[Mapping], keys: Sequence[str] | None = None) -> str:
+def html_table(rows: Sequence[Mapping], keys: Sequence[str] | None = None) -> str:
     if not rows:
         return "<p>(no rows)</p>"
     keys = list(keys or [k for k in rows[0] if k not in ("mask",)])
@@ -142,11 +142,11 @@ td,th{{border:1px solid #bbb;padding:2px 6px;font-size:13px}}</style></head><bod
 <p>CycleGAN: MAE {t.get('mae', float('nan')):.1f} HU, PSNR {t.get('psnr', float('nan')):.2f} dB,
 SSIM {t.get('ssim', float('nan')):.3f}. Identity baseline (MRI rescaled into the CT range):
 MAE {t.get('identity_mae', float('nan')):.1f} HU.</p>
-{_table(translation_rows)}
+{html_table(translation_rows)}
 <h2>MRI liver pipeline</h2>
 <p>Mean liver Dice: pipeline (MRI &rarr; synthetic CT &rarr; CT segmenter) {figures.get('pipeline_dice', float('nan')):.4f};
 direct baseline (the CT segmenter on the MRI itself) {figures.get('baseline_dice', float('nan')):.4f}.</p>
-{_table(pipeline_rows)}
+{html_table(pipeline_rows)}
 {_synthesis_section(figures.get("synthesis"))}
 <h2>Held-out cases</h2>
 <p>Contours: green truth, red pipeline, cyan direct baseline.</p>

@@ -32,6 +32,7 @@ from medgen.io import atomic_write
 from medgen.keys import Keys, Modality
 from medgen.models.run import load_run, load_weights
 from medgen.models.segmenter import build_network
+from medgen.models.shipped import resolve_model
 from medgen.models.synth import joint_tensor, n_foreground
 from medgen.runtime import resolve_device
 from medgen.transforms import ct_to_unit, mri_range, unit_to_ct
@@ -52,6 +53,7 @@ class DeepFeatures:
     """Global-average-pooled activations of the deepest convolution of a segmenter run's network."""
 
     def __init__(self, seg_run: str | Path, device: torch.device):
+        seg_run = resolve_model(seg_run)  # a shipped model's name: its checked run directory
         self.cfg = load_run(seg_run, "segmenter")
         self.net = build_network(self.cfg).to(device)
         load_weights(Path(seg_run), ["net"], [self.net])
@@ -66,7 +68,9 @@ class DeepFeatures:
         feats = []
         for chunk in images_hu.split(16):
             self.outputs.clear()
-            self.net(ct_to_unit(chunk, self.cfg.preprocess.ct_window).to(self.device))
+            x = ct_to_unit(chunk, self.cfg.preprocess.ct_window).to(self.device)
+            slices = getattr(self.cfg.network, "slices", 1)  # a 2.5D net: the slice as its own neighbours
+            self.net(x.repeat_interleave(slices, 1) if slices > 1 and x.shape[1] == 1 else x)
             deepest = min(self.outputs, key=lambda t: t[0, 0].numel())
             feats.append(deepest.float().mean(dim=tuple(range(2, deepest.dim()))).cpu())
         return torch.cat(feats)

@@ -1,22 +1,35 @@
 """Evaluating translators. On paired volumes: SynthRAD metrics in HU inside the body, beside the identity
 baseline (the MRI through the translator's own MRI preset, rescaled into the training CTs' range; see
 :func:`medgen.transforms.identity_baseline`). On real MRIs with no paired CT (:func:`evaluate_unpaired`): organ HU
-against a real-CT population and anatomy kept through a frozen CT segmenter, with the identity and
-histogram-matching baselines, as the SynthRAD 2025 challenge complements its paired metrics."""
+against a real-CT population, anatomy kept through a frozen CT segmenter and realism (FID/KID of liver-level
+slices on that segmenter's features, beside real CT against real CT), with the identity and histogram-matching
+baselines, as the SynthRAD 2025 challenge complements its paired metrics; and a page with a QC picture per case."""
 
 from __future__ import annotations
 
+import html
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import FIDMetric
 
 from medgen.data.datalist import image_label_pairs
-from medgen.evaluation.report import write_report
-from medgen.inference.segment import load_segmenter, postprocess
+from medgen.evaluation.report import html_table, write_report
+from medgen.evaluation.synthesis import DeepFeatures, kid
+from medgen.inference.segment import RunSegmenter, load_segmenter, postprocess
 from medgen.inference.translate import load_translator
-from medgen.io import atomic_write, case_name, load_image
+from medgen.io import atomic_write, case_name, load_image, ref_from_affine
 from medgen.metrics import evaluate_pairs, mean_rows, segmentation_metrics
+from medgen.qcpage import organ_tile, picture_row, save_png
+from medgen.runtime import resolve_device
+from medgen.transforms import reorient
+
+AIR_HU = -1024.0
+DISPLAY_HU = (-200.0, 300.0)  # the QC pictures' CT window
 
 
 def evaluate_translation(run: str | Path, mri: str | Path, ct: str | Path, device: str = "auto",
@@ -56,15 +69,55 @@ def interval_overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else float(a == b)
 
 
-def ct_population(ct: str | Path, ct_labels: str | Path) -> dict[str, dict]:
-    """Per organ, the real CTs' median HU inside their labels: each CT's median, and their median and IQR."""
+def ct_population(ct: str | Path, ct_labels: str | Path, slices: list | None = None) -> dict[str, dict]:
+    """Per organ, the real CTs' median HU inside their labels: each CT's median, and their median and IQR.
+    ``slices``: a list that receives each CT's liver slices (:func:`organ_slices`), for the realism figures."""
     per_ct = {name: [] for name, _, _ in ORGANS}
     for image_path, label_path in image_label_pairs(ct, ct_labels):
-        hu, labels = load_image(image_path)[0], load_image(label_path)[0]
+        (hu, ref), labels = load_image(image_path), load_image(label_path)[0]
         for name, value in organ_medians(hu, labels, {n: c for n, _, c in ORGANS}).items():
             per_ct[name].append(value)
+        if slices is not None:
+            slices.append(organ_slices(hu, labels == ORGANS[0][2], ref))
     return {name: {"median": float(np.median(v)), "iqr": [float(q) for q in np.percentile(v, (25, 75))], "n": len(v)}
             for name, v in per_ct.items() if v}
+
+
+# Realism figures: axial slices through the liver, on one in-plane grid for every scan.
+FEATURE_LEVELS, FEATURE_SPACING_MM, FEATURE_SIZE = 12, 2.0, 192
+
+
+def organ_slices(hu: np.ndarray, organ: np.ndarray, ref, levels: int = FEATURE_LEVELS,
+                 spacing: float = FEATURE_SPACING_MM, size: int = FEATURE_SIZE) -> torch.Tensor:
+    """``(N, 1, size, size)`` axial slices in HU at ``levels`` heights spread over the organ mask (RAS, resampled
+    in-plane to ``spacing`` mm, centred, padded with air): the same anatomy on the same grid whatever the scan.
+
+    >>> ref = ref_from_affine(np.diag([1.0, 1.0, 5.0, 1.0]), (64, 64, 10)); organ = np.zeros((64, 64, 10), bool)
+    >>> organ[20:40, 20:40, 2:6] = True
+    >>> organ_slices(np.zeros((64, 64, 10)), organ, ref, levels=3, size=40).shape
+    torch.Size([3, 1, 40, 40])
+    """
+    hu, ornt = reorient(np.asarray(hu, np.float32), ref.affine, "RAS")
+    organ = reorient(np.asarray(organ, bool), ref.affine, "RAS")[0]
+    z = np.flatnonzero(organ.any((0, 1)))
+    if not z.size:
+        return torch.zeros((0, 1, size, size))
+    ks = np.unique(np.linspace(z.min(), z.max(), levels).round().astype(int))
+    vox = [ref.spacing[int(a)] for a, _ in ornt]
+    x = torch.from_numpy(np.ascontiguousarray(hu[:, :, ks].transpose(2, 0, 1)))[:, None]
+    x = F.interpolate(x, size=[max(1, round(n * v / spacing)) for n, v in zip(hu.shape[:2], vox[:2])],
+                      mode="bilinear", align_corners=False)
+    out = torch.full((len(ks), 1, size, size), AIR_HU)
+    src = [slice(max(0, (n - size) // 2), max(0, (n - size) // 2) + min(n, size)) for n in x.shape[2:]]
+    dst = [slice(max(0, (size - n) // 2), max(0, (size - n) // 2) + min(n, size)) for n in x.shape[2:]]
+    out[:, :, dst[0], dst[1]] = x[:, :, src[0], src[1]]
+    return out
+
+
+def realism(features: DeepFeatures, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """FID (MONAI) and KID of two slice sets, on the segmenter's deepest features."""
+    f_fake, f_real = features(fake), features(real)
+    return {"fid": float(FIDMetric()(f_fake, f_real)), "kid": kid(f_fake, f_real)}
 
 
 def histogram_matched(mri: np.ndarray, reference_ct: np.ndarray) -> np.ndarray:
@@ -84,15 +137,25 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
 
     - organ HU: the median synthetic-CT HU inside each organ of the MRI's manual labels (liver, spleen, kidneys)
       against the real CTs' (:func:`ct_population`): |difference of medians| and the overlap of the IQRs;
-    - anatomy kept: ``segmenter`` (a CT segmenter, frozen) on the synthetic CT, liver Dice against the MRI's label.
+    - anatomy kept: ``segmenter`` (a CT segmenter, frozen) on the synthetic CT, liver Dice against the MRI's label;
+    - realism (``segmenter`` a medgen run or shipped model): FID and KID of liver-level slices against the
+      even-numbered real CTs' on the segmenter's deepest features, beside the odd-numbered real CTs' (real vs real).
+
+    Writes ``OUT`` (.json), ``OUT.html`` and per case ``OUT_qc/CASE.png``: MRI | synthetic CT | a real CT at the
+    same relative level of the liver (upper and lower), the organs outlined.
     """
     translator = load_translator(run, "mri2ct", device)
     seg = load_segmenter(segmenter, device)
-    population = ct_population(ct, ct_labels)
-    reference = load_image(image_label_pairs(ct, ct_labels)[0][0])[0]
+    features = DeepFeatures(segmenter, resolve_device(device)) if isinstance(seg, RunSegmenter) else None
+    ct_slices: list[torch.Tensor] = []
+    population = ct_population(ct, ct_labels, ct_slices if features else None)
+    first = image_label_pairs(ct, ct_labels)[0]
+    (reference, reference_ref), reference_labels = load_image(first[0]), load_image(first[1])[0]
     methods = {"translator": lambda a, r: translator.translate(a, r)[0], "identity": lambda a, r: translator.identity(a),
                "histmatch": lambda a, r: histogram_matched(a, reference)}
-    rows = []
+    path = Path(out) if out else Path(run) / "translation_unpaired.json"
+    qc_dir = path.with_name(path.stem + "_qc")
+    rows, fake_slices = [], {m: [] for m in methods}
     for image_path, label_path in image_label_pairs(mri, mri_labels):
         image, ref = load_image(image_path)
         labels = load_image(label_path)[0]
@@ -102,6 +165,11 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
             rows.append({"case": case_name(image_path), "method": method,
                          "dice": segmentation_metrics(mask, labels == ORGANS[0][1], ref.spacing, False)["dice"],
                          **{f"hu_{k}": v for k, v in organ_medians(hu, labels, {n: m for n, m, _ in ORGANS}).items()}})
+            if features:
+                fake_slices[method].append(organ_slices(hu, labels == ORGANS[0][1], ref))
+            if method == "translator":
+                save_png(qc_picture(image, hu, ref, labels, reference, reference_ref, reference_labels),
+                         qc_dir / f"{case_name(image_path)}.png")
     summary = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -113,8 +181,54 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
                 organs[name] = {"median": float(np.median(values)), "abs_diff": abs(float(np.median(values)) - stats["median"]),
                                 "iqr": [float(q) for q in iqr], "iqr_overlap": interval_overlap(iqr, tuple(stats["iqr"]))}
         summary[method] = {"dice": float(np.mean([r["dice"] for r in mine])), "organs": organs}
+    if features:
+        reals = torch.cat(ct_slices[0::2]), torch.cat(ct_slices[1::2])
+        for method in methods:
+            summary[method].update(realism(features, torch.cat(fake_slices[method]), reals[0]))
+        summary["real_vs_real"] = realism(features, reals[1], reals[0])
     report = {"translator": str(run), "segmenter": segmenter, "ct_population": population, "summary": summary,
+              "realism": {"slices": f"{FEATURE_LEVELS} axial levels over the liver, {FEATURE_SPACING_MM} mm in-plane, "
+                                    f"{FEATURE_SIZE}^2; features: the segmenter's deepest layer; reference: the "
+                                    "even-numbered real CTs, real_vs_real: the odd-numbered ones"} if features else None,
               "cases": rows}
-    path = Path(out) if out else Path(run) / "translation_unpaired.json"
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    write_unpaired_html(report, path.with_suffix(".html"), qc_dir)
     return report
+
+
+def qc_picture(mri: np.ndarray, sct: np.ndarray, ref, labels: np.ndarray, ct: np.ndarray, ct_ref,
+               ct_labels: np.ndarray) -> np.ndarray:
+    """MRI | synthetic CT | real CT, at the liver's upper (70 %) and lower (20 %) levels, organs outlined."""
+    mri_values, ct_values = [m for _, m, _ in ORGANS], [c for _, _, c in ORGANS]
+    rows = [picture_row([organ_tile(mri, labels, ref, mri_values, level),
+                         organ_tile(sct, labels, ref, mri_values, level, DISPLAY_HU),
+                         organ_tile(ct, ct_labels, ct_ref, ct_values, level, DISPLAY_HU)]) for level in (0.7, 0.2)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(rows)
+
+
+def write_unpaired_html(report: dict, path: Path, qc_dir: Path) -> Path:
+    """The unpaired evaluation as a page: the summary per method, the real-CT population, the QC pictures."""
+    table = []
+    for method, r in report["summary"].items():
+        row = {"method": method, "ct segmenter liver Dice": r.get("dice", ""), "FID": r.get("fid", ""),
+               "KID": r.get("kid", "")}
+        for name, _, _ in ORGANS:
+            o = r.get("organs", {}).get(name)
+            row[f"{name} median HU (|diff|)"] = f"{o['median']:.0f} ({o['abs_diff']:.0f})" if o else ""
+        table.append(row)
+    pop = [{"organ": k, "real CT median HU": v["median"], "IQR": f"{v['iqr'][0]:.0f} to {v['iqr'][1]:.0f}", "CTs": v["n"]}
+           for k, v in report["ct_population"].items()]
+    pictures = "".join(f"<h3>{html.escape(p.stem)}</h3><img src='{html.escape(os.path.relpath(p, path.parent))}'>"
+                       for p in sorted(qc_dir.glob("*.png")))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medgen: translation without pairs</title>
+<style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #bbb;padding:2px 6px;font-size:13px}}</style></head><body>
+<h1>Translator {html.escape(report['translator'])} on real MRIs, no paired CT</h1>
+<p>Frozen CT segmenter: {html.escape(str(report['segmenter']))}. Realism: {html.escape(str(report.get('realism') or 'not computed (the segmenter is not a medgen run)'))}.</p>
+{html_table(table)}<h2>Real CTs</h2>{html_table(pop)}
+<h2>Cases: MRI | synthetic CT | real CT at the same liver level</h2>
+<p>Outlines: green liver, red spleen, blue right kidney, yellow left kidney.</p>{pictures}</body></html>
+"""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(page))

@@ -29,6 +29,7 @@ from medgen.runtime import AMP_MODES
 FIT_CONFIG = "fit.yaml"
 MODEL_FILE = "model.json"
 ROUTES = ("direct", "synthct")
+FIT_TASKS = ("fit_mri_liver", "fit_mri_ct")  # fit mri-ct: the synthct route's stages, its translator the product
 
 
 @dataclass
@@ -54,7 +55,7 @@ class AdaptConfig:
 
 @dataclass
 class FitConfig:
-    task: str = "fit_mri_liver"
+    task: str = "fit_mri_liver"  # or fit_mri_ct (a preset of `medgen fit mri-ct`)
     route: str = "direct"  # direct | synthct (with --segmenter the route is always synthct)
     start: str = "mri-liver"  # the shipped model the segmenter starts from, or scratch: trained on the CTs first
     segmenter: StageConfig = field(default_factory=lambda: StageConfig("segmenter_liver_any_contrast.yaml"))
@@ -69,8 +70,9 @@ def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     """A fit preset + ``--set`` overrides -> :class:`FitConfig` (unknown keys, bad values and a preset that is not a
     fit preset are one-line errors, before anything is trained)."""
     data = read_yaml(path, overrides)
-    if data.get("task") != "fit_mri_liver":
-        raise MedgenError(path, "not a fit preset (it needs task: fit_mri_liver; see fit_mri_liver_cpu.yaml)")
+    if data.get("task") not in FIT_TASKS:
+        raise MedgenError(path, f"not a fit preset (it needs task: {' or '.join(FIT_TASKS)}; see "
+                                "fit_mri_liver_cpu.yaml)")
     cfg = from_dict(FitConfig, data, str(path))
     if cfg.route not in ROUTES:
         raise MedgenError(path, f"route must be one of {', '.join(ROUTES)}, not {cfg.route!r}")

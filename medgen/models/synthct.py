@@ -17,7 +17,7 @@ import torch
 from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
 from medgen.models.cyclegan import GeneratorConfig
 from medgen.models.segmenter import SynthSegConfig, TargetDataConfig
-from medgen.networks.generators import build_generator
+from medgen.networks.generators import build_discriminator, build_generator
 
 GENERATORS = {"mri2ct": "G"}
 
@@ -26,6 +26,16 @@ GENERATORS = {"mri2ct": "G"}
 class SynthCTLossConfig:
     lambda_l1: float = 10.0  # L1 between the generator's output and the real CT ([-1, 1] window units)
     lambda_seg: float = 1.0  # Dice + cross-entropy of the frozen segmenter's liver on the output (0: off)
+    # LSGAN weight of a PatchGAN that tells real CT patches from the generator's output on the target MRIs (on
+    # every sample without target MRIs): texture and contrast of a real CT where no CT is there to match (0: off)
+    lambda_gan: float = 0.0
+
+
+@dataclass
+class SynthCTDiscriminatorConfig:
+    ndf: int = 32  # filters of the first layer (MONAI PatchDiscriminator, instance norm)
+    n_layers: int = 3
+    lr: float = 2e-4  # Adam(lr, 0.5, 0.999), constant (the generator's schedule is optim's)
 
 
 @dataclass
@@ -45,15 +55,22 @@ class SynthCTConfig:
     # exponential moving average of the generator's weights (0: off); inference uses the average (``G_ema``)
     ema_decay: float = 0.0
     loss: SynthCTLossConfig = field(default_factory=SynthCTLossConfig)
+    discriminator: SynthCTDiscriminatorConfig = field(default_factory=SynthCTDiscriminatorConfig)  # lambda_gan > 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 def build_nets(cfg: SynthCTConfig, channels_last_layout: bool = True) -> dict[str, torch.nn.Module]:
-    """``G``, the generator (any contrast -> CT in [-1, 1]), by its checkpoint name.
+    """``G``, the generator (any contrast -> CT in [-1, 1]), and with ``loss.lambda_gan`` > 0 ``D``, the
+    discriminator, by their checkpoint names.
 
     >>> list(build_nets(SynthCTConfig(generator=GeneratorConfig(name="unet", ngf=4))))
     ['G']
+    >>> list(build_nets(SynthCTConfig(generator=GeneratorConfig(name="unet", ngf=4), loss=SynthCTLossConfig(lambda_gan=1))))
+    ['G', 'D']
     """
-    return {"G": build_generator(cfg.generator, cfg.spatial_dims, channels_last_layout=channels_last_layout)}
+    nets = {"G": build_generator(cfg.generator, cfg.spatial_dims, channels_last_layout=channels_last_layout)}
+    if cfg.loss.lambda_gan > 0:
+        nets["D"] = build_discriminator(cfg.discriminator, cfg.spatial_dims)
+    return nets
