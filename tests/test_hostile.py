@@ -383,7 +383,7 @@ def test_a_folder_output_named_like_a_file_is_refused_before_the_work(command, t
 
 
 @pytest.mark.parametrize("pipeline", ["mri-liver", "mri-ct"])
-@pytest.mark.parametrize("case", ["single_file", "one_slice", "constant", "float_labels"])
+@pytest.mark.parametrize("case", ["single_file", "one_slice", "constant", "float_labels", "truncated", "two_d"])
 def test_fit_refuses_a_bad_mri_or_label_before_training(case, pipeline, tmp_path, phantom_dir):
     mri = tmp_path / "mri"
     shutil.copytree(phantom_dir / "mri", mri)
@@ -399,6 +399,12 @@ def test_fit_refuses_a_bad_mri_or_label_before_training(case, pipeline, tmp_path
     elif case == "constant":
         nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), bad)
         cause, name = "constant volume", bad
+    elif case == "truncated":
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+        cause, name = "truncated", bad
+    elif case == "two_d":
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), bad)
+        cause, name = "not 3D|2D|degenerate", bad
     else:
         labels = tmp_path / "labels"
         shutil.copytree(phantom_dir / "labels", labels)
