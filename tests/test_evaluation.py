@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+import nibabel as nib
 import numpy as np
 import torch
 import pytest
@@ -128,3 +129,18 @@ def test_realism_of_identical_slices_is_zero():
     same = realism(features, x, x)
     assert same["fid"] == pytest.approx(0.0, abs=1e-3) and same["kid"] == pytest.approx(0.0, abs=1e-3)
     assert realism(features, x, -x)["fid"] > 1.0  # contrast inverted: far from the real slices
+
+
+def test_unpaired_evaluation_refuses_labels_on_another_grid_writing_nothing(cyclegan_run, phantom_dir, tmp_path,
+                                                                            capsys):
+    labels = _relabelled(phantom_dir / "labels", tmp_path / "mri_labels", {1: 1, 2: 4, 3: 2, 4: 3})
+    bad = sorted(labels.glob("*.nii.gz"))[-1]
+    img = nib.load(bad)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :-1], img.affine), bad)  # one slice short: another grid
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "translation", "--unpaired", "--run", str(cyclegan_run), "--mri", str(phantom_dir / "mri"),
+                 "--mri-labels", str(labels), "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medgen: error:") and bad.name in err[0]
+    assert not out.exists() and not (tmp_path / "report_qc").exists() and not (tmp_path / "report.html").exists()

@@ -27,6 +27,7 @@ from medgen.metrics import evaluate_pairs, mean_rows, segmentation_metrics
 from medgen.qcpage import organ_tile, picture_row, save_png
 from medgen.runtime import resolve_device
 from medgen.transforms import reorient
+from medgen.validate import check_label_values, check_same_grid
 
 AIR_HU = -1024.0
 DISPLAY_HU = (-200.0, 300.0)  # the QC pictures' CT window
@@ -69,12 +70,20 @@ def interval_overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else float(a == b)
 
 
+def labelled_image(image_path: Path, label_path: Path) -> tuple[np.ndarray, object, np.ndarray]:
+    """``(image, ref, labels)``; labels that are not integer-valued or lie on another grid are a one-line error."""
+    image, ref = load_image(image_path)
+    labels, label_ref = load_image(label_path)
+    check_same_grid(ref, label_ref)
+    return image, ref, check_label_values(labels, label_path)
+
+
 def ct_population(ct: str | Path, ct_labels: str | Path, slices: list | None = None) -> dict[str, dict]:
     """Per organ, the real CTs' median HU inside their labels: each CT's median, and their median and IQR.
     ``slices``: a list that receives each CT's liver slices (:func:`organ_slices`), for the realism figures."""
     per_ct = {name: [] for name, _, _ in ORGANS}
     for image_path, label_path in image_label_pairs(ct, ct_labels):
-        (hu, ref), labels = load_image(image_path), load_image(label_path)[0]
+        hu, ref, labels = labelled_image(image_path, label_path)
         for name, value in organ_medians(hu, labels, {n: c for n, _, c in ORGANS}).items():
             per_ct[name].append(value)
         if slices is not None:
@@ -149,16 +158,17 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
     features = DeepFeatures(segmenter, resolve_device(device)) if isinstance(seg, RunSegmenter) else None
     ct_slices: list[torch.Tensor] = []
     population = ct_population(ct, ct_labels, ct_slices if features else None)
-    first = image_label_pairs(ct, ct_labels)[0]
-    (reference, reference_ref), reference_labels = load_image(first[0]), load_image(first[1])[0]
+    reference, reference_ref, reference_labels = labelled_image(*image_label_pairs(ct, ct_labels)[0])
     methods = {"translator": lambda a, r: translator.translate(a, r)[0], "identity": lambda a, r: translator.identity(a),
                "histmatch": lambda a, r: histogram_matched(a, reference)}
     path = Path(out) if out else Path(run) / "translation_unpaired.json"
     qc_dir = path.with_name(path.stem + "_qc")
     rows, fake_slices = [], {m: [] for m in methods}
-    for image_path, label_path in image_label_pairs(mri, mri_labels):
-        image, ref = load_image(image_path)
-        labels = load_image(label_path)[0]
+    pairs = image_label_pairs(mri, mri_labels)
+    for image_path, label_path in pairs:  # every MRI and label checked before anything is written
+        labelled_image(image_path, label_path)
+    for image_path, label_path in pairs:
+        image, ref, labels = labelled_image(image_path, label_path)
         for method, make in methods.items():
             hu = make(image, ref)
             mask = postprocess(seg.predict(np.asarray(hu, np.float32), ref), seg.postprocess) > 0
