@@ -58,22 +58,17 @@ from medgen.models.shipped import shipped_dir
 from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
+from translation_record import translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
 MRIS = sorted(TRAIN + HELD_OUT)
-ORGANS = ("liver", "spleen", "right_kidney", "left_kidney")
 FROZEN_VARIANTS = {"frozen": [],  # the preset: half the translator's samples the 7 MRIs, pseudo-labelled
                    "frozen_ct_only": ["--set", "translator.target.ratio=0"]}  # the painted CTs alone
 MRI_CT_VARIANTS = {"mri_ct": [],  # the preset (the same translator stage as frozen's)
                    "mri_ct_gan": ["--set", "translator.loss.lambda_gan=1"]}  # a PatchGAN on its MRI outputs
 TRANSLATORS = (*FROZEN_VARIANTS, *MRI_CT_VARIANTS)  # the fits whose translator the translation step judges
-TRANSLATOR_NAMES = {  # as the translation table names them
-    "frozen": "the presets' translator (`fit --segmenter ct-liver`; `fit mri-ct` trains the same stage, config "
-              "identical but for paths)",
-    "frozen_ct_only": "translator on painted CTs alone (`translator.target.ratio=0`)",
-    "mri_ct": "`fit mri-ct --preset cpu`",
-    "mri_ct_gan": "`fit mri-ct --set translator.loss.lambda_gan=1` (PatchGAN on its MRI outputs)"}
+
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -213,55 +208,6 @@ def record(results: dict) -> dict:
             "machine": f"{os.cpu_count()} CPU cores, no GPU",
             "table": {"columns": ["what", "liver Dice, all 10 MRIs", "MRIs 15 19 20", "other"], "rows": rows},
             "per_case": {k: v for k, v in results.items() if k != "data"}}
-
-
-def first_pop(translation: dict) -> dict:
-    """The real CTs' organ HU (the same in every translator's report)."""
-    return next(iter(translation.values()))["ct_population"]
-
-
-def translation_record(translation: dict) -> dict:
-    """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
-    def cells(r: dict) -> list:
-        return [f"{r['fid']:.2f}" if "fid" in r else "-", f"{r['kid']:.3f}" if "kid" in r else "-", *(
-            f"{r['organs'][o]['median']:.0f} ({r['organs'][o]['abs_diff']:.0f}; {r['organs'][o]['iqr_overlap']:.2f})"
-            if o in r.get("organs", {}) else "-" for o in ORGANS)]
-
-    rows, summary = [], []
-    for i, (step, t) in enumerate(translation.items()):
-        for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:  # baselines: one row each
-            rows.append([TRANSLATOR_NAMES.get(step, step) if method == "translator" else f"baseline: {method}",
-                         round(t[method]["dice"], 3), round(t["held_out_dice"][method], 3), *cells(t[method])])
-    if "frozen" in translation:  # the presets' translator (fit mri-ct and the frozen route train the same stage)
-        t = translation["frozen"]
-        r, floor = t["translator"], t.get("real_vs_real", {}).get("fid", float("nan"))
-        short = {"liver": "liver", "spleen": "spleen", "right_kidney": "R kidney", "left_kidney": "L kidney"}
-        offs = ", ".join(f"{short[o]} {r['organs'][o]['median'] - first_pop(translation)[o]['median']:+.0f}"
-                         for o in ORGANS if o in r["organs"])
-        summary.append(["`fit mri-ct` synthetic CT, 10 MRIs: ct-liver Dice; FID (real vs real; histmatch)",
-                        f"{r['dice']:.3f}; {r.get('fid', float('nan')):.2f} ({floor:.2f}; "
-                        f"{t['histmatch'].get('fid', float('nan')):.2f})"])
-        summary.append(["`fit mri-ct` synthetic CT: organ HU minus the real CTs'", offs])
-    first = next(iter(translation.values()))
-    pop = first_pop(translation)
-    if "real_vs_real" in first:
-        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", *cells(first["real_vs_real"])[:2],
-                     *(f"{pop[o]['median']:.0f} (IQR {pop[o]['iqr'][0]:.0f} to {pop[o]['iqr'][1]:.0f})" for o in ORGANS)])
-    return {"title": "Translators judged on real MRIs, no paired CT", "summary": summary,
-            "command": "python benchmarks/shipped_eval.py --only frozen,frozen_ct_only,mri_ct,mri_ct_gan,translation",
-            "data": {"ct_count": 30, "ct_count_for_training": len(TRAIN_CTS), "mri": "10 CHAOS T2 MRIs, manual labels",
-                     "translators": "the synthct translator of each fit, trained on 25 CTs: frozen (fit mri-liver "
-                                    "--segmenter ct-liver; also on the 7 fit MRIs, target.ratio 0.5), frozen_ct_only "
-                                    "(the same on the painted CTs alone), mri_ct (fit mri-ct --preset cpu), mri_ct_gan (the same "
-                                    "with a PatchGAN, translator.loss.lambda_gan=1)"},
-            "notes": ["organ HU: the median synthetic-CT HU inside the MRI's manual organ label (median over the 10 "
-                      "MRIs), the absolute difference to the real CTs' median, and the overlap of the two IQRs; BTCV HU are "
-                      "known in [-125, 275] only, and the translator's output window is [-175, 250]",
-                      "FID/KID: 12 axial slices over the liver per scan, 2 mm in-plane, features of ct-liver's deepest "
-                      "layer, against the 15 even-numbered BTCV CTs; real vs real: the 15 odd-numbered ones"],
-            "table": {"columns": ["method", "ct-liver Dice, 10 MRIs", "MRIs 15 19 20", "FID", "KID",
-                                  "liver HU (abs. diff; IQR overlap)", "spleen", "right kidney", "left kidney"],
-                      "rows": rows}}
 
 
 def main(argv: list[str] | None = None) -> int:

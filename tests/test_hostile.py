@@ -585,3 +585,26 @@ def test_every_damaged_model_is_one_line_and_runs_no_code(damaged_models, phanto
             failures.append(f"{name}: {str(exc).splitlines()[0]}")
     assert not marker.exists(), "a damaged model ran code"
     assert not failures, "\n".join(failures)
+
+
+FIT_SEGMENTERS = ("run: config.yaml not YAML", "run: checkpoint a code-running pickle", "run: checkpoint of another network",
+                  "TorchScript: garbage", "bundle: inference.json broken", "bundle: weights a code-running pickle",
+                  "bundle: unknown network class")
+
+
+def test_fit_refuses_a_damaged_segmenter_before_training(damaged_models, phantom_dir, tmp_path):
+    """`fit --segmenter` (mri-liver and mri-ct) loads the user's segmenter before anything is trained or written."""
+    corpus, marker = damaged_models
+    failures = []
+    for pipeline, name in zip(("mri-liver", "mri-ct") * 4, FIT_SEGMENTERS):
+        model, named, cause = corpus[name]
+        before, out = snapshot(model), tmp_path / f"{abs(hash(name))}"
+        proc = medgen("fit", pipeline, "--ct", phantom_dir / "ct", "--ct-labels", phantom_dir / "labels",
+                      "--label-map", "1:1", "--mri", phantom_dir / "mri", "--segmenter", model, "--out", out)
+        try:
+            assert_refused(proc, named, cause)
+            assert not out.exists() and snapshot(model) == before
+        except AssertionError as exc:
+            failures.append(f"{pipeline} {name}: {str(exc).splitlines()[0]}")
+    assert not marker.exists(), "a damaged model ran code"
+    assert not failures, "\n".join(failures)
