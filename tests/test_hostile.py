@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 import pytest
 
 from medgen.data.datalist import image_label_pairs, list_volumes
@@ -608,3 +609,15 @@ def test_fit_refuses_a_damaged_segmenter_before_training(damaged_models, phantom
             failures.append(f"{pipeline} {name}: {str(exc).splitlines()[0]}")
     assert not marker.exists(), "a damaged model ran code"
     assert not failures, "\n".join(failures)
+
+
+def test_a_full_disk_during_train_is_one_line_and_leaves_no_run(phantom_dir, tmp_path, monkeypatch, capsys):
+    """The disk fills when the first checkpoint is saved: one line naming the run, and no half-made run folder."""
+    from medgen.cli import main
+
+    _disk_fills_after(monkeypatch, torch, "save", 0)
+    out = tmp_path / "run"
+    assert main(["train", str(config(2)), "--out", str(out), *[a for s in tiny(phantom_dir) for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(rf"medgen: error: {re.escape(str(out))}: cannot write .*No space left.*", err[0])
+    assert not out.exists()
