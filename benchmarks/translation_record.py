@@ -31,16 +31,18 @@ def translation_record(translation: dict) -> dict:
         for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:  # baselines: one row each
             rows.append([TRANSLATOR_NAMES.get(step, step) if method == "translator" else f"baseline: {method}",
                          round(t[method]["dice"], 3), round(t["held_out_dice"][method], 3), *cells(t[method])])
-    if "frozen" in translation:  # the presets' translator (fit mri-ct and the frozen route train the same stage)
-        t = translation["frozen"]
+    preset = next((k for k in ("mri_ct", "frozen") if k in translation), None)  # fit mri-ct's, or the same stage's
+    if preset:
+        t = translation[preset]
         r, floor = t["translator"], t.get("real_vs_real", {}).get("fid", float("nan"))
         short = {"liver": "liver", "spleen": "spleen", "right_kidney": "R kidney", "left_kidney": "L kidney"}
         offs = ", ".join(f"{short[o]} {r['organs'][o]['median'] - first_pop(translation)[o]['median']:+.0f}"
                          for o in ORGANS if o in r["organs"])
-        summary.append(["`fit mri-ct` synthetic CT, 10 MRIs: ct-liver Dice; FID (real vs real; histmatch)",
+        who = "`fit mri-ct`" if preset == "mri_ct" else "frozen route's"
+        summary.append([f"{who} synthetic CT, 10 MRIs: ct-liver Dice; FID (real vs real; histmatch)",
                         f"{r['dice']:.3f}; {r.get('fid', float('nan')):.2f} ({floor:.2f}; "
                         f"{t['histmatch'].get('fid', float('nan')):.2f})"])
-        summary.append(["`fit mri-ct` synthetic CT: organ HU minus the real CTs'", offs])
+        summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offs])
     first = next(iter(translation.values()))
     pop = first_pop(translation)
     if "real_vs_real" in first:
