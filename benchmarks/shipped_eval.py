@@ -63,11 +63,11 @@ from translation_record import translation_record
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
 MRIS = sorted(TRAIN + HELD_OUT)
-FROZEN_VARIANTS = {"frozen": [],  # the preset: half the translator's samples the 7 MRIs, pseudo-labelled
-                   "frozen_ct_only": ["--set", "translator.target.ratio=0"]}  # the painted CTs alone
-MRI_CT_VARIANTS = {"mri_ct": [],  # the preset (the same translator stage as frozen's)
-                   "mri_ct_gan": ["--set", "translator.loss.lambda_gan=1"]}  # a PatchGAN on its MRI outputs
-TRANSLATORS = (*FROZEN_VARIANTS, *MRI_CT_VARIANTS)  # the fits whose translator the translation step judges
+CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu and --out); each fit's translator judged
+    "frozen": ["mri-liver", "--segmenter", "ct-liver"],  # the preset: half the translator's samples the 7 MRIs
+    "frozen_ct_only": ["mri-liver", "--segmenter", "ct-liver", "--set", "translator.target.ratio=0"],  # CTs alone
+    "mri_ct": ["mri-ct"],  # the preset (the same translator stage as frozen's)
+    "mri_ct_gan": ["mri-ct", "--set", "translator.loss.lambda_gan=1"]}  # a PatchGAN on its MRI outputs
 
 
 
@@ -304,31 +304,19 @@ def main(argv: list[str] | None = None) -> int:
         d = pipeline("fit_mri_paint", mri, "--model", str(model))
         results["fit_mri_paint"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                                     "wall_s": results.get("fit_mri_paint_wall_s")}
-    for step, extra in FROZEN_VARIANTS.items():
+    for step, args_ in CT_FITS.items():  # fits with CTs: the frozen route and fit mri-ct
         if step not in steps:
             continue
         model = work / f"fit_{step}"
         listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
         if not (model / "model.json").is_file():
             results[f"{step}_wall_s"] = medgen(
-                "fit", "mri-liver", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
-                "--mri", str(train_mri), "--segmenter", "ct-liver", "--out", str(model), "--preset", "cpu", *extra,
-                log=log)
+                "fit", *args_[:1], "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
+                "--mri", str(train_mri), *args_[1:], "--out", str(model), "--preset", "cpu", log=log)
         d = pipeline(step, mri, "--model", str(model))
         results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
-                         "wall_s": results.get(f"{step}_wall_s"), "set": extra[1::2]}
-    for step, extra in MRI_CT_VARIANTS.items():  # medgen fit mri-ct: the translator as the product
-        if step not in steps:
-            continue
-        model = work / f"fit_{step}"
-        listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
-        if not (model / "model.json").is_file():
-            results[f"{step}_wall_s"] = medgen(
-                "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
-                "--mri", str(train_mri), "--out", str(model), "--preset", "cpu", *extra, log=log)
-        d = pipeline(step, mri, "--model", str(model))
-        results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
-                         "wall_s": results.get(f"{step}_wall_s"), "set": extra[1::2]}
+                         "wall_s": results.get(f"{step}_wall_s"),
+                         "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
     if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
         arch = results.setdefault("architecture", {})
         for name in ("mri-liver", *VARIANTS):
@@ -344,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                           **{f"mean_{k}": float(np.nanmean([r[f"dice_{k}"] for r in rows])) for k in ("top", "bottom")},
                           "train_minutes": training_minutes(run), "network": network_of(run)}
     if "translation" in steps:  # each fit's translator judged on the real MRIs, with no paired CT
-        for step in TRANSLATORS:
+        for step in CT_FITS:
             model, out = work / f"fit_{step}", work / f"translation_{step}.json"
             if (model / "model.json").is_file() and not out.is_file():
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),

@@ -572,18 +572,25 @@ def damaged_models(segmenter_run, tmp_path_factory):
 def test_every_damaged_model_is_one_line_and_runs_no_code(damaged_models, phantom_dir, tmp_path):
     """The hostile-model corpus through `medgen segment`: exit 2, one line naming the damaged file, nothing written,
     the model unchanged, and no pickle ever unpickled."""
-    corpus, marker = damaged_models
     image = phantom_dir / "ct" / "case_000.nii.gz"
+    _all_refused(damaged_models, {name: ("segment", "{model}", image, tmp_path / f"{abs(hash(name))}.nii.gz",
+                                         "--device", "cpu") for name in damaged_models[0]})
+
+
+def _all_refused(damaged_models, commands: dict[str, tuple]) -> None:
+    """Each damaged model's command (``{model}`` stands for it, the last argument is its output): exit 2, one line
+    naming the damaged file, no output, the model unchanged; and no damaged model ever ran code."""
+    corpus, marker = damaged_models
     failures = []
-    for name, (model, named, cause) in corpus.items():
-        before = snapshot(model)
-        out = tmp_path / f"{abs(hash(name))}.nii.gz"
-        proc = medgen("segment", model, image, out, "--device", "cpu")
+    for name, command in commands.items():
+        model, named, cause = corpus[name]
+        before, out = snapshot(model), command[-1]
+        proc = medgen(*[model if a == "{model}" else a for a in command])
         try:
             assert_refused(proc, named, cause)
-            assert not out.exists() and snapshot(model) == before
+            assert not Path(out).exists() and snapshot(model) == before
         except AssertionError as exc:
-            failures.append(f"{name}: {str(exc).splitlines()[0]}")
+            failures.append(f"{command[0]} {name}: {str(exc).splitlines()[0]}")
     assert not marker.exists(), "a damaged model ran code"
     assert not failures, "\n".join(failures)
 
@@ -595,20 +602,11 @@ FIT_SEGMENTERS = ("run: config.yaml not YAML", "run: checkpoint a code-running p
 
 def test_fit_refuses_a_damaged_segmenter_before_training(damaged_models, phantom_dir, tmp_path):
     """`fit --segmenter` (mri-liver and mri-ct) loads the user's segmenter before anything is trained or written."""
-    corpus, marker = damaged_models
-    failures = []
-    for pipeline, name in zip(("mri-liver", "mri-ct") * 4, FIT_SEGMENTERS):
-        model, named, cause = corpus[name]
-        before, out = snapshot(model), tmp_path / f"{abs(hash(name))}"
-        proc = medgen("fit", pipeline, "--ct", phantom_dir / "ct", "--ct-labels", phantom_dir / "labels",
-                      "--label-map", "1:1", "--mri", phantom_dir / "mri", "--segmenter", model, "--out", out)
-        try:
-            assert_refused(proc, named, cause)
-            assert not out.exists() and snapshot(model) == before
-        except AssertionError as exc:
-            failures.append(f"{pipeline} {name}: {str(exc).splitlines()[0]}")
-    assert not marker.exists(), "a damaged model ran code"
-    assert not failures, "\n".join(failures)
+    data = ("--ct", phantom_dir / "ct", "--ct-labels", phantom_dir / "labels", "--label-map", "1:1",
+            "--mri", phantom_dir / "mri")
+    _all_refused(damaged_models, {name: ("fit", pipeline, *data, "--segmenter", "{model}", "--out",
+                                         tmp_path / f"{abs(hash(name))}")
+                                  for pipeline, name in zip(("mri-liver", "mri-ct") * 4, FIT_SEGMENTERS)})
 
 
 def test_a_full_disk_during_train_is_one_line_and_leaves_no_run(phantom_dir, tmp_path, monkeypatch, capsys):

@@ -164,11 +164,10 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
     path = Path(out) if out else Path(run) / "translation_unpaired.json"
     qc_dir = path.with_name(path.stem + "_qc")
     rows, fake_slices = [], {m: [] for m in methods}
-    pairs = image_label_pairs(mri, mri_labels)
-    for image_path, label_path in pairs:  # every MRI and label checked before anything is written
-        labelled_image(image_path, label_path)
-    for image_path, label_path in pairs:
-        image, ref, labels = labelled_image(image_path, label_path)
+    # every MRI and label read and checked before anything is written (the MRIs are small: kept in memory)
+    cases = [(image_path, *labelled_image(image_path, label_path))
+             for image_path, label_path in image_label_pairs(mri, mri_labels)]
+    for image_path, image, ref, labels in cases:
         for method, make in methods.items():
             hu = make(image, ref)
             mask = postprocess(seg.predict(np.asarray(hu, np.float32), ref), seg.postprocess) > 0
