@@ -27,6 +27,10 @@ the data (symbolic links), times the commands and scores the masks against the m
   translator as the product), then its model through ``pipeline --model``.
 - ``mri_ct_gan``: the same with ``--set translator.loss.lambda_gan=1`` (a PatchGAN judges the translator's output on
   the MRIs against real CT patches).
+- ``ct2mri``: ``fit mri-ct``'s CT -> MRI translator (its ``ct2mri`` stage; a fit made before that stage existed is
+  completed with ``--resume``): ``medgen translate MODEL CTS SMRI --direction ct2mri`` on the 25 training CTs, a 2D
+  segmenter trained on those synthetic MRIs and the CTs' liver labels alone (``segmenter_ct_liver_2d.yaml``, ct-liver's
+  recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs.
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
   (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT).
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
@@ -50,7 +54,9 @@ import nibabel as nib
 import numpy as np
 
 from medgen.config import save_config
+from medgen.engines.fit_mri_liver import preset_path
 from medgen.evaluation.segmentation import evaluate_folders, flag_quality
+from medgen.models.fit_model import load_fit_config
 from medgen.models.registry import load_config
 from medgen.models.run import run_finished
 from medgen.models.shipped import shipped_dir
@@ -68,7 +74,7 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "frozen_ct_only": ["mri-liver", "--segmenter", "ct-liver", "--set", "translator.target.ratio=0"],  # CTs alone
     "mri_ct": ["mri-ct"],  # the preset (the same translator stage as frozen's)
     "mri_ct_gan": ["mri-ct", "--set", "translator.loss.lambda_gan=1"]}  # a PatchGAN on its MRI outputs
-
+CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -158,6 +164,14 @@ def record(results: dict) -> dict:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
             rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
+    if "ct2mri" in results:
+        r, fit = results["ct2mri"], results.get("mri_ct", {}).get("wall_s")
+        stage = f"ct2mri stage {r['stage_wall_s'] / 60:.1f} min" if r.get("stage_wall_s") else "ct2mri stage: reused"
+        rows.append([f"`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone (their "
+                     f"liver labels, {r['seg_iterations']} iterations) + `pipeline --segmenter`", r["mean_all_10"],
+                     r["mean_held_out"], stage + (f" (fit mri-ct in all {(fit + r['stage_wall_s']) / 60:.1f} min)"
+                                                  if fit and r.get("stage_wall_s") else "")
+                     + (f"; segmenter trained {r['seg_wall_s'] / 60:.1f} min" if r.get("seg_wall_s") else "")])
     for name, r in results.get("architecture", {}).items():
         rows.append([f"architecture: `{name}` training run, {r['network']}",
                      r["mean_all_10"], r["mean_held_out"],
@@ -183,6 +197,9 @@ def record(results: dict) -> dict:
         summary.append(["`fit --segmenter ct-liver` (frozen CT segmenter): Dice, 10 MRIs",
                         f"{results['frozen']['mean_all_10']:.3f}" + (f" (translator on painted CTs alone: {other:.3f})"
                                                                      if other else "")])
+    if "ct2mri" in results:
+        summary.append(["A segmenter trained only on `fit mri-ct`'s synthetic MRIs of the CTs (ct2mri): Dice, 10 MRIs",
+                        f"{results['ct2mri']['mean_all_10']:.3f}"])
     arch = results.get("architecture", {})
     if "mri-liver" in arch and len(arch) > 1:
         others = ", ".join(f"{k} {v['mean_all_10']:.3f}" for k, v in arch.items() if k != "mri-liver")
@@ -317,6 +334,29 @@ def main(argv: list[str] | None = None) -> int:
         results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                          "wall_s": results.get(f"{step}_wall_s"),
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
+    if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translator: a segmenter trained on its MRIs of the 25 CTs alone
+        model, stage = work / "fit_mri_ct", load_fit_config(preset_path("cpu", "mri-ct")).ct2mri
+        listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
+        if not json.loads((model / "model.json").read_text()).get("ct2mri"):  # fitted before the stage: resumed
+            results["ct2mri_stage_wall_s"] = medgen(
+                "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1", "--mri",
+                str(train_mri), "--out", str(model), "--resume", "--set", f"ct2mri.config={stage.config}", "--set",
+                f"ct2mri.set={stage.set}", log=log)
+        names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
+        cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
+        labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
+        smri, run = work / "ct2mri_images", work / "seg_ct2mri"
+        if not smri.is_dir():
+            medgen("translate", str(model), str(cts), str(smri), "--direction", "ct2mri", log=log)
+        if not run_finished(run):
+            results["ct2mri_seg_wall_s"] = medgen(
+                "train", "segmenter_ct_liver_2d.yaml", "--out", str(run), "--set", f"data.images={smri}", "--set",
+                f"data.labels={labels}", "--set", "data.label_map={6: 1}", "--set", "data.modality=mri", "--set",
+                f"train.iterations={CT2MRI_SEG_ITERATIONS}", log=log)
+        d = pipeline("ct2mri_seg", mri, "--segmenter", str(run))
+        results["ct2mri"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
+                             "stage_wall_s": results.get("ct2mri_stage_wall_s"),
+                             "seg_wall_s": results.get("ct2mri_seg_wall_s"), "seg_iterations": CT2MRI_SEG_ITERATIONS}
     if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
         arch = results.setdefault("architecture", {})
         for name in ("mri-liver", *VARIANTS):

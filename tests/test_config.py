@@ -66,7 +66,8 @@ def test_shipped_configs_load(name):
     from medgen.models.registry import load_config
 
     cfg = load_config(CONFIGS / name)
-    assert cfg.task in ("cyclegan", "synthct", "segmenter", "vae", "gan", "label2image") and cfg.train.iterations > 0
+    assert cfg.task in ("cyclegan", "synthct", "synthmri", "segmenter", "vae", "gan", "label2image")
+    assert cfg.train.iterations > 0
     patch = cfg.data.patch_size
     assert len(patch) == cfg.spatial_dims
 
@@ -78,8 +79,10 @@ def test_fit_presets_load_and_name_existing_stage_configs(name):
 
     cfg = load_fit_config(CONFIGS / name)
     assert cfg.route in ("direct", "synthct")
-    for stage, task in ((cfg.segmenter, "segmenter"), (cfg.translator, "synthct")):
-        assert load_config(CONFIGS / stage.config, stage.set).task == task
+    for stage, task in ((cfg.segmenter, "segmenter"), (cfg.translator, "synthct"), (cfg.ct2mri, "synthmri")):
+        if stage.config or task != "synthmri":  # the CT -> MRI stage is fit mri-ct's only
+            assert load_config(CONFIGS / stage.config, stage.set).task == task
+    assert bool(cfg.ct2mri.config) == (cfg.task == "fit_mri_ct")
 
 
 @pytest.mark.parametrize("native, amp, device, expect", [

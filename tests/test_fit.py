@@ -40,7 +40,7 @@ def _args(phantom_dir: Path, out: Path, route: str = "direct", extra: list[str] 
 def test_split_sets_routes_stage_keys():
     own, stages = split_sets(["route=synthct", "segmenter.train.iterations=5", "translator.loss.lambda_seg=0"])
     assert own == ["route=synthct"]
-    assert stages == {"segmenter": ["train.iterations=5"], "translator": ["loss.lambda_seg=0"]}
+    assert stages == {"segmenter": ["train.iterations=5"], "translator": ["loss.lambda_seg=0"], "ct2mri": []}
 
 
 @pytest.mark.parametrize("route", ["direct", "synthct"])
@@ -284,9 +284,14 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     model = tmp_path / "model"
     args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu"]
-    assert main(args + [a for k, v in TRANS.items() for a in ("--set", f"translator.{k}={v}")]) == 0
+    assert main(args + [a for k, v in TRANS.items() for stage in ("translator", "ct2mri")
+                        for a in ("--set", f"{stage}.{k}={v}")]) == 0
     assert "medgen translate" in capsys.readouterr().out
     route, translator, segmenter, _ = read_model(model)
+    assert json.loads((model / "model.json").read_text())["ct2mri"] == "ct2mri"
+    back = load_config(model / "ct2mri" / "config.yaml")  # CT -> MRI: cycled through the fit's own translator
+    assert (back.task, back.translator, back.target.images) == ("synthmri", str(model / "translator"),
+                                                               str(model / "pseudo" / "dataset.json"))
     assert (route, Path(translator), segmenter) == ("synthct", model / "translator", "ct-liver")
     cfg = load_config(model / "translator" / "config.yaml")  # the preset: through the shipped ct-liver, MRIs mixed in
     assert (cfg.segmenter, cfg.target.ratio, cfg.target.images) == (str(shipped_dir("ct-liver")), 0.5,
@@ -298,11 +303,34 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     _, mri_ref = load_image(mri)
     assert sct.shape == mri_ref.shape and np.allclose(ref.affine, mri_ref.affine)
     assert nib.load(str(out)).get_data_dtype() == np.int16 and -175 <= sct.min() and sct.max() <= 250  # the window
+    ct = sorted((phantom_dir / "ct").glob("*.nii.gz"))[0]
+    smri_path = tmp_path / "smri.nii.gz"
+    assert main(["translate", str(model), str(ct), str(smri_path), "--direction", "ct2mri"]) == 0
+    smri, smri_ref = load_image(smri_path)
+    _, ct_ref = load_image(ct)
+    lo, hi = json.loads((model / "ct2mri" / "norm.json").read_text())["mri_scale"]  # the fit MRIs' median range
+    assert smri.shape == ct_ref.shape and np.allclose(smri_ref.affine, ct_ref.affine)
+    assert lo - 1e-3 <= smri.min() and smri.max() <= hi + 1e-3 and smri.std() > 0
     capsys.readouterr()
     assert main(["fit", "mri-ct", "--mri", str(phantom_dir / "mri"), "--out", str(tmp_path / "no_ct")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("medgen: error:") and "fit mri-ct" in err and "\n" not in err
     assert not (tmp_path / "no_ct").exists()
+
+
+def test_fit_mri_ct_trains_a_3d_translator_through_the_2d_segmenter(phantom_dir, tmp_path):
+    model = tmp_path / "model"
+    sets = {**TRANS, "spatial_dims": 3, "data.patch_size": "[16, 16, 8]", "inference.roi_size": "[32, 32, 16]"}
+    args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
+            "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu",
+            "--set", "ct2mri.config=''"]
+    assert main(args + [a for k, v in sets.items() for a in ("--set", f"translator.{k}={v}")]) == 0
+    cfg = load_config(model / "translator" / "config.yaml")
+    assert cfg.spatial_dims == 3 and cfg.target.ratio == 0.5 and cfg.segmenter  # MRIs mixed in, through ct-liver
+    assert json.loads((model / "model.json").read_text())["ct2mri"] is None
+    mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
+    assert main(["translate", str(model), str(mri), str(tmp_path / "sct.nii.gz")]) == 0
+    assert load_image(tmp_path / "sct.nii.gz")[0].shape == load_image(mri)[0].shape
 
 
 def test_translate_refuses_a_fit_model_without_a_translator(tmp_path, capsys):
@@ -312,5 +340,5 @@ def test_translate_refuses_a_fit_model_without_a_translator(tmp_path, capsys):
                                                   "liver_index": 1}))
     assert main(["translate", str(model), str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nii.gz")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"medgen: error: {model / 'model.json'}") and "no translator" in err
+    assert err.startswith(f"medgen: error: {model / 'model.json'}") and "no mri2ct translator" in err
     assert not (tmp_path / "out.nii.gz").exists()

@@ -438,6 +438,7 @@ def test_pipeline_whose_every_input_is_refused_leaves_no_folder(tmp_path):
     ({"segmenter": 3}, "'segmenter' must be a name"),
     ({"segmenter": "../../elsewhere"}, "points outside the model folder"),
     ({"segmenter": "/abs/run"}, "points outside the model folder"),
+    ({"ct2mri": 3}, "'ct2mri' must be a name or null"),
 ])
 def test_a_tampered_model_json_is_one_line(edit, cause, tmp_path, phantom_dir):
     model = tmp_path / "model"

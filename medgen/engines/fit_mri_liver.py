@@ -10,6 +10,8 @@ checkpoints), resumable one by one with ``--resume``:
 2. ``translator/`` (route ``synthct`` only): the MRI -> synthetic CT translator, trained on CTs painted with
    random contrasts and, when the segmenter is a 2D medgen run, through that frozen segmenter, on those CTs and on
    the fit's MRIs pseudo-labelled by the shipped ``mri-liver`` (``pseudo/``; the translator's ``target.ratio``);
+2b. ``ct2mri/`` (a preset's ``ct2mri`` stage, ``fit mri-ct``'s): the CT -> MRI translator, a PatchGAN against the
+   fit's MRIs and a cycle through the frozen ``translator/``;
 3. ``qc/``: the pipeline run on the training MRIs (liver volume, flags), a label-free check of the result.
 
 ``model.json`` is written last: a model directory without it is unfinished (``--resume`` completes it).
@@ -53,10 +55,10 @@ def split_sets(sets: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """``--set`` items -> (fit keys, {stage: that stage's dotted overrides}): ``segmenter.train.iterations=9``
     goes to the segmenter stage as ``train.iterations=9``; ``route=synthct`` or ``adapt.rounds=0`` stays.
 
-    >>> split_sets(["route=direct", "segmenter.train.iterations=9", "translator.config=x.yaml"])
-    (['route=direct', 'translator.config=x.yaml'], {'segmenter': ['train.iterations=9'], 'translator': []})
+    >>> split_sets(["route=direct", "segmenter.train.iterations=9", "translator.config=x.yaml"])[1]["segmenter"]
+    ['train.iterations=9']
     """
-    own, stages = [], {"segmenter": [], "translator": []}
+    own, stages = [], {"segmenter": [], "translator": [], "ct2mri": []}
     for item in sets:
         key = item.split("=", 1)[0].strip()
         parts = key.split(".")
@@ -221,6 +223,7 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
         cfg = load_fit_config(preset_path(preset, pipeline), own)
         cfg.segmenter.set += stage_sets["segmenter"]
         cfg.translator.set += stage_sets["translator"]
+        cfg.ct2mri.set += stage_sets["ct2mri"]
     if ct is None and (segmenter or cfg.start == "scratch"):
         raise MedgenError(None, "--ct/--ct-labels/--label-map are needed "
                           + ("by fit mri-ct: its translator learns the CT from labelled CTs" if pipeline == "mri-ct"
@@ -265,6 +268,16 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                                         data + [f"segmenter={through}"] + target + _common_sets(cfg)
                                         + cfg.translator.set)
         model.translator = translator = "translator"
+        listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg) \
+            if cfg.ct2mri.config else None
+        if listing and not json.loads(listing.read_text())["training"]:
+            print("[medgen fit] ct2mri: no MRI has a plausible liver mask to draw patches from; no CT -> MRI "
+                  "translator", flush=True)
+        elif listing:  # the CT -> MRI translator: real CTs into the MRIs' contrast, cycled through that one
+            _, times["ct2mri"] = _stage("ct2mri", cfg.ct2mri.config, out / "ct2mri",
+                                        data + [f"translator={out / translator}", f"target.images={listing}",
+                                                f"target.labels={listing}"] + _common_sets(cfg) + cfg.ct2mri.set)
+            model.ct2mri = "ct2mri"
     print(f"[medgen fit] qc: the pipeline on the {len(mris)} training MRIs -> {out / 'qc'}", flush=True)
     run_pipeline(None if translator is None else str(out / translator), frozen, mri, out / "qc", cfg.device,
                  model.liver_index)

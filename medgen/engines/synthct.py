@@ -41,7 +41,7 @@ from medgen.transforms import ct_to_unit, unit_to_ct
 
 class FrozenSegmenter(torch.nn.Module):
     """A 2D medgen segmenter run as a differentiable, frozen function: generator output in the translator's
-    CT window -> HU -> the segmenter's own window -> liver probability."""
+    CT window -> HU -> the segmenter's own window -> liver probability (a 3D patch slice by slice)."""
 
     def __init__(self, run: str, window: list[float], device: torch.device):
         super().__init__()
@@ -57,6 +57,10 @@ class FrozenSegmenter(torch.nn.Module):
             p.requires_grad_(False)
 
     def forward(self, fake: torch.Tensor) -> torch.Tensor:
+        if fake.dim() == 5:  # a 3D translator's patches (B, 1, H, W, D): the segmenter reads their axial slices
+            b, depth = len(fake), fake.shape[-1]
+            prob = self(fake.permute(0, 4, 1, 2, 3).reshape(b * depth, *fake.shape[1:4]))
+            return prob.reshape(b, depth, *prob.shape[1:]).permute(0, 2, 3, 4, 1)
         x = ct_to_unit(unit_to_ct(fake, self.window), self.seg_window)
         pad = [(-s) % self.multiple for s in x.shape[:1:-1]]
         x = F.pad(x, [v for p in pad for v in (0, p)], value=-1.0)
@@ -128,7 +132,7 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
 HAS_CT = "has_ct"  # batch key: 1 for a painted CT (its real CT is the L1 target), 0 for a real MRI
 
 
-class _flagged(torch.utils.data.Dataset):
+class flagged(torch.utils.data.Dataset):
     """A sample stream with ``has_ct`` set to ``value`` in every sample."""
 
     def __init__(self, samples, value: float):
@@ -141,14 +145,15 @@ class _flagged(torch.utils.data.Dataset):
         return {**self.samples[n], HAS_CT: torch.tensor([self.value])}
 
 
-def target_mris(cfg: SynthCTConfig, spatial) -> torch.utils.data.Dataset:
-    """Patches of the real MRIs of ``cfg.target`` with their pseudo-labels: the MRI is the generator's input (and,
-    unused, the image key), ``has_ct`` 0."""
+def target_mris(cfg, spatial) -> tuple[torch.utils.data.Dataset, list[dict]]:
+    """Patches of the real MRIs of ``cfg.target`` with their pseudo-labels (the MRI under the image key and, a copy,
+    the generator's input key; ``has_ct`` 0), and the cached MRI volumes."""
     pairs = image_label_pairs(cfg.target.images, cfg.target.labels or "")
     data = dataclasses.replace(cfg.data, modality=cfg.target.modality)
     volumes = labelled_volumes(pairs, data, cfg.preprocess, label_map={1: 1})
     transform = Compose([*(spatial.transforms if spatial else []), CopyItemsd(Keys.IMAGE, names=[Keys.MRI])])
-    return _flagged(labelled_patches(volumes, data, cfg.spatial_dims, cfg.train.seed * 2 + 2, transform), 0.0)
+    patches = labelled_patches(volumes, data, cfg.spatial_dims, cfg.train.seed * 2 + 2, transform)
+    return flagged(patches, 0.0), volumes
 
 
 def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
@@ -166,7 +171,7 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
                          RandLabelToImaged(Keys.MRI, Keys.GEN, prob=prob, **options)])
     samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1, transform)
     if mris:
-        samples = MixedSamples(_flagged(samples, 1.0), target_mris(cfg, spatial), cfg.target.ratio,
+        samples = MixedSamples(flagged(samples, 1.0), target_mris(cfg, spatial)[0], cfg.target.ratio,
                                cfg.train.seed * 2 + 3)
     make_loader = loader_factory(samples, cfg.train, device)
     nets = {k: v.to(device) for k, v in build_nets(cfg, prefers_channels_last(device, cfg.train.amp)).items()}

@@ -24,7 +24,7 @@ from medgen.errors import MedgenError, each_case
 from medgen.inference.volume import infer_volume
 from medgen.io import ImageRef, load_image, save_hu, save_like
 from medgen.keys import Direction, Modality
-from medgen.models.fit_model import MODEL_FILE, read_model
+from medgen.models.fit_model import MODEL_FILE, model_translator
 from medgen.models.registry import TASKS
 from medgen.models.run import EMA_SUFFIX, NORM_TASKS, load_averages, load_run, load_weights, read_norm
 from medgen.runtime import resolve_device
@@ -130,12 +130,12 @@ TRANSLATORS: dict[str, type] = {
 def load_translator(spec: str | Path, direction: str = "mri2ct", device: str = "auto", cycle: bool = False,
                     checkpoint: str | Path | None = None) -> Translator:
     """The first backend of :data:`TRANSLATORS` that accepts ``spec`` (today: a translator run directory, or a fit
-    model directory whose ``model.json`` names one, e.g. from ``medgen fit mri-ct``)."""
+    model directory whose ``model.json`` names one for ``direction``, e.g. from ``medgen fit mri-ct``)."""
     if (Path(spec) / MODEL_FILE).is_file():
-        translator = read_model(spec)[1]
+        translator = model_translator(spec, direction)
         if translator is None:
-            raise MedgenError(Path(spec) / MODEL_FILE, "this fit model has no translator (route direct: it segments "
-                                                       "the MRI itself; fit one with `medgen fit mri-ct`)")
+            raise MedgenError(Path(spec) / MODEL_FILE, f"this fit model has no {direction} translator (fit one with "
+                                                       "`medgen fit mri-ct`)")
         spec = translator
     for backend in TRANSLATORS.values():
         if backend.accepts(spec):

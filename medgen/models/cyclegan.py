@@ -31,7 +31,7 @@ class TranslationDataConfig:
 
 @dataclass
 class GeneratorConfig:
-    name: str = "resnet"  # resnet (Johnson et al.) | unet (MONAI UNet + tanh)
+    name: str = "resnet"  # resnet (Johnson et al.) | unet (MONAI UNet + tanh) | pointwise (a voxel-wise intensity map)
     ngf: int = 64  # filters of the first layer
     n_blocks: int = 9  # residual blocks (resnet)
     n_downsampling: int = 2  # stride-2 stages (resnet); inputs are padded to a multiple of 2**n

@@ -60,6 +60,8 @@ class FitConfig:
     start: str = "mri-liver"  # the shipped model the segmenter starts from, or scratch: trained on the CTs first
     segmenter: StageConfig = field(default_factory=lambda: StageConfig("segmenter_liver_any_contrast.yaml"))
     translator: StageConfig = field(default_factory=lambda: StageConfig("synthct_2d.yaml"))
+    # route synthct: the CT -> MRI translator trained after the translator, through it (empty config: none)
+    ct2mri: StageConfig = field(default_factory=StageConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     device: str = "auto"  # every stage: auto | cpu | cuda
     amp: str = "none"  # every stage: none | bf16 | fp16
@@ -93,6 +95,7 @@ class FitModel:
     segmenter: str
     translator: str | None = None
     liver_index: int | None = None
+    ct2mri: str | None = None  # the CT -> MRI translator run (fit mri-ct), or None
 
     def resolve(self, model_dir: Path, name: str | None) -> str | None:
         """A run named in ``model.json`` -> its path inside ``model_dir`` (a shipped model's name as it is); a name
@@ -117,6 +120,20 @@ def read_model(model_dir: str | Path) -> tuple[str, str | None, str, int | None]
     """``(route, translator, segmenter, liver_index)`` of a fit model directory, paths resolved; a missing or
     broken ``model.json`` is a one-line error naming the fix."""
     model_dir = Path(model_dir)
+    model = _checked_model(model_dir)
+    return (model.route, model.resolve(model_dir, model.translator), model.resolve(model_dir, model.segmenter),
+            model.liver_index)
+
+
+def model_translator(model_dir: str | Path, direction: str) -> str | None:
+    """The translator run of a fit model directory for ``direction`` (``mri2ct``: ``translator``, ``ct2mri``:
+    ``ct2mri``), its path resolved, or None when the model has none."""
+    model = _checked_model(Path(model_dir))
+    return model.resolve(Path(model_dir), model.ct2mri if direction == "ct2mri" else model.translator)
+
+
+def _checked_model(model_dir: Path) -> FitModel:
+    """``model.json`` read and checked (names, types, route)."""
     path = model_dir / MODEL_FILE
     if not path.is_file():
         raise MedgenError(model_dir, f"not a fit model (no {MODEL_FILE}; make one with `medgen fit mri-liver`, "
@@ -126,10 +143,10 @@ def read_model(model_dir: str | Path) -> tuple[str, str | None, str, int | None]
         model = FitModel(**data)
     except (ValueError, TypeError) as exc:
         raise MedgenError(path, f"unreadable model file: {short(exc)}") from None
-    for key in ("route", "segmenter", "translator"):
-        value = getattr(model, key)
-        if not (isinstance(value, str) and value) and not (key == "translator" and value is None):
-            raise MedgenError(path, f"'{key}' must be {'a name' if key != 'translator' else 'a name or null'}, "
+    for key in ("route", "segmenter", "translator", "ct2mri"):
+        value, optional = getattr(model, key), key in ("translator", "ct2mri")
+        if not (isinstance(value, str) and value) and not (optional and value is None):
+            raise MedgenError(path, f"'{key}' must be {'a name or null' if optional else 'a name'}, "
                                     f"not {short(repr(value), 40)}")
     index = model.liver_index
     if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 64):
@@ -138,5 +155,4 @@ def read_model(model_dir: str | Path) -> tuple[str, str | None, str, int | None]
         raise MedgenError(path, f"unknown route {model.route!r}")
     if model.route == "synthct" and not model.translator:
         raise MedgenError(path, "route synthct needs a translator")
-    return (model.route, model.resolve(model_dir, model.translator), model.resolve(model_dir, model.segmenter),
-            model.liver_index)
+    return model

@@ -23,6 +23,9 @@ from medgen.models.synth import GANConfig, VAEConfig
 from medgen.models.synthct import GENERATORS as SYNTHCT_GENERATORS
 from medgen.models.synthct import SynthCTConfig
 from medgen.models.synthct import build_nets as build_synthct
+from medgen.models.synthmri import GENERATORS as SYNTHMRI_GENERATORS
+from medgen.models.synthmri import SynthMRIConfig
+from medgen.models.synthmri import build_nets as build_synthmri
 
 KINDS = ("translator", "segmenter", "synthesizer")
 
@@ -49,6 +52,8 @@ class Task:
 TASKS: dict[str, Task] = {
     "cyclegan": Task(CycleGANConfig, "translator", "medgen.engines.cyclegan:setup", build_nets, GENERATORS),
     "synthct": Task(SynthCTConfig, "translator", "medgen.engines.synthct:setup", build_synthct, SYNTHCT_GENERATORS),
+    "synthmri": Task(SynthMRIConfig, "translator", "medgen.engines.synthmri:setup", build_synthmri,
+                     SYNTHMRI_GENERATORS),
     "segmenter": Task(SegmenterConfig, "segmenter", "medgen.engines.segmenter:setup"),
     "vae": Task(VAEConfig, "synthesizer", "medgen.engines.synth:setup"),
     "gan": Task(GANConfig, "synthesizer", "medgen.engines.synth:setup"),

@@ -22,7 +22,7 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint"
 NORM_FILE = "norm.json"  # translator runs: training-set intensity references
-NORM_TASKS = ("cyclegan", "synthct")  # the tasks whose training writes it: their runs need it
+NORM_TASKS = ("cyclegan", "synthct", "synthmri")  # the tasks whose training writes it: their runs need it
 EMA_SUFFIX = "_ema"  # checkpoint entry of a network's weight average (an ``AveragedModel``): ``net_ema``, ``G_ema``
 
 

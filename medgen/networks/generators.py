@@ -142,9 +142,22 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
 
 
+class PointwiseGenerator(nn.Sequential):
+    """A learned intensity mapping, voxel by voxel: 1x1 convolutions (``ngf`` wide, two hidden layers) + tanh. It
+    cannot move, blur or invent structure, so a translation by it keeps the input's anatomy exactly: what it
+    learns is the curve from one modality's intensities to the other's (any shape, not only monotone)."""
+
+    multiple = 1
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, ngf: int):
+        conv = Conv[Conv.CONV, spatial_dims]
+        super().__init__(conv(in_channels, ngf, 1), nn.SiLU(), conv(ngf, ngf, 1), nn.SiLU(),
+                         conv(ngf, out_channels, 1), nn.Tanh())
+
+
 def build_generator(cfg, spatial_dims: int, in_channels: int = 1, out_channels: int = 1,
                     channels_last_layout: bool = True) -> nn.Module:
-    """Generator from a ``GeneratorConfig`` (``name``: ``resnet`` or ``unet``); the ResNet's weights are
+    """Generator from a ``GeneratorConfig`` (``name``: ``resnet``, ``unet`` or ``pointwise``); the ResNet's weights are
     channels-last when ``channels_last_layout`` (see ``medgen.runtime.prefers_channels_last``)."""
     if cfg.name == "resnet":
         net = ResnetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, cfg.n_blocks, cfg.n_downsampling,
@@ -152,7 +165,9 @@ def build_generator(cfg, spatial_dims: int, in_channels: int = 1, out_channels: 
         return net.to(memory_format=channels_last(spatial_dims)) if channels_last_layout else net
     if cfg.name == "unet":
         return _UNetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, tanh=cfg.output == "tanh")
-    raise ValueError(f"unknown generator {cfg.name!r} (resnet | unet)")
+    if cfg.name == "pointwise":
+        return PointwiseGenerator(spatial_dims, in_channels, out_channels, cfg.ngf)
+    raise ValueError(f"unknown generator {cfg.name!r} (resnet | unet | pointwise)")
 
 
 def build_discriminator(cfg, spatial_dims: int, in_channels: int = 1) -> nn.Module:

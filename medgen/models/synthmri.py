@@ -1,0 +1,64 @@
+"""The CT -> MRI translator of ``medgen fit mri-ct`` (task ``synthmri``), as training and inference share it.
+
+A generator turns real CT patches into the fit's MRI contrast. Nothing pairs them, so two things judge it:
+
+- a PatchGAN (LSGAN) that tells the fit's real MRI patches from the generator's output: the contrast and texture of
+  those MRIs;
+- the fit's own MRI -> CT translator (``translator``, a ``synthct`` run), frozen: it must give the CT back from the
+  generator's output (L1, the cycle of a CycleGAN with its reverse half already trained). That translator was
+  trained on CTs painted in random contrasts, so it reads any contrast and the cycle keeps the anatomy, not the
+  CT's contrast.
+
+At inference a CT goes through the CT preset and the generator (``ct2mri``); the output is written in the training
+MRIs' median intensity range (``norm.json``'s ``mri_scale``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from medgen.config import InferenceConfig, LabelledDataConfig, OptimConfig, PreprocessConfig, TrainConfig
+from medgen.models.cyclegan import GeneratorConfig
+from medgen.models.segmenter import TargetDataConfig
+from medgen.models.synthct import SynthCTDiscriminatorConfig
+from medgen.networks.generators import build_discriminator, build_generator
+
+GENERATORS = {"ct2mri": "G"}
+
+
+@dataclass
+class SynthMRILossConfig:
+    lambda_gan: float = 1.0  # LSGAN weight of the PatchGAN on the generator's output against the real MRIs
+    lambda_cycle: float = 10.0  # L1 between the frozen MRI -> CT translator's output on G(ct) and the CT ([-1, 1])
+
+
+@dataclass
+class SynthMRIConfig:
+    task: str = "synthmri"
+    spatial_dims: int = 2
+    data: LabelledDataConfig = field(default_factory=LabelledDataConfig)  # CTs (labels: where patches are drawn)
+    translator: str | None = None  # the frozen MRI -> CT translator run (task synthct) of the cycle loss
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=16))
+    # the real MRIs (a fit's: with the shipped mri-liver's masks, which pick where patches are drawn): the
+    # discriminator's real samples, ``target.ratio`` of every batch
+    target: TargetDataConfig = field(default_factory=lambda: TargetDataConfig(ratio=0.5))
+    spatial: bool = True  # random rotation and scaling of the training patches
+    ema_decay: float = 0.0  # exponential moving average of the generator's weights (0: off); inference uses it
+    loss: SynthMRILossConfig = field(default_factory=SynthMRILossConfig)
+    discriminator: SynthCTDiscriminatorConfig = field(default_factory=SynthCTDiscriminatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+def build_nets(cfg: SynthMRIConfig, channels_last_layout: bool = True) -> dict[str, torch.nn.Module]:
+    """``G``, the generator (CT -> MRI in [-1, 1]), and ``D``, the discriminator, by their checkpoint names.
+
+    >>> list(build_nets(SynthMRIConfig(generator=GeneratorConfig(name="unet", ngf=4))))
+    ['G', 'D']
+    """
+    return {"G": build_generator(cfg.generator, cfg.spatial_dims, channels_last_layout=channels_last_layout),
+            "D": build_discriminator(cfg.discriminator, cfg.spatial_dims)}

@@ -1,0 +1,93 @@
+"""The CT -> MRI translator (task synthmri): its training step, on hand-made batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medgen.engines.synthct import HAS_CT
+from medgen.engines.synthmri import synthmri_step
+from medgen.keys import Keys
+from medgen.models.synthct import SynthCTDiscriminatorConfig
+from medgen.models.synthmri import SynthMRILossConfig
+from medgen.networks.generators import build_discriminator
+
+
+def _scale(value: float, trainable: bool = True) -> torch.nn.Conv2d:
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(value)
+        net.bias.zero_()
+    for p in net.parameters():
+        p.requires_grad_(trainable)
+    return net
+
+
+def _step(net, back, disc, lr_d=0.1, lambda_gan=2.0, lambda_cycle=10.0):
+    return synthmri_step(net, disc, back, torch.optim.SGD(net.parameters(), lr=0.01),
+                         torch.optim.SGD(disc.parameters(), lr=lr_d), SynthMRILossConfig(lambda_gan, lambda_cycle),
+                         torch.device("cpu"))
+
+
+def test_the_generator_translates_the_cts_and_the_discriminator_learns_the_mris():
+    torch.manual_seed(0)
+    net, back = _scale(2.0), _scale(1.0, trainable=False)  # G(ct) = 2 ct; the frozen translator: the identity
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    seen = []
+    disc.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach().clone()))
+    d_before = [p.detach().clone() for p in disc.parameters()]
+    x = torch.rand(4, 1, 16, 16) - 0.5
+    out = _step(net, back, disc)(None, {Keys.IMAGE: x, HAS_CT: torch.tensor([[1.], [0.], [1.], [0.]])})
+    ct, mri = x[[0, 2]], x[[1, 3]]
+    assert [len(t) for t in seen] == [2, 2, 2]  # G's LSGAN term on the 2 CT outputs; then D: 2 real MRIs, 2 outputs
+    assert torch.allclose(seen[0], 2 * ct) and torch.allclose(seen[1], mri) and torch.allclose(seen[2], 2 * ct)
+    assert out["cycle"] == pytest.approx(float(ct.abs().mean()), rel=1e-5)  # |T(G(ct)) - ct| = |2 ct - ct|
+    assert out["loss"] == pytest.approx(2.0 * out["gan"] + 10.0 * out["cycle"], rel=1e-5)
+    assert float(back.weight.detach()) == 1.0 and back.weight.grad is None  # the translator is frozen
+    assert float(net.weight.detach()) < 2.0  # the cycle pulls G towards what the translator gives back as the CT
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
+
+
+def test_a_cycle_that_gives_the_ct_back_costs_nothing():
+    net, back = _scale(2.0), _scale(0.5, trainable=False)  # T(G(ct)) = ct exactly
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    out = _step(net, back, disc, lambda_gan=0.0)(None, {Keys.IMAGE: torch.rand(2, 1, 8, 8),
+                                                        HAS_CT: torch.tensor([[1.], [1.]])})
+    assert out["cycle"] == pytest.approx(0.0, abs=1e-7) and out["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert out["loss_d"] != out["loss_d"]  # no MRI in the batch: the discriminator did not train (nan)
+
+
+def test_a_batch_of_mris_only_changes_nothing():
+    net, back = _scale(2.0), _scale(1.0, trainable=False)
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    d_before = [p.detach().clone() for p in disc.parameters()]
+    out = _step(net, back, disc)(None, {Keys.IMAGE: torch.rand(2, 1, 8, 8), HAS_CT: torch.tensor([[0.], [0.]])})
+    assert out == {"loss": 0.0, "gan": 0.0, "cycle": 0.0, "loss_d": 0.0}
+    assert float(net.weight.detach()) == 2.0 and all(torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
+
+
+def test_synthmri_needs_its_translator_and_mris():
+    from medgen.engines.synthmri import setup
+    from medgen.errors import MedgenError
+    from medgen.models.synthmri import SynthMRIConfig
+
+    with pytest.raises(MedgenError, match="needs translator"):
+        setup(SynthMRIConfig(), torch.device("cpu"))
+    with pytest.raises(MedgenError, match="needs target.images"):
+        setup(SynthMRIConfig(translator="runs/t"), torch.device("cpu"))
+
+
+def test_the_frozen_segmenter_reads_a_3d_translator_slice_by_slice():
+    """A 3D synthct translator trains through a 2D segmenter: each axial slice of its patch is segmented alone."""
+    from medgen.engines.synthct import FrozenSegmenter
+
+    torch.manual_seed(0)
+    seg = FrozenSegmenter.__new__(FrozenSegmenter)
+    torch.nn.Module.__init__(seg)
+    seg.net, seg.window, seg.seg_window, seg.liver_index, seg.multiple = torch.nn.Conv2d(1, 2, 3, padding=1), \
+        [-175.0, 250.0], [-100.0, 200.0], 1, 4
+    volume = torch.rand(2, 1, 10, 12, 5) * 2 - 1
+    prob = seg(volume)
+    assert prob.shape == volume.shape
+    for k in range(volume.shape[-1]):
+        assert torch.allclose(prob[..., k], seg(volume[..., k]), atol=1e-6)
