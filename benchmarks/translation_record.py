@@ -11,7 +11,8 @@ TRANSLATOR_NAMES = {  # as the translation table names them
               "identical but for paths)",
     "frozen_ct_only": "translator on painted CTs alone (`translator.target.ratio=0`)",
     "mri_ct": "`fit mri-ct --preset cpu`",
-    "mri_ct_gan": "`fit mri-ct --set translator.loss.lambda_gan=1` (PatchGAN on its MRI outputs)"}
+    "mri_ct_gan": "`fit mri-ct --set translator.loss.lambda_gan=1` (PatchGAN on its MRI outputs)",
+    "mri_ct_3d": "`fit mri-ct` with a 3D translator (96 x 96 x 24 patches at 2 x 2 x 6 mm, 1500 iterations)"}
 
 
 def first_pop(translation: dict) -> dict:

@@ -320,7 +320,7 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
 
 def test_fit_mri_ct_trains_a_3d_translator_through_the_2d_segmenter(phantom_dir, tmp_path):
     model = tmp_path / "model"
-    sets = {**TRANS, "spatial_dims": 3, "data.patch_size": "[16, 16, 8]", "inference.roi_size": "[32, 32, 16]"}
+    sets = {**TRANS, "spatial_dims": 3, "data.patch_size": "[32, 32, 8]", "inference.roi_size": "[32, 32, 16]"}
     args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu",
             "--set", "ct2mri.config=''"]

@@ -1,0 +1,137 @@
+"""The shipped models' result record (``docs/results/shipped_models.json``) and their cards' figures, from the results
+of ``benchmarks/shipped_eval.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from shipped_models import TRAIN_CTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_cards(results: dict) -> None:
+    """The figures of ``results`` into the shipped models' cards (the weights and their sha256 unchanged)."""
+    cmd = "python benchmarks/shipped_eval.py"
+    figures = {"mri-liver": {}, "ct-liver": {}}
+    if "zero_shot" in results:
+        z = results["zero_shot"]
+        figures["mri-liver"]["liver Dice, 10 CHAOS T2 MRIs, zero-shot"] = {
+            "value": round(z["mri-liver"]["mean_all_10"], 3), "command": f"{cmd} --only zero_shot",
+            "baselines": {k: round(v["mean_all_10"], 3) for k, v in z.items() if k != "mri-liver"}}
+        figures["ct-liver"]["liver Dice, 10 CHAOS T2 MRIs, the CT model on the MRI (not its use)"] = {
+            "value": round(z["ct-liver direct"]["mean_all_10"], 3), "command": f"{cmd} --only zero_shot"}
+    if "ct" in results:
+        for name, r in results["ct"].items():
+            figures[name][f"liver Dice, held-out BTCV CTs {', '.join(r['dice'])}"] = {
+                "value": round(r["mean"], 3), "command": f"{cmd} --only ct"}
+    if "fit_mri_paint" in results:
+        f = results["fit_mri_paint"]
+        figures["mri-liver"]["liver Dice after `medgen fit mri-liver --mri` on 7 MRIs, held-out 15 19 20"] = {
+            "value": round(f["mean_held_out"], 3), "command": f"{cmd} --only fit_mri",
+            "fit_minutes": None if f.get("wall_s") is None else round(f["wall_s"] / 60, 1)}
+    if "speed" in results:
+        figures["mri-liver"]["seconds for `medgen segment` on a 256 x 256 x 40 MRI, 2 CPU cores"] = {
+            "value": round(results["speed"]["median_s"], 1), "command": f"{cmd} --only speed"}
+    if "frozen" in results:
+        figures["ct-liver"]["liver Dice, 10 CHAOS T2 MRIs, frozen behind `fit --segmenter ct-liver`"] = {
+            "value": round(results["frozen"]["mean_all_10"], 3), "command": f"{cmd} --only frozen"}
+    for name, figs in figures.items():
+        path = ROOT / "medgen" / "models" / "weights" / name / "card.json"
+        card = json.loads(path.read_text())
+        card["figures"] = {**card.get("figures", {}), **figs}
+        path.write_text(json.dumps(card, indent=2) + "\n")
+        print(f"shipped_eval: figures written into {path}")
+
+
+def record(results: dict) -> dict:
+    """The result record of this run (``docs/results/shipped_models.json``, rendered into docs/results.md)."""
+    rows = []
+    z = results.get("zero_shot", {})
+    names = {"mri-liver": "`medgen pipeline mri-liver` (the shipped mri-liver, zero-shot)",
+             "ct-liver direct": "baseline: `ct-liver` on the MRI (its range into the CT window)",
+             "ct-liver histmatch": "baseline: `ct-liver` on the MRI histogram-matched to a CT"}
+    for key, label in names.items():
+        if key in z:
+            rows.append([label, z[key]["mean_all_10"], z[key]["mean_held_out"], ""])
+    if "zero_shot_tta" in results:
+        r = results["zero_shot_tta"]
+        rows.append([f"the same with test-time contrast augmentation (gammas {r['gammas']})", r["mean_all_10"],
+                     r["mean_held_out"], ""])
+    for key, label in (("fit_mri_paint", "`medgen fit mri-liver --mri` (7 MRIs, no CT; the preset) + `pipeline --model`"),
+                       ("fit_mri", "the same fit with `--set adapt.paint=false` (the MRIs alone, unpainted)"),
+                       ("frozen", "`fit --segmenter ct-liver` (25 CTs, 7 MRIs; frozen CT segmenter; the preset) + `pipeline`"),
+                       ("frozen_ct_only", "the same fit with `--set translator.target.ratio=0` (the translator on "
+                                          "painted CTs alone, not on the MRIs)"),
+                       ("mri_ct", "`fit mri-ct` (25 CTs, 7 MRIs) + `pipeline --model`: its synthetic CT through ct-liver"),
+                       ("mri_ct_gan", "the same fit with `--set translator.loss.lambda_gan=1` (a PatchGAN on the "
+                                      "synthetic CTs of the MRIs)"),
+                       ("mri_ct_3d", "the same fit with a 3D translator (96 x 96 x 24 patches at 2 x 2 x 6 mm, 1500 "
+                                     "iterations)")):
+        if key in results:
+            r = results[key]
+            wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
+            rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
+    if "ct2mri" in results:
+        r, fit = results["ct2mri"], results.get("mri_ct", {}).get("wall_s")
+        stage = f"ct2mri stage {r['stage_wall_s'] / 60:.1f} min" if r.get("stage_wall_s") else "ct2mri stage: reused"
+        rows.append([f"`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone (their "
+                     f"liver labels, {r['seg_iterations']} iterations) + `pipeline --segmenter`", r["mean_all_10"],
+                     r["mean_held_out"], stage + (f" (fit mri-ct in all {(fit + r['stage_wall_s']) / 60:.1f} min)"
+                                                  if fit and r.get("stage_wall_s") else "")
+                     + (f"; segmenter trained {r['seg_wall_s'] / 60:.1f} min" if r.get("seg_wall_s") else "")])
+    for name, r in results.get("architecture", {}).items():
+        rows.append([f"architecture: `{name}` training run, {r['network']}",
+                     r["mean_all_10"], r["mean_held_out"],
+                     f"dome {r['mean_top']:.3f}, lowest slices {r['mean_bottom']:.3f}; trained {r['train_minutes']} min"])
+    for key, r in results.get("ct", {}).items():
+        rows.append([f"`medgen segment {key}`" + (" --modality ct" if key == "mri-liver" else "")
+                     + f" on held-out CTs ({', '.join(r['dice'])})", "", "", f"CT liver Dice {r['mean']:.3f}"])
+    if "speed" in results:
+        sp = results["speed"]
+        rows.append(["`medgen segment mri-liver IN OUT --modality mri`, a new process (load included)", "", "",
+                     f"{sp['median_s']:.1f} s (median of 3) on {'x'.join(map(str, sp['shape']))}"])
+    summary = []
+    if "mri-liver" in z:
+        base = z.get("ct-liver direct", {}).get("mean_all_10")
+        summary.append(["`mri-liver` zero-shot: liver Dice, 10 CHAOS T2 MRIs (no MRI in its training)",
+                        f"{z['mri-liver']['mean_all_10']:.3f}" + (f" (ct-liver on the MRI: {base:.3f})" if base else "")])
+    if "fit_mri_paint" in results:
+        r = results["fit_mri_paint"]
+        summary.append(["`fit mri-liver --mri` (7 unlabelled MRIs, no CT): Dice on held-out MRIs 15 19 20",
+                        f"{r['mean_held_out']:.3f}" + (f" (fit {r['wall_s'] / 60:.1f} min)" if r.get("wall_s") else "")])
+    if "frozen" in results:
+        other = results.get("frozen_ct_only", {}).get("mean_all_10")
+        summary.append(["`fit --segmenter ct-liver` (frozen CT segmenter): Dice, 10 MRIs",
+                        f"{results['frozen']['mean_all_10']:.3f}" + (f" (translator on painted CTs alone: {other:.3f})"
+                                                                     if other else "")])
+    if "ct2mri" in results:
+        summary.append(["A segmenter trained only on `fit mri-ct`'s synthetic MRIs of the CTs (ct2mri): Dice, 10 MRIs",
+                        f"{results['ct2mri']['mean_all_10']:.3f}"])
+    arch = results.get("architecture", {})
+    if "mri-liver" in arch and len(arch) > 1:
+        others = ", ".join(f"{k} {v['mean_all_10']:.3f}" for k, v in arch.items() if k != "mri-liver")
+        summary.append(["Architecture at the same CPU time: zero-shot Dice of the shipped 2.5D `mri-liver`, 10 MRIs",
+                        f"{arch['mri-liver']['mean_all_10']:.3f} ({others})"])
+    if "ct-liver" in results.get("ct", {}):
+        summary.append(["`ct-liver`: liver Dice on 5 held-out BTCV CTs", f"{results['ct']['ct-liver']['mean']:.3f}"])
+    if "speed" in results:
+        summary.append(["`medgen segment` of a 256 x 256 x 40 MRI, model load included",
+                        f"{results['speed']['median_s']:.1f} s"])
+    notes = []
+    if "qc_flags" in results:
+        q = results["qc_flags"]
+        notes.append(f"QC flags over the {q['cases']} masks of this run ({q['bad']} with Dice < 0.7, {q['good']} with "
+                     f"Dice >= 0.8); Spearman of the pipeline's uncertainty against Dice: "
+                     f"{q['spearman_uncertainty_dice']:.2f}")
+        notes += [f"flag {name}: fired {f['fired']}, precision {f['precision']:.2f}, recall {f['recall']:.2f}, "
+                  f"fires on {f['on_good']:.0%} of the good masks" for name, f in q["flags"].items()]
+        notes.append("low_confidence's threshold (uncertainty > 0.3) was chosen on these masks; touches_fov_edge "
+                     "did not single out bad masks on them and was removed")
+    return {"title": "Shipped models on the development set", "notes": notes, "summary": summary, "command": "python benchmarks/shipped_eval.py",
+            "data": {"ct_count_for_training": len(TRAIN_CTS), **results["data"]},
+            "machine": f"{os.cpu_count()} CPU cores, no GPU",
+            "table": {"columns": ["what", "liver Dice, all 10 MRIs", "MRIs 15 19 20", "other"], "rows": rows},
+            "per_case": {k: v for k, v in results.items() if k != "data"}}
