@@ -30,7 +30,8 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``ct2mri``: ``fit mri-ct``'s CT -> MRI translator (its ``ct2mri`` stage; a fit made before that stage existed is
   completed with ``--resume``): ``medgen translate MODEL CTS SMRI --direction ct2mri`` on the 25 training CTs, a 2D
   segmenter trained on those synthetic MRIs and the CTs' liver labels alone (``segmenter_ct_liver_2d.yaml``, ct-liver's
-  recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs.
+  recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with
+  random organ intensities (``ORGAN_AUG``), beside that recipe on the real CTs (``CT2MRI_SEGMENTERS``).
 - ``mri_ct_3d``: the same fit with a 3D translator (``MRI_CT_3D``: 96 x 96 x 24 patches at 2 x 2 x 6 mm, batch 2,
   1500 iterations, trained through the 2D ct-liver slice by slice; no ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -81,6 +82,11 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_gan": ["mri-ct", "--set", "translator.loss.lambda_gan=1"],  # a PatchGAN on its MRI outputs
     "mri_ct_3d": ["mri-ct", *[a for kv in MRI_CT_3D for a in ("--set", kv)]]}  # the same translator in 3D
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
+ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
+CT2MRI_SEGMENTERS = {  # result key -> (what it trains on: the ct2mri synthetic MRIs or the real CTs, extra --set)
+    "ct2mri": ("smri", []),  # ct-liver's recipe (segmenter_ct_liver_2d.yaml): ct-liver is its real-CT baseline
+    "ct2mri_organ": ("smri", [ORGAN_AUG]),
+    "ct_organ": ("ct", [ORGAN_AUG])}  # the baseline of the line above: the same recipe on the real CTs
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -228,18 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
         cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
         labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
-        smri, run = work / "ct2mri_images", work / "seg_ct2mri"
+        smri = work / "ct2mri_images"
         if not smri.is_dir():
             medgen("translate", str(model), str(cts), str(smri), "--direction", "ct2mri", log=log)
-        if not run_finished(run):
-            results["ct2mri_seg_wall_s"] = medgen(
-                "train", "segmenter_ct_liver_2d.yaml", "--out", str(run), "--set", f"data.images={smri}", "--set",
-                f"data.labels={labels}", "--set", "data.label_map={6: 1}", "--set", "data.modality=mri", "--set",
-                f"train.iterations={CT2MRI_SEG_ITERATIONS}", log=log)
-        d = pipeline("ct2mri_seg", mri, "--segmenter", str(run))
-        results["ct2mri"] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
-                             "stage_wall_s": results.get("ct2mri_stage_wall_s"),
-                             "seg_wall_s": results.get("ct2mri_seg_wall_s"), "seg_iterations": CT2MRI_SEG_ITERATIONS}
+        for key, (source, sets) in CT2MRI_SEGMENTERS.items():
+            run, images = work / f"seg_{key}", smri if source == "smri" else cts
+            if not run_finished(run):
+                results[f"{key}_seg_wall_s"] = medgen(
+                    "train", "segmenter_ct_liver_2d.yaml", "--out", str(run), "--set", f"data.images={images}",
+                    "--set", f"data.labels={labels}", "--set", "data.label_map={6: 1}", "--set",
+                    f"data.modality={'mri' if source == 'smri' else 'ct'}", "--set",
+                    f"train.iterations={CT2MRI_SEG_ITERATIONS}", *[a for kv in sets for a in ("--set", kv)], log=log)
+            d = pipeline(f"{key}_seg", mri, "--segmenter", str(run))
+            results[key] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT), "set": sets,
+                            "stage_wall_s": results.get("ct2mri_stage_wall_s"),
+                            "seg_wall_s": results.get(f"{key}_seg_wall_s"), "seg_iterations": CT2MRI_SEG_ITERATIONS}
     if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
         arch = results.setdefault("architecture", {})
         for name in ("mri-liver", *VARIANTS):
