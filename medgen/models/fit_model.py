@@ -4,7 +4,7 @@ A fit trains everything the MRI liver pipeline needs from labelled CTs and unlab
 directory, and ``medgen pipeline mri-liver --model MODEL`` runs it. The directory holds the resolved
 ``fit.yaml``, one ``medgen train`` run per stage and ``model.json``, which names the route::
 
-    {"route": "direct", "segmenter": "adapted", "translator": null, "liver_index": 1}
+    {"route": "direct", "segmenter": "adapted", "translator": null, "liver_index": 1, "ct2mri": null}
 
 Routes:
 
