@@ -114,8 +114,8 @@ def record(results: dict) -> dict:
     if "ct2mri" in results:
         best = max((k for k in ("ct2mri", "ct2mri_organ") if k in results), key=lambda k: results[k]["mean_all_10"])
         base = "ct_organ" if best == "ct2mri_organ" else None
-        summary.append(["A segmenter trained only on `fit mri-ct`'s synthetic MRIs of the CTs (ct2mri): Dice, 10 MRIs",
-                        f"{results[best]['mean_all_10']:.3f} (the same on the real CTs: "
+        summary.append(["Segmenter trained only on `fit mri-ct`'s ct2mri MRIs of the CTs: Dice, 10 MRIs",
+                        f"{results[best]['mean_all_10']:.3f} (on the real CTs: "
                         + (f"{results[base]['mean_all_10']:.3f})" if base and base in results else
                            f"{results.get('zero_shot', {}).get('ct-liver direct', {}).get('mean_all_10', float('nan')):.3f})")])
     arch = results.get("architecture", {})

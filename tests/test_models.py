@@ -27,7 +27,7 @@ from .conftest import ROOT
 
 @pytest.mark.parametrize("text, overrides, message", [
     ("task: cyclegan\n", ["data.patch_size=[64, 64, 64]"], r"cfg.yaml: data.patch_size \[64, 64, 64\] needs 2 values"),
-    ("task: fit\n", [], r"cfg.yaml: unknown task 'fit' \(known: cyclegan, synthct, segmenter, vae, gan, label2image\)"),
+    ("task: fit\n", [], r"cfg.yaml: unknown task 'fit' \(known: cyclegan, synthct, synthmri, segmenter, vae, gan, label2image\)"),
     ("train: {}\n", [], "cfg.yaml: a config must be a mapping with a 'task' key"),
     ("task: segmenter\nnetwork: {nam: unet}\n", [], "unknown key 'network.nam'"),
     ("- task\n", [], "cfg.yaml: a config must be a mapping"),
@@ -39,7 +39,7 @@ def test_config_errors_name_the_file(tmp_path, text, overrides, message):
 
 
 def test_run_of_another_kind_is_refused(segmenter_run):
-    with pytest.raises(MedgenError, match=r"is a segmenter run, not a translator run \(cyclegan or synthct\)"):
+    with pytest.raises(MedgenError, match=r"is a segmenter run, not a translator run \(cyclegan or synthct or synthmri\)"):
         load_run(segmenter_run, "translator")
     assert load_run(segmenter_run, "segmenter").task == "segmenter"
 
