@@ -32,8 +32,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   segmenter trained on those synthetic MRIs and the CTs' liver labels alone (``segmenter_ct_liver_2d.yaml``, ct-liver's
   recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with
   random organ intensities (``ORGAN_AUG``), beside that recipe on the real CTs (``CT2MRI_SEGMENTERS``).
-- ``mri_ct_3d``: the same fit with a 3D translator (``MRI_CT_3D``: 96 x 96 x 24 patches at 2 x 2 x 6 mm, batch 2,
-  1500 iterations, trained through the 2D ct-liver slice by slice; no ct2mri stage).
+- ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
+  slice by slice; no ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
   (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT).
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
@@ -67,14 +67,11 @@ from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 from shipped_record import record, write_cards
-from translation_record import translation_record
+from translation_record import MRI_CT_3D, translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
 MRIS = sorted(TRAIN + HELD_OUT)
-MRI_CT_3D = ["translator.spatial_dims=3", "translator.data.patch_size=[96, 96, 24]",  # 3D patches, 6 mm slices
-             "translator.preprocess.spacing=[2.0, 2.0, 6.0]", "translator.inference.roi_size=[160, 160, 32]",
-             "translator.train.batch_size=2", "translator.train.iterations=1500", "ct2mri.config=''"]
 CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu and --out); each fit's translator judged
     "frozen": ["mri-liver", "--segmenter", "ct-liver"],  # the preset: half the translator's samples the 7 MRIs
     "frozen_ct_only": ["mri-liver", "--segmenter", "ct-liver", "--set", "translator.target.ratio=0"],  # CTs alone

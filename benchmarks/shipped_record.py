@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from shipped_models import TRAIN_CTS
+from translation_record import MRI_CT_3D_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,8 +69,7 @@ def record(results: dict) -> dict:
                        ("mri_ct", "`fit mri-ct` (25 CTs, 7 MRIs) + `pipeline --model`: its synthetic CT through ct-liver"),
                        ("mri_ct_gan", "the same fit with `--set translator.loss.lambda_gan=1` (a PatchGAN on the "
                                       "synthetic CTs of the MRIs)"),
-                       ("mri_ct_3d", "the same fit with a 3D translator (96 x 96 x 24 patches at 2 x 2 x 6 mm, 1500 "
-                                     "iterations)")):
+                       ("mri_ct_3d", f"the same fit with {MRI_CT_3D_WORDS}")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"

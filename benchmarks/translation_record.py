@@ -6,13 +6,17 @@ from __future__ import annotations
 from shipped_models import TRAIN_CTS
 
 ORGANS = ("liver", "spleen", "right_kidney", "left_kidney")
+MRI_CT_3D = ["translator.spatial_dims=3", "translator.data.patch_size=[96, 96, 24]",  # 3D patches, 6 mm slices
+             "translator.preprocess.spacing=[2.0, 2.0, 6.0]", "translator.inference.roi_size=[160, 160, 32]",
+             "translator.train.batch_size=2", "translator.train.iterations=1500", "ct2mri.config=''"]
+MRI_CT_3D_WORDS = "a 3D translator (96 x 96 x 24 patches at 2 x 2 x 6 mm, 1500 iterations)"  # what MRI_CT_3D sets
 TRANSLATOR_NAMES = {  # as the translation table names them
     "frozen": "the presets' translator (`fit --segmenter ct-liver`; `fit mri-ct` trains the same stage, config "
               "identical but for paths)",
     "frozen_ct_only": "translator on painted CTs alone (`translator.target.ratio=0`)",
     "mri_ct": "`fit mri-ct --preset cpu`",
     "mri_ct_gan": "`fit mri-ct --set translator.loss.lambda_gan=1` (PatchGAN on its MRI outputs)",
-    "mri_ct_3d": "`fit mri-ct` with a 3D translator (96 x 96 x 24 patches at 2 x 2 x 6 mm, 1500 iterations)"}
+    "mri_ct_3d": f"`fit mri-ct` with {MRI_CT_3D_WORDS}"}
 
 
 def first_pop(translation: dict) -> dict:

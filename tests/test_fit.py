@@ -258,6 +258,22 @@ def test_synthct_discriminator_judges_the_mri_outputs_against_real_ct():
     assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters()))  # D learned
 
 
+def test_the_frozen_segmenter_reads_a_3d_translator_slice_by_slice():
+    """A 3D synthct translator trains through a 2D segmenter: each axial slice of its patch is segmented alone."""
+    from medgen.engines.synthct import FrozenSegmenter
+
+    torch.manual_seed(0)
+    seg = FrozenSegmenter.__new__(FrozenSegmenter)
+    torch.nn.Module.__init__(seg)
+    seg.net, seg.window, seg.seg_window, seg.liver_index, seg.multiple = torch.nn.Conv2d(1, 2, 3, padding=1), \
+        [-175.0, 250.0], [-100.0, 200.0], 1, 4
+    volume = torch.rand(2, 1, 10, 12, 5) * 2 - 1
+    prob = seg(volume)
+    assert prob.shape == volume.shape
+    for k in range(volume.shape[-1]):
+        assert torch.allclose(prob[..., k], seg(volume[..., k]), atol=1e-6)
+
+
 def test_the_frozen_route_trains_its_translator_on_the_pseudo_labelled_mris(phantom_dir, tmp_path):
     model = tmp_path / "model"
     assert main(_args(phantom_dir, model, "synthct", ["--set", "translator.target.ratio=0.5"])) == 0

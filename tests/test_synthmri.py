@@ -76,18 +76,3 @@ def test_synthmri_needs_its_translator_and_mris():
     with pytest.raises(MedgenError, match="needs target.images"):
         setup(SynthMRIConfig(translator="runs/t"), torch.device("cpu"))
 
-
-def test_the_frozen_segmenter_reads_a_3d_translator_slice_by_slice():
-    """A 3D synthct translator trains through a 2D segmenter: each axial slice of its patch is segmented alone."""
-    from medgen.engines.synthct import FrozenSegmenter
-
-    torch.manual_seed(0)
-    seg = FrozenSegmenter.__new__(FrozenSegmenter)
-    torch.nn.Module.__init__(seg)
-    seg.net, seg.window, seg.seg_window, seg.liver_index, seg.multiple = torch.nn.Conv2d(1, 2, 3, padding=1), \
-        [-175.0, 250.0], [-100.0, 200.0], 1, 4
-    volume = torch.rand(2, 1, 10, 12, 5) * 2 - 1
-    prob = seg(volume)
-    assert prob.shape == volume.shape
-    for k in range(volume.shape[-1]):
-        assert torch.allclose(prob[..., k], seg(volume[..., k]), atol=1e-6)

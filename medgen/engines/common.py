@@ -26,7 +26,7 @@ from medgen.data.patches import IndexStream
 from medgen.errors import MedgenError, short
 from medgen.models.run import CHECKPOINT_DIR, CHECKPOINT_PREFIX, EMA_SUFFIX, latest_checkpoint, load_checkpoint
 from medgen.models.shipped import resolve_model
-from medgen.runtime import CpuShare
+from medgen.runtime import CpuShare, autocast
 
 
 def set_requires_grad(nets: Iterable[torch.nn.Module], flag: bool) -> None:
@@ -45,6 +45,21 @@ def gan_loss(logits: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
     if mode == "lsgan":
         return F.mse_loss(logits.float(), target.float())
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def patchgan_update(disc: torch.nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+                    device: torch.device, amp: str, scaler) -> torch.Tensor:
+    """One LSGAN step of a discriminator that translators train beside their generator: ``real`` patches against
+    ``fake`` ones (detached here); the caller's ``scaler.update()`` follows. Returns the discriminator's loss."""
+    set_requires_grad([disc], True)
+    opt_d.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        logits_real, logits_fake = disc(real), disc(fake.detach())
+        loss_d = 0.5 * (gan_loss(logits_real, True, "lsgan") + gan_loss(logits_fake, False, "lsgan"))
+    scaler.scale(loss_d).backward()
+    average_gradients([disc])
+    scaler.step(opt_d)
+    return loss_d
 
 
 def weight_average(net: torch.nn.Module, decay: float) -> AveragedModel | None:

@@ -268,16 +268,16 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                                         data + [f"segmenter={through}"] + target + _common_sets(cfg)
                                         + cfg.translator.set)
         model.translator = translator = "translator"
-        listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg) \
-            if cfg.ct2mri.config else None
-        if listing and not json.loads(listing.read_text())["training"]:
-            print("[medgen fit] ct2mri: no MRI has a plausible liver mask to draw patches from; no CT -> MRI "
-                  "translator", flush=True)
-        elif listing:  # the CT -> MRI translator: real CTs into the MRIs' contrast, cycled through that one
-            _, times["ct2mri"] = _stage("ct2mri", cfg.ct2mri.config, out / "ct2mri",
-                                        data + [f"translator={out / translator}", f"target.images={listing}",
-                                                f"target.labels={listing}"] + _common_sets(cfg) + cfg.ct2mri.set)
-            model.ct2mri = "ct2mri"
+        if cfg.ct2mri.config:  # the CT -> MRI translator: real CTs into the MRIs' contrast, cycled through that one
+            listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg)
+            if json.loads(listing.read_text())["training"]:
+                _, times["ct2mri"] = _stage("ct2mri", cfg.ct2mri.config, out / "ct2mri",
+                                            data + [f"translator={out / translator}", f"target.images={listing}",
+                                                    f"target.labels={listing}"] + _common_sets(cfg) + cfg.ct2mri.set)
+                model.ct2mri = "ct2mri"
+            else:
+                print("[medgen fit] ct2mri: no MRI has a plausible liver mask to draw patches from; no CT -> MRI "
+                      "translator", flush=True)
     print(f"[medgen fit] qc: the pipeline on the {len(mris)} training MRIs -> {out / 'qc'}", flush=True)
     run_pipeline(None if translator is None else str(out / translator), frozen, mri, out / "qc", cfg.device,
                  model.liver_index)

@@ -28,8 +28,8 @@ from medgen.data.mixing import MixedSamples
 from medgen.data.patches import labelled_patches
 from medgen.data.synthseg import RandLabelToImaged
 from medgen.data.volumes import labelled_volumes
-from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad,
-                                   weight_average)
+from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, patchgan_update,
+                                   set_requires_grad, weight_average)
 from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter
 from medgen.keys import Keys
@@ -110,14 +110,7 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         scaler.step(opt)
         real = ct[has_ct == 1]
         if disc is not None and len(real):  # the discriminator: real CT patches against this step's outputs
-            set_requires_grad([disc], True)
-            opt_d.zero_grad(set_to_none=True)
-            with autocast(device, amp):
-                logits_real, logits_fake = disc(real), disc(judged(fake.detach(), has_ct))
-                loss_d = 0.5 * (gan_loss(logits_real, True, "lsgan") + gan_loss(logits_fake, False, "lsgan"))
-            scaler.scale(loss_d).backward()
-            average_gradients([disc])
-            scaler.step(opt_d)
+            loss_d = patchgan_update(disc, opt_d, real, judged(fake, has_ct), device, amp, scaler)
         scaler.update()
         if ema is not None:
             ema.update_parameters(net)

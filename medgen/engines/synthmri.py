@@ -19,8 +19,8 @@ from medgen.data.datalist import image_label_pairs
 from medgen.data.mixing import MixedSamples
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
-from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, set_requires_grad,
-                                   weight_average)
+from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, patchgan_update,
+                                   set_requires_grad, weight_average)
 from medgen.engines.synthct import HAS_CT, flagged, target_mris
 from medgen.errors import MedgenError
 from medgen.inference.translate import load_translator
@@ -75,13 +75,7 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
         scaler.step(opt)
         loss_d = None
         if len(real):
-            set_requires_grad([disc], True)
-            opt_d.zero_grad(set_to_none=True)
-            with autocast(device, amp):
-                loss_d = 0.5 * (gan_loss(disc(real), True, "lsgan") + gan_loss(disc(fake.detach()), False, "lsgan"))
-            scaler.scale(loss_d).backward()
-            average_gradients([disc])
-            scaler.step(opt_d)
+            loss_d = patchgan_update(disc, opt_d, real, fake, device, amp, scaler)
         scaler.update()
         if ema is not None:
             ema.update_parameters(net)
