@@ -80,10 +80,13 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_3d": ["mri-ct", *[a for kv in MRI_CT_3D for a in ("--set", kv)]]}  # the same translator in 3D
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
+GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
 CT2MRI_SEGMENTERS = {  # result key -> (what it trains on: the ct2mri synthetic MRIs or the real CTs, extra --set)
     "ct2mri": ("smri", []),  # ct-liver's recipe (segmenter_ct_liver_2d.yaml): ct-liver is its real-CT baseline
     "ct2mri_organ": ("smri", [ORGAN_AUG]),
-    "ct_organ": ("ct", [ORGAN_AUG])}  # the baseline of the line above: the same recipe on the real CTs
+    "ct_organ": ("ct", [ORGAN_AUG]),  # the baseline of the line above: the same recipe on the real CTs
+    "ct2mri_gin": ("smri", [GIN_AUG]),
+    "ct_gin": ("ct", [GIN_AUG])}  # its baseline on the real CTs
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
