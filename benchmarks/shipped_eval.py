@@ -34,6 +34,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   random organ intensities (``ORGAN_AUG``), beside that recipe on the real CTs (``CT2MRI_SEGMENTERS``).
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
   slice by slice; no ct2mri stage).
+- ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
+  ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
   (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT).
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
@@ -77,7 +79,9 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "frozen_ct_only": ["mri-liver", "--segmenter", "ct-liver", "--set", "translator.target.ratio=0"],  # CTs alone
     "mri_ct": ["mri-ct"],  # the preset (the same translator stage as frozen's)
     "mri_ct_gan": ["mri-ct", "--set", "translator.loss.lambda_gan=1"],  # a PatchGAN on its MRI outputs
-    "mri_ct_3d": ["mri-ct", *[a for kv in MRI_CT_3D for a in ("--set", kv)]]}  # the same translator in 3D
+    "mri_ct_3d": ["mri-ct", *[a for kv in MRI_CT_3D for a in ("--set", kv)]],  # the same translator in 3D
+    "mri_ct_unlabelled": ["mri-ct", "--set", "ct2mri.config=''"]}  # no --ct-labels: ct-liver's masks label the CTs
+UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
 GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
@@ -86,7 +90,8 @@ CT2MRI_SEGMENTERS = {  # result key -> (what it trains on: the ct2mri synthetic 
     "ct2mri_organ": ("smri", [ORGAN_AUG]),
     "ct_organ": ("ct", [ORGAN_AUG]),  # the baseline of the line above: the same recipe on the real CTs
     "ct2mri_gin": ("smri", [GIN_AUG]),
-    "ct_gin": ("ct", [GIN_AUG])}  # its baseline on the real CTs
+    "ct_gin": ("ct", [GIN_AUG]),  # its baseline on the real CTs
+    "ct2mri_gin80": ("smri", ["augment.gin=0.8"])}  # most patches in random-convolution contrast
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -216,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         model = work / f"fit_{step}"
         listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
         if not (model / "model.json").is_file():
-            results[f"{step}_wall_s"] = medgen(
-                "fit", *args_[:1], "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
-                "--mri", str(train_mri), *args_[1:], "--out", str(model), "--preset", "cpu", log=log)
+            labels = [] if step in UNLABELLED_FITS else ["--ct-labels", str(listing), "--label-map", "6:1"]
+            results[f"{step}_wall_s"] = medgen("fit", *args_[:1], "--ct", str(listing), *labels, "--mri",
+                                               str(train_mri), *args_[1:], "--out", str(model), "--preset", "cpu",
+                                               log=log)
         d = pipeline(step, mri, "--model", str(model))
         results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                          "wall_s": results.get(f"{step}_wall_s"),

@@ -11,6 +11,16 @@ from shipped_models import TRAIN_CTS
 from translation_record import MRI_CT_3D_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
+CT2MRI_WORDS = {  # shipped_eval's ct2mri segmenters (CT2MRI_SEGMENTERS) -> (their row, the key of their real-CT baseline)
+    "ct2mri": ("`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone (their liver "
+               "labels; ct-liver's recipe, whose real-CT baseline is ct-liver)", None),
+    "ct2mri_organ": ("the same with random organ intensities (`augment.organ_intensity`)", "ct_organ"),
+    "ct_organ": ("baseline: that recipe on the 25 real CTs themselves, no translation", None),
+    "ct2mri_gin": ("the ct2mri segmenter with random-convolution contrast on half its patches (`augment.gin=0.5`, "
+                   "GIN+IPA)", "ct_gin"),
+    "ct_gin": ("baseline: that recipe on the 25 real CTs themselves, no translation", None),
+    "ct2mri_gin80": ("the ct2mri segmenter with random-convolution contrast on 80 % of its patches (`augment.gin=0.8`)",
+                     None)}
 
 
 def write_cards(results: dict) -> None:
@@ -69,21 +79,21 @@ def record(results: dict) -> dict:
                        ("mri_ct", "`fit mri-ct` (25 CTs, 7 MRIs) + `pipeline --model`: its synthetic CT through ct-liver"),
                        ("mri_ct_gan", "the same fit with `--set translator.loss.lambda_gan=1` (a PatchGAN on the "
                                       "synthetic CTs of the MRIs)"),
-                       ("mri_ct_3d", f"the same fit with {MRI_CT_3D_WORDS}")):
+                       ("mri_ct_3d", f"the same fit with {MRI_CT_3D_WORDS}"),
+                       ("mri_ct_unlabelled", "the same fit without `--ct-labels` (ct-liver's masks label the CTs; "
+                                             "no ct2mri stage)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
             rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
     fit = results.get("mri_ct", {}).get("wall_s")
-    for key, label in (("ct2mri", "`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs "
-                                  "alone (their liver labels; ct-liver's recipe, whose real-CT baseline is ct-liver)"),
-                       ("ct2mri_organ", "the same with random organ intensities (`augment.organ_intensity`)"),
-                       ("ct_organ", "baseline: that recipe on the 25 real CTs themselves, no translation")):
+    for key, (label, _) in CT2MRI_WORDS.items():
         if key in results:
             r = results[key]
             stage = r.get("stage_wall_s")
             other = (f"ct2mri stage {stage / 60:.1f} min" + (f" (fit mri-ct in all {(fit + stage) / 60:.1f} min); "
-                                                             if fit else "; ") if stage and key != "ct_organ" else "")
+                                                             if fit else "; ") if stage and key.startswith("ct2mri")
+                     else "")
             rows.append([label, r["mean_all_10"], r["mean_held_out"],
                          other + (f"segmenter trained {r['seg_wall_s'] / 60:.1f} min" if r.get("seg_wall_s") else "")])
     for name, r in results.get("architecture", {}).items():
@@ -112,12 +122,14 @@ def record(results: dict) -> dict:
                         f"{results['frozen']['mean_all_10']:.3f}" + (f" (translator on painted CTs alone: {other:.3f})"
                                                                      if other else "")])
     if "ct2mri" in results:
-        best = max((k for k in ("ct2mri", "ct2mri_organ") if k in results), key=lambda k: results[k]["mean_all_10"])
-        base = "ct_organ" if best == "ct2mri_organ" else None
+        best = max((k for k in CT2MRI_WORDS if k.startswith("ct2mri") and k in results),
+                   key=lambda k: results[k]["mean_all_10"])
+        base = results.get(CT2MRI_WORDS[best][1] or "")
+        words = "the same recipe on the real CTs" if base else "ct-liver on the MRI"
+        base = base or results.get("zero_shot", {}).get("ct-liver direct", {})
         summary.append(["Segmenter trained only on `fit mri-ct`'s ct2mri MRIs of the CTs: Dice, 10 MRIs",
-                        f"{results[best]['mean_all_10']:.3f} (on the real CTs: "
-                        + (f"{results[base]['mean_all_10']:.3f})" if base and base in results else
-                           f"{results.get('zero_shot', {}).get('ct-liver direct', {}).get('mean_all_10', float('nan')):.3f})")])
+                        f"{results[best]['mean_all_10']:.3f} ({', '.join(results[best]['set']) or 'ct-liver recipe'}; "
+                        f"{words}: {base.get('mean_all_10', float('nan')):.3f})"])
     arch = results.get("architecture", {})
     if "mri-liver" in arch and len(arch) > 1:
         others = ", ".join(f"{k} {v['mean_all_10']:.3f}" for k, v in arch.items() if k != "mri-liver")

@@ -157,11 +157,12 @@ def _training_commands(add: Callable) -> None:
     p.add_argument("name", nargs="?", choices=SHIPPED, help="show this model's whole card")
 
     p = add("fit", "fit a model directory to your scanner; mri-liver: the shipped segmenter adapted to "
-            "your unlabelled MRIs (and your labelled CTs, when given); mri-ct: an MRI -> CT translator for your MRIs, "
-            "from labelled CTs", "medgen fit mri-liver --mri mri/ --out model/")
+            "your unlabelled MRIs (and your labelled CTs, when given); mri-ct: an MRI <-> CT translator for your MRIs, "
+            "from CTs (labelled or not)", "medgen fit mri-liver --mri mri/ --out model/")
     p.add_argument("name", choices=("mri-liver", "mri-ct"), help="what to fit")
-    p.add_argument("--ct", help="labelled CTs: a folder or a datalist JSON (optional: added to the adaptation)")
-    p.add_argument("--ct-labels", help="their label maps (folder matched by file name, or the JSON)")
+    p.add_argument("--ct", help="CTs: a folder or a datalist JSON (mri-liver: optional, added to the adaptation)")
+    p.add_argument("--ct-labels", help="their label maps (folder matched by file name, or the JSON); optional with a "
+                   "frozen segmenter (mri-ct, --segmenter), whose liver masks of the CTs then label them")
     p.add_argument("--label-map", type=_label_map, help="CT label value -> class; the liver is class 1, "
                    "e.g. 6:1 (BTCV) or 5:1 (TotalSegmentator)")
     p.add_argument("--mri", required=True, help="unlabelled MRIs of the kind to segment: a folder or a datalist JSON")

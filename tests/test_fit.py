@@ -147,7 +147,8 @@ def _bad_run(args: list[str]) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
-@pytest.mark.parametrize("case", ["no_liver_value", "empty_mri", "labels_off_grid"])
+@pytest.mark.parametrize("case", ["no_liver_value", "empty_mri", "labels_off_grid", "ct_without_labels",
+                                  "label_map_without_labels"])
 def test_fit_refuses_bad_data_in_one_line_writing_nothing(phantom_dir, tmp_path, case):
     ct, labels, mri = phantom_dir / "ct", phantom_dir / "labels", phantom_dir / "mri"
     label_map = "1:1"
@@ -164,12 +165,19 @@ def test_fit_refuses_bad_data_in_one_line_writing_nothing(phantom_dir, tmp_path,
         shifted[:3, 3] += 30.0
         nib.save(nib.Nifti1Image(np.asarray(img.dataobj), shifted, img.header), labels / "case_000.nii.gz")
     out = tmp_path / "model"
-    code, err = _bad_run(["fit", "mri-liver", "--ct", str(ct), "--ct-labels", str(labels), "--label-map", label_map,
-                          "--mri", str(mri), "--out", str(out)])
+    data = {"--ct": ct, "--ct-labels": labels, "--label-map": label_map}
+    if case.endswith("without_labels"):  # unlabelled CTs need a frozen segmenter to label them (fit mri-ct's)
+        del data["--ct-labels"]
+        if case == "ct_without_labels":
+            del data["--label-map"]
+    code, err = _bad_run(["fit", "mri-liver", *[str(a) for kv in data.items() for a in kv], "--mri", str(mri),
+                          "--out", str(out)])
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("medgen: error: "), err
     assert "Traceback" not in err and not out.exists()
-    expected = {"no_liver_value": "liver value 42", "empty_mri": "holds no volumes", "labels_off_grid": "grid"}[case]
+    expected = {"no_liver_value": "liver value 42", "empty_mri": "holds no volumes", "labels_off_grid": "grid",
+                "ct_without_labels": "--ct needs --ct-labels (and --label-map), or --segmenter",
+                "label_map_without_labels": "--label-map maps the values of --ct-labels"}[case]
     assert expected in lines[0]
 
 
@@ -332,6 +340,28 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("medgen: error:") and "fit mri-ct" in err and "\n" not in err
     assert not (tmp_path / "no_ct").exists()
+
+
+def test_fit_mri_ct_without_ct_labels_labels_the_cts_with_its_segmenter(phantom_dir, tmp_path):
+    model = tmp_path / "model"
+    args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--mri", str(phantom_dir / "mri"), "--out", str(model),
+            "--set", "device=cpu", "--set", "ct2mri.config=''"]
+    assert main(args + [a for k, v in TRANS.items() for a in ("--set", f"translator.{k}={v}")]) == 0
+    listing = model / "ct_labels" / "dataset.json"
+    entries = json.loads(listing.read_text())["training"]
+    cts = sorted((phantom_dir / "ct").glob("*.nii.gz"))
+    assert sorted(Path(e["image"]).name for e in entries) == [p.name for p in cts]  # every phantom CT has a liver
+    for entry in entries:  # ct-liver's liver masks, on each CT's grid, overlapping the phantom's own liver label
+        mask, mask_ref = load_image(entry["label"])
+        _, ct_ref = load_image(entry["image"])
+        truth = load_image(phantom_dir / "labels" / Path(entry["image"]).name)[0] == 1
+        assert mask.shape == truth.shape and np.allclose(mask_ref.affine, ct_ref.affine)
+        assert set(np.unique(mask)) == {0, 1} and (mask[truth] == 1).mean() > 0.5
+    cfg = load_config(model / "translator" / "config.yaml")  # the translator paints those masks and body classes
+    assert (cfg.data.images, cfg.data.labels, cfg.data.label_map) == (str(listing), str(listing), {1: 1})
+    mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
+    assert main(["translate", str(model), str(mri), str(tmp_path / "sct.nii.gz")]) == 0
+    assert load_image(tmp_path / "sct.nii.gz")[0].shape == load_image(mri)[0].shape
 
 
 def test_fit_mri_ct_trains_a_3d_translator_through_the_2d_segmenter(phantom_dir, tmp_path):

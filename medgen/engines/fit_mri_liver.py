@@ -5,6 +5,8 @@ checkpoints), resumable one by one with ``--resume``:
 
 1. ``segmenter/``: the contrast-agnostic liver segmenter (label -> image synthesis on the CTs); skipped
    when the user brings a CT segmenter (``--segmenter``), which is never retrained;
+   CTs given without ``--ct-labels`` (a frozen segmenter's fit: ``--segmenter``, ``fit mri-ct``) are labelled first by
+   that segmenter: ``ct_labels/``, its liver masks of them;
 1b. route ``direct`` with ``adapt.iterations`` > 0: ``pseudo/``, that segmenter's masks of the fit's MRIs, and
    ``adapted/``, a copy of it fine-tuned on the CTs mixed with those MRIs and masks (self-training);
 2. ``translator/`` (route ``synthct`` only): the MRI -> synthetic CT translator, trained on CTs painted with
@@ -27,10 +29,11 @@ import numpy as np
 
 from medgen.config import config_path, save_config
 from medgen.data.datalist import image_label_pairs, list_volumes
+from medgen.dicomseg import save_mask
 from medgen.engines.train import train_or_reuse
 from medgen.errors import MedgenError
 from medgen.inference.pipeline import run_pipeline
-from medgen.inference.segment import load_segmenter
+from medgen.inference.segment import load_segmenter, postprocess
 from medgen.io import atomic_write, case_name, load_image
 from medgen.models.fit_model import FIT_CONFIG, MODEL_FILE, FitConfig, FitModel, load_fit_config, write_model
 from medgen.models.registry import load_config
@@ -69,10 +72,14 @@ def split_sets(sets: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     return own, stages
 
 
-def _check_inputs(ct: str | None, ct_labels: str | None, label_map: dict[int, int] | None, mri: str) -> list[Path]:
-    """Everything that can be wrong with the data, found before anything is written; returns the MRIs."""
-    if ct is not None and not ct_labels:
-        raise MedgenError(ct, "--ct needs --ct-labels (and --label-map)")
+def _check_inputs(ct: str | None, ct_labels: str | None, label_map: dict[int, int] | None, mri: str,
+                  segmenter: str | None = None) -> list[Path]:
+    """Everything that can be wrong with the data, found before anything is written; returns the MRIs. CTs without
+    labels are allowed with a frozen ``segmenter`` (its masks of them become their labels)."""
+    if ct is not None and not ct_labels and segmenter is None:
+        raise MedgenError(ct, "--ct needs --ct-labels (and --label-map), or --segmenter to label them")
+    if label_map and not ct_labels:
+        raise MedgenError(None, "--label-map maps the values of --ct-labels; give both, or neither")
     if Path(mri).is_file() and Path(mri).suffix.lower() != ".json":
         raise MedgenError(mri, "--mri must be a folder of MRIs or a datalist JSON (the fit adapts to several)")
     mris = list_volumes(mri)
@@ -81,6 +88,10 @@ def _check_inputs(ct: str | None, ct_labels: str | None, label_map: dict[int, in
     for path in mris:  # every MRI readable, 3D, non-degenerate and non-constant, before anything is trained
         check_volume(load_image(path)[0], path)
     if ct is None:
+        return mris
+    if not ct_labels:
+        for path in list_volumes(ct):
+            check_volume(load_image(path)[0], path)
         return mris
     if not label_map or 1 not in label_map.values():
         raise MedgenError(None, f"--label-map {label_map} maps no source value to the liver class 1 (e.g. 6:1)")
@@ -135,6 +146,30 @@ def _pseudo_labels(segmenter: Path, mris: list[Path], mri: str, out: Path, cfg: 
     print(f"[medgen fit] pseudo-labels: {len(entries)} of {len(mris)} MRIs kept"
           + (f"; left out ({', '.join(sorted(PSEUDO_REFUSED))} or failed): {', '.join(left)}" if left else ""),
           flush=True)
+    text = json.dumps({"training": entries}, indent=2) + "\n"
+    return atomic_write(listing, lambda tmp: Path(tmp).write_text(text))
+
+
+def _ct_pseudo_labels(segmenter: str, ct: str, out: Path, device: str) -> Path:
+    """The frozen CT segmenter's liver masks of the fit's CTs (``out/CASE.nii.gz``), as a datalist JSON of the CTs
+    with a non-empty mask: the labels of a fit given CTs without ``--ct-labels`` (the translator paints the liver and
+    the body's intensity classes; the liver class is 1). A finished pass is reused (``--resume``)."""
+    listing = out / "dataset.json"
+    if listing.is_file():
+        return listing
+    cts = list_volumes(ct)
+    print(f"[medgen fit] CT labels: {segmenter} on the {len(cts)} CTs -> {out}", flush=True)
+    seg = load_segmenter(segmenter, device)
+    entries = []
+    for path in cts:
+        array, ref = load_image(path)
+        mask = postprocess(seg.predict(array, ref), seg.postprocess)
+        dst = save_mask(mask, ref, out / f"{case_name(path)}.nii.gz", overwrite=True)[0]
+        if mask.any():
+            entries.append({"image": str(path.resolve()), "label": str(dst.resolve())})
+    if not entries:
+        raise MedgenError(ct, f"{segmenter} finds no liver in any of these CTs: give --ct-labels")
+    print(f"[medgen fit] CT labels: {len(entries)} of {len(cts)} CTs have a liver mask", flush=True)
     text = json.dumps({"training": entries}, indent=2) + "\n"
     return atomic_write(listing, lambda tmp: Path(tmp).write_text(text))
 
@@ -225,16 +260,16 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
         cfg.translator.set += stage_sets["translator"]
         cfg.ct2mri.set += stage_sets["ct2mri"]
     if ct is None and (segmenter or cfg.start == "scratch"):
-        raise MedgenError(None, "--ct/--ct-labels/--label-map are needed "
-                          + ("by fit mri-ct: its translator learns the CT from labelled CTs" if pipeline == "mri-ct"
+        raise MedgenError(None, "--ct is needed "
+                          + ("by fit mri-ct: its translator learns the CT from CTs" if pipeline == "mri-ct"
                              else "with --segmenter: its MRI -> synthetic CT translator is trained on CTs" if segmenter
                              else "with start: scratch (the segmenter is trained on them)"))
-    mris = _check_inputs(ct, ct_labels, label_map, mri)
+    mris = _check_inputs(ct, ct_labels, label_map, mri, segmenter)
     if segmenter is not None:  # the user's segmenter loads (or fails in one line) before anything is trained
         load_segmenter(segmenter, "cpu")
     route = "synthct" if segmenter else cfg.route
     data = list(NO_CT)
-    if ct is not None:
+    if ct is not None and ct_labels:
         lm = "{" + ", ".join(f"{k}: {v}" for k, v in label_map.items()) + "}"
         data = [f"data.images={ct}", f"data.labels={ct_labels}", f"data.label_map={lm}"]
     out.mkdir(parents=True, exist_ok=True)
@@ -253,6 +288,9 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                               times)
     model = FitModel(route, seg_spec, None, 1 if segmenter is None else None)
     frozen = model.resolve(out, seg_spec)
+    if ct is not None and not ct_labels:  # the frozen segmenter labels the CTs (their liver; the body's classes)
+        listing = _ct_pseudo_labels(frozen, ct, out / "ct_labels", cfg.device)
+        data = [f"data.images={listing}", f"data.labels={listing}", "data.label_map={1: 1}"]
     translator = None
     if route == "synthct":
         if not _trainable_through(frozen):
