@@ -76,10 +76,10 @@ def _check_inputs(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                   segmenter: str | None = None) -> list[Path]:
     """Everything that can be wrong with the data, found before anything is written; returns the MRIs. CTs without
     labels are allowed with a frozen ``segmenter`` (its masks of them become their labels)."""
-    if ct is not None and not ct_labels and segmenter is None:
-        raise MedgenError(ct, "--ct needs --ct-labels (and --label-map), or --segmenter to label them")
     if label_map and not ct_labels:
         raise MedgenError(None, "--label-map maps the values of --ct-labels; give both, or neither")
+    if ct is not None and not ct_labels and segmenter is None:
+        raise MedgenError(ct, "--ct needs --ct-labels (and --label-map), or --segmenter to label them")
     if Path(mri).is_file() and Path(mri).suffix.lower() != ".json":
         raise MedgenError(mri, "--mri must be a folder of MRIs or a datalist JSON (the fit adapts to several)")
     mris = list_volumes(mri)
