@@ -125,9 +125,9 @@ def record(results: dict) -> dict:
         best = max((k for k in CT2MRI_WORDS if k.startswith("ct2mri") and k in results),
                    key=lambda k: results[k]["mean_all_10"])
         base = results.get(CT2MRI_WORDS[best][1] or "")
-        words = "the same recipe on the real CTs" if base else "ct-liver on the MRI"
+        words = "on the real CTs" if base else "ct-liver on the MRI"
         base = base or results.get("zero_shot", {}).get("ct-liver direct", {})
-        summary.append(["Segmenter trained only on `fit mri-ct`'s ct2mri MRIs of the CTs: Dice, 10 MRIs",
+        summary.append(["Segmenter trained only on `fit mri-ct`'s ct2mri MRIs: Dice, 10 MRIs",
                         f"{results[best]['mean_all_10']:.3f} ({', '.join(results[best]['set']) or 'ct-liver recipe'}; "
                         f"{words}: {base.get('mean_all_10', float('nan')):.3f})"])
     arch = results.get("architecture", {})
