@@ -34,8 +34,9 @@ the data (symbolic links), times the commands and scores the masks against the m
   random organ intensities (``ORGAN_AUG``), beside that recipe on the real CTs (``CT2MRI_SEGMENTERS``).
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
   slice by slice; no ct2mri stage).
-- ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0`` (L1 to the painted CTs alone: does the
-  segmentation-consistency loss pull the spleen's HU down?; no ct2mri stage).
+- ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0 --set translator.target.ratio=0`` (L1 to
+  the painted CTs alone, frozen_ct_only without the segmentation-consistency loss: does that loss pull the spleen's HU
+  down?; no ct2mri stage).
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -83,7 +84,8 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_gan": ["mri-ct", "--set", "translator.loss.lambda_gan=1"],  # a PatchGAN on its MRI outputs
     "mri_ct_3d": ["mri-ct", *[a for kv in MRI_CT_3D for a in ("--set", kv)]],  # the same translator in 3D
     "mri_ct_unlabelled": ["mri-ct", "--set", "ct2mri.config=''"],  # no --ct-labels: ct-liver's masks label the CTs
-    "mri_ct_l1_only": ["mri-ct", "--set", "translator.loss.lambda_seg=0", "--set", "ct2mri.config=''"]}  # no seg loss
+    "mri_ct_l1_only": ["mri-ct", "--set", "translator.loss.lambda_seg=0", "--set", "translator.target.ratio=0",
+                       "--set", "ct2mri.config=''"]}  # frozen_ct_only's translator without the seg loss: L1 alone
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)

@@ -18,7 +18,7 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_gan": "`fit mri-ct --set translator.loss.lambda_gan=1` (PatchGAN on its MRI outputs)",
     "mri_ct_3d": f"`fit mri-ct` with {MRI_CT_3D_WORDS}",
     "mri_ct_unlabelled": "`fit mri-ct` without `--ct-labels` (ct-liver's liver masks of the CTs label them)",
-    "mri_ct_l1_only": "`fit mri-ct --set translator.loss.lambda_seg=0` (L1 to the painted CTs only)"}
+    "mri_ct_l1_only": "translator on painted CTs alone without the segmentation loss (`lambda_seg=0`, L1 only)"}
 
 
 def first_pop(translation: dict) -> dict:
