@@ -31,7 +31,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   completed with ``--resume``): ``medgen translate MODEL CTS SMRI --direction ct2mri`` on the 25 training CTs, a 2D
   segmenter trained on those synthetic MRIs and the CTs' liver labels alone (``segmenter_ct_liver_2d.yaml``, ct-liver's
   recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with
-  random organ intensities (``ORGAN_AUG``), beside that recipe on the real CTs (``CT2MRI_SEGMENTERS``).
+  random organ intensities or random-convolution contrast, beside that recipe on the real CTs
+  (``shipped_record.CT2MRI_SEGMENTERS``).
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
   slice by slice; no ct2mri stage).
 - ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0 --set translator.target.ratio=0`` (L1 to
@@ -71,7 +72,7 @@ from medgen.models.shipped import shipped_dir
 from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
-from shipped_record import record, write_cards
+from shipped_record import CT2MRI_SEGMENTERS, record, write_cards
 from translation_record import MRI_CT_3D, translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,15 +89,7 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
                        "--set", "ct2mri.config=''"]}  # frozen_ct_only's translator without the seg loss: L1 alone
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
-ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
-GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
-CT2MRI_SEGMENTERS = {  # result key -> (what it trains on: the ct2mri synthetic MRIs or the real CTs, extra --set)
-    "ct2mri": ("smri", []),  # ct-liver's recipe (segmenter_ct_liver_2d.yaml): ct-liver is its real-CT baseline
-    "ct2mri_organ": ("smri", [ORGAN_AUG]),
-    "ct_organ": ("ct", [ORGAN_AUG]),  # the baseline of the line above: the same recipe on the real CTs
-    "ct2mri_gin": ("smri", [GIN_AUG]),
-    "ct_gin": ("ct", [GIN_AUG]),  # its baseline on the real CTs
-    "ct2mri_gin80": ("smri", ["augment.gin=0.8"])}  # most patches in random-convolution contrast
+
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -248,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         smri = work / "ct2mri_images"
         if not smri.is_dir():
             medgen("translate", str(model), str(cts), str(smri), "--direction", "ct2mri", log=log)
-        for key, (source, sets) in CT2MRI_SEGMENTERS.items():
+        for key, (source, sets, _, _) in CT2MRI_SEGMENTERS.items():
             run, images = work / f"seg_{key}", smri if source == "smri" else cts
             if not run_finished(run):
                 results[f"{key}_seg_wall_s"] = medgen(

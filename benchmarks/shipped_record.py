@@ -11,16 +11,21 @@ from shipped_models import TRAIN_CTS
 from translation_record import MRI_CT_3D_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
-CT2MRI_WORDS = {  # shipped_eval's ct2mri segmenters (CT2MRI_SEGMENTERS) -> (their row, the key of their real-CT baseline)
-    "ct2mri": ("`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone (their liver "
-               "labels; ct-liver's recipe, whose real-CT baseline is ct-liver)", None),
-    "ct2mri_organ": ("the same with random organ intensities (`augment.organ_intensity`)", "ct_organ"),
-    "ct_organ": ("baseline: that recipe on the 25 real CTs themselves, no translation", None),
-    "ct2mri_gin": ("the ct2mri segmenter with random-convolution contrast on half its patches (`augment.gin=0.5`, "
-                   "GIN+IPA)", "ct_gin"),
-    "ct_gin": ("baseline: that recipe on the 25 real CTs themselves, no translation", None),
-    "ct2mri_gin80": ("the ct2mri segmenter with random-convolution contrast on 80 % of its patches (`augment.gin=0.8`)",
-                     None)}
+ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
+GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
+BASELINE_WORDS = "baseline: that recipe on the 25 real CTs themselves, no translation"
+CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what it trains on: fit mri-ct's synthetic
+    # MRIs "smri" or the real CTs "ct", its extra --set, its row, the key of its real-CT baseline)
+    "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone "
+                           "(their liver labels; ct-liver's recipe, whose real-CT baseline is ct-liver)", None),
+    "ct2mri_organ": ("smri", [ORGAN_AUG], "the same with random organ intensities (`augment.organ_intensity`)",
+                     "ct_organ"),
+    "ct_organ": ("ct", [ORGAN_AUG], BASELINE_WORDS, None),
+    "ct2mri_gin": ("smri", [GIN_AUG], "the ct2mri segmenter with random-convolution contrast on half its patches "
+                                      "(`augment.gin=0.5`, GIN+IPA)", "ct_gin"),
+    "ct_gin": ("ct", [GIN_AUG], BASELINE_WORDS, None),
+    "ct2mri_gin80": ("smri", ["augment.gin=0.8"], "the ct2mri segmenter with random-convolution contrast on 80 % of its "
+                                                  "patches (`augment.gin=0.8`)", None)}
 
 
 def write_cards(results: dict) -> None:
@@ -89,12 +94,12 @@ def record(results: dict) -> dict:
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
             rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
     fit = results.get("mri_ct", {}).get("wall_s")
-    for key, (label, _) in CT2MRI_WORDS.items():
+    for key, (source, _, label, _) in CT2MRI_SEGMENTERS.items():
         if key in results:
             r = results[key]
             stage = r.get("stage_wall_s")
             other = (f"ct2mri stage {stage / 60:.1f} min" + (f" (fit mri-ct in all {(fit + stage) / 60:.1f} min); "
-                                                             if fit else "; ") if stage and key.startswith("ct2mri")
+                                                             if fit else "; ") if stage and source == "smri"
                      else "")
             rows.append([label, r["mean_all_10"], r["mean_held_out"],
                          other + (f"segmenter trained {r['seg_wall_s'] / 60:.1f} min" if r.get("seg_wall_s") else "")])
@@ -124,9 +129,9 @@ def record(results: dict) -> dict:
                         f"{results['frozen']['mean_all_10']:.3f}" + (f" (translator on painted CTs alone: {other:.3f})"
                                                                      if other else "")])
     if "ct2mri" in results:
-        best = max((k for k in CT2MRI_WORDS if k.startswith("ct2mri") and k in results),
+        best = max((k for k, v in CT2MRI_SEGMENTERS.items() if v[0] == "smri" and k in results),
                    key=lambda k: results[k]["mean_all_10"])
-        base = results.get(CT2MRI_WORDS[best][1] or "")
+        base = results.get(CT2MRI_SEGMENTERS[best][3] or "")
         words = "on the real CTs" if base else "ct-liver on the MRI"
         base = base or results.get("zero_shot", {}).get("ct-liver direct", {})
         summary.append(["Segmenter trained only on `fit mri-ct`'s ct2mri MRIs: Dice, 10 MRIs",

@@ -29,11 +29,10 @@ import numpy as np
 
 from medgen.config import config_path, save_config
 from medgen.data.datalist import image_label_pairs, list_volumes
-from medgen.dicomseg import save_mask
 from medgen.engines.train import train_or_reuse
 from medgen.errors import MedgenError
 from medgen.inference.pipeline import run_pipeline
-from medgen.inference.segment import load_segmenter, postprocess
+from medgen.inference.segment import load_segmenter, segment_file
 from medgen.io import atomic_write, case_name, load_image
 from medgen.models.fit_model import FIT_CONFIG, MODEL_FILE, FitConfig, FitModel, load_fit_config, write_model
 from medgen.models.registry import load_config
@@ -162,9 +161,7 @@ def _ct_pseudo_labels(segmenter: str, ct: str, out: Path, device: str) -> Path:
     seg = load_segmenter(segmenter, device)
     entries = []
     for path in cts:
-        array, ref = load_image(path)
-        mask = postprocess(seg.predict(array, ref), seg.postprocess)
-        dst = save_mask(mask, ref, out / f"{case_name(path)}.nii.gz", overwrite=True)[0]
+        _, _, mask, dst = segment_file(seg, path, out / f"{case_name(path)}.nii.gz", overwrite=True)
         if mask.any():
             entries.append({"image": str(path.resolve()), "label": str(dst.resolve())})
     if not entries:

@@ -343,6 +343,15 @@ def load_segmenter(spec: str | Path, device: str = "auto", liver_index: int | No
     raise MedgenError(spec, "no such segmenter (a run directory, TorchScript file, MONAI bundle or 'totalsegmentator')")
 
 
+def segment_file(seg, src: Path, dst: Path, overwrite: bool = False, output_format: str = "auto",
+                 name: str = "medgen") -> tuple[np.ndarray, ImageRef, np.ndarray, Path]:
+    """One volume through a loaded segmenter (:func:`load_segmenter`) into a mask file, post-processed with the
+    segmenter's settings; returns ``(image, its ref, mask, the mask file written)``."""
+    array, ref = load_image(src)
+    mask = postprocess(seg.predict(array, ref), seg.postprocess)
+    return array, ref, mask, save_mask(mask, ref, dst, overwrite, output_format, name)[0]
+
+
 def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path, device: str = "auto",
                   liver_index: int | None = None, overwrite: bool = False,
                   modality: str | None = None, output_format: str = "auto") -> tuple[list[Path], int]:
@@ -354,9 +363,7 @@ def segment_files(segmenter: str | Path, inputs: str | Path, output: str | Path,
     rows = []
 
     def one(src: Path, dst: Path) -> Path:
-        array, ref = load_image(src)
-        mask = postprocess(seg.predict(array, ref), seg.postprocess)
-        written = save_mask(mask, ref, dst, overwrite, output_format, Path(str(segmenter)).name)[0]
+        array, ref, mask, written = segment_file(seg, src, dst, overwrite, output_format, Path(str(segmenter)).name)
         if not single:  # a folder run: its QC page
             save_png(case_picture(array, mask, ref), Path(output) / "qc" / f"{case_name(src)}.png")
             rows.append({"case": case_name(src), "status": "ok", "flags": "", "mask": str(dst), "image": str(src),
