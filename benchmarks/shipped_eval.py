@@ -38,6 +38,8 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0 --set translator.target.ratio=0`` (L1 to
   the painted CTs alone, frozen_ct_only without the segmentation-consistency loss: does that loss pull the spleen's HU
   down?; no ct2mri stage).
+- ``mri_ct_seg_mri``: the same fit with ``--set translator.loss.seg_painted=false`` (the segmentation loss on the
+  7 MRIs alone, the painted CTs under L1 alone: mri_ct_l1_only's CTs and the preset's MRIs; no ct2mri stage).
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -86,7 +88,9 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_3d": ["mri-ct", *[a for kv in MRI_CT_3D for a in ("--set", kv)]],  # the same translator in 3D
     "mri_ct_unlabelled": ["mri-ct", "--set", "ct2mri.config=''"],  # no --ct-labels: ct-liver's masks label the CTs
     "mri_ct_l1_only": ["mri-ct", "--set", "translator.loss.lambda_seg=0", "--set", "translator.target.ratio=0",
-                       "--set", "ct2mri.config=''"]}  # frozen_ct_only's translator without the seg loss: L1 alone
+                       "--set", "ct2mri.config=''"],  # frozen_ct_only's translator without the seg loss: L1 alone
+    "mri_ct_seg_mri": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"]}  # the
+# preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone)
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 

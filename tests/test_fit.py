@@ -240,6 +240,37 @@ def test_synthct_l1_counts_only_samples_with_a_ct():
     assert step(None, {**batch, HAS_CT: torch.tensor([[0.0], [0.0]])})["l1"] == 0.0
 
 
+def test_synthct_segmentation_loss_can_judge_the_mris_alone():
+    """loss.seg_painted false: the frozen segmenter judges only the MRI samples (has_ct 0); the painted CTs get L1
+    alone. The segmentation loss is Dice + cross-entropy of the segmenter's liver against the sample's label."""
+    from medgen.engines.synthct import HAS_CT, synthct_step
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTLossConfig
+
+    seen = []
+
+    def segmenter(fake):  # a constant liver probability of 0.8, recording the samples it is shown
+        seen.append(len(fake))
+        return torch.full_like(fake, 0.8)
+
+    net = torch.nn.Conv2d(1, 1, 1)
+    liver = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])  # the CT's label empty, the MRI's all liver
+    batch = {Keys.MRI: torch.zeros(2, 1, 4, 4), Keys.IMAGE: torch.zeros(2, 1, 4, 4), Keys.LABEL: liver,
+             HAS_CT: torch.tensor([[1.0], [0.0]])}
+    def run(loss_cfg, b):
+        return synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), loss_cfg, torch.device("cpu"), segmenter)(None, b)
+
+    mri_only = SynthCTLossConfig(lambda_l1=1.0, lambda_seg=1.0, seg_painted=False)
+    out = run(mri_only, batch)
+    dice = 1 - 2 * 0.8 * 16 / (0.8 * 16 + 16)  # MONAI DiceLoss on the all-liver MRI sample alone
+    assert seen == [1] and out["seg"] == pytest.approx(dice - np.log(0.8), rel=1e-4)
+    out = run(SynthCTLossConfig(lambda_l1=1.0, lambda_seg=1.0), batch)
+    assert seen[-1] == 2 and out["seg"] > dice - np.log(0.8) + 0.5  # the empty CT label: 0.8 everywhere is wrong
+    painted = {**batch, HAS_CT: torch.tensor([[1.0], [1.0]])}  # no MRI in the batch: no segmentation loss
+    out = run(mri_only, painted)
+    assert seen[-1] == 2 and len(seen) == 2 and out["seg"] == 0.0
+
+
 def test_synthct_discriminator_judges_the_mri_outputs_against_real_ct():
     """lambda_gan: D learns real CT patches against the generator's outputs on the MRIs (has_ct 0) only, and the
     generator's loss gains the LSGAN term."""
@@ -299,6 +330,9 @@ def test_target_mris_without_the_frozen_segmenter_are_refused(phantom_dir, tmp_p
                                                       f"target.images={ds}", f"target.labels={ds}", "target.ratio=0.5"]
     with pytest.raises(MedgenError, match="through the frozen segmenter alone"):
         train("synthct_2d", tmp_path / "t", sets)
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(MedgenError, match="segmentation loss on the target MRIs alone"):
+        train("synthct_2d", tmp_path / "t", sets[:-3] + ["loss.seg_painted=false", "segmenter=x"])
     assert not (tmp_path / "t").exists()
 
 

@@ -6,9 +6,10 @@ under :data:`Keys.MRI`: what an MRI of unknown weighting looks like to the gener
 ``lambda_l1 * |G(x) - ct|`` plus, with a frozen segmenter, ``lambda_seg * DiceCE(S(G(x)), liver)``; the
 segmenter's weights never change, gradients pass through it into the generator. With ``target`` real MRIs and
 their pseudo-labels are mixed in: those samples have no CT (``has_ct`` 0, no L1) and train through the segmenter
-alone. With ``loss.lambda_gan`` > 0 a PatchGAN (LSGAN) tells the batch's real CT patches from the generator's
-output on those MRIs (on every output without them), so that the synthetic CT takes a real CT's texture and contrast
-where there is no CT to match.
+alone; with ``loss.seg_painted`` false only they do, and the painted CTs are under L1 alone. With
+``loss.lambda_gan`` > 0 a PatchGAN (LSGAN) tells the batch's real CT patches from the generator's output on those
+MRIs (on every output without them), so that the synthetic CT takes a real CT's texture and contrast where there is
+no CT to match.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         fake = fake.float()
         l1 = ((fake - ct).abs().flatten(1).mean(1) * has_ct).sum() / has_ct.sum().clamp_min(1.0)
         loss, seg = loss_cfg.lambda_l1 * l1, torch.zeros(())
-        if segmenter is not None and loss_cfg.lambda_seg > 0:
-            prob = segmenter(fake)
-            seg = dice(prob, liver) + F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), liver)
+        judge = torch.ones_like(has_ct, dtype=torch.bool) if loss_cfg.seg_painted else has_ct == 0
+        if segmenter is not None and loss_cfg.lambda_seg > 0 and bool(judge.any()):
+            prob, mask = segmenter(fake[judge]), liver[judge]
+            seg = dice(prob, mask) + F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), mask)
             loss = loss + loss_cfg.lambda_seg * seg
         gan = loss_d = None
         if disc is not None:
@@ -155,6 +157,9 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if mris and not (cfg.segmenter and cfg.loss.lambda_seg > 0):
         raise MedgenError(cfg.target.images, "target MRIs train through the frozen segmenter alone (they have no CT): "
                                              "set segmenter and loss.lambda_seg > 0, or target.ratio=0")
+    if not cfg.loss.seg_painted and not mris:
+        raise MedgenError(cfg.data.images, "loss.seg_painted=false puts the segmentation loss on the target MRIs alone: "
+                                           "set target.images and target.ratio > 0")
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
     options = dataclasses.asdict(cfg.synthseg)
     classes, prob = options.pop("classes"), options.pop("prob")

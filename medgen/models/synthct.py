@@ -26,6 +26,9 @@ GENERATORS = {"mri2ct": "G"}
 class SynthCTLossConfig:
     lambda_l1: float = 10.0  # L1 between the generator's output and the real CT ([-1, 1] window units)
     lambda_seg: float = 1.0  # Dice + cross-entropy of the frozen segmenter's liver on the output (0: off)
+    # the segmentation loss on the painted CTs too (false: on the target MRIs alone, the painted CTs under L1 alone;
+    # needs target MRIs)
+    seg_painted: bool = True
     # LSGAN weight of a PatchGAN that tells real CT patches from the generator's output on the target MRIs (on
     # every sample without target MRIs): texture and contrast of a real CT where no CT is there to match (0: off)
     lambda_gan: float = 0.0
