@@ -32,7 +32,9 @@ the data (symbolic links), times the commands and scores the masks against the m
   segmenter trained on those synthetic MRIs and the CTs' liver labels alone (``segmenter_ct_liver_2d.yaml``, ct-liver's
   recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with
   random organ intensities or random-convolution contrast, beside that recipe on the real CTs
-  (``shipped_record.CT2MRI_SEGMENTERS``).
+  (``shipped_record.CT2MRI_SEGMENTERS``); ``smri_labels``: the same fit's ct2mri stage fitted again with
+  ``ct2mri.label_input=true`` on the CTs' liver, spleen and kidneys (a copy of the fit, ``--resume``), its synthetic
+  MRIs made with ``translate --labels``.
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
   slice by slice; no ct2mri stage).
 - ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0 --set translator.target.ratio=0`` (L1 to
@@ -92,6 +94,11 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_seg_mri": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"]}  # the
 # preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone)
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
+SMRI_FITS = {  # CT2MRI_SEGMENTERS' synthetic-MRI sources: fit mri-ct model (the CTs' --label-map, ct2mri.set added)
+    "smri": ("fit_mri_ct", "6:1", []),  # the preset fit's own ct2mri stage
+    # the same translator, its ct2mri generator also reading the CT's liver, spleen and kidneys (translate --labels)
+    "smri_labels": ("fit_mri_ct_labels", "6:1,1:2,2:3,3:4", ["label_input=true"])}
+STAGE_WALL = {"smri": "ct2mri", "smri_labels": "ct2mri_labels"}  # results' {..}_stage_wall_s and work/{..}_images
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 
 
@@ -232,30 +239,38 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_s": results.get(f"{step}_wall_s"),
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
     if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translator: a segmenter trained on its MRIs of the 25 CTs alone
-        model, stage = work / "fit_mri_ct", load_fit_config(preset_path("cpu", "mri-ct")).ct2mri
+        stage = load_fit_config(preset_path("cpu", "mri-ct")).ct2mri
         listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
-        if not json.loads((model / "model.json").read_text()).get("ct2mri"):  # fitted before the stage: resumed
-            results["ct2mri_stage_wall_s"] = medgen(
-                "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1", "--mri",
-                str(train_mri), "--out", str(model), "--resume", "--set", f"ct2mri.config={stage.config}", "--set",
-                f"ct2mri.set={stage.set}", log=log)
         names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
         cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
         labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
-        smri = work / "ct2mri_images"
-        if not smri.is_dir():
-            medgen("translate", str(model), str(cts), str(smri), "--direction", "ct2mri", log=log)
+        images = {"ct": cts}
+        for source, (fit_dir, label_map, extra) in SMRI_FITS.items():
+            if not any(v[0] == source for v in CT2MRI_SEGMENTERS.values()):
+                continue
+            model, wall = work / fit_dir, f"{STAGE_WALL[source]}_stage_wall_s"
+            if not model.is_dir():  # fit mri-ct's translator, its ct2mri stage fitted anew below
+                shutil.copytree(work / "fit_mri_ct", model, ignore=shutil.ignore_patterns("ct2mri", "qc", "model.json"))
+            if not (model / "model.json").is_file() or not json.loads((model / "model.json").read_text()).get("ct2mri"):
+                results[wall] = medgen(  # a fit made before that stage existed, or the copy: --resume adds the stage
+                    "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", label_map,
+                    "--mri", str(train_mri), "--out", str(model), "--resume", "--set",
+                    f"ct2mri.config={stage.config}", "--set", f"ct2mri.set={stage.set + extra}", log=log)
+            images[source] = work / f"{STAGE_WALL[source]}_images"
+            if not images[source].is_dir():
+                medgen("translate", str(model), str(cts), str(images[source]), "--direction", "ct2mri",
+                       *(["--labels", str(labels)] if extra else []), log=log)
         for key, (source, sets, _, _) in CT2MRI_SEGMENTERS.items():
-            run, images = work / f"seg_{key}", smri if source == "smri" else cts
+            run = work / f"seg_{key}"
             if not run_finished(run):
                 results[f"{key}_seg_wall_s"] = medgen(
-                    "train", "segmenter_ct_liver_2d.yaml", "--out", str(run), "--set", f"data.images={images}",
+                    "train", "segmenter_ct_liver_2d.yaml", "--out", str(run), "--set", f"data.images={images[source]}",
                     "--set", f"data.labels={labels}", "--set", "data.label_map={6: 1}", "--set",
-                    f"data.modality={'mri' if source == 'smri' else 'ct'}", "--set",
+                    f"data.modality={'ct' if source == 'ct' else 'mri'}", "--set",
                     f"train.iterations={CT2MRI_SEG_ITERATIONS}", *[a for kv in sets for a in ("--set", kv)], log=log)
             d = pipeline(f"{key}_seg", mri, "--segmenter", str(run))
             results[key] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT), "set": sets,
-                            "stage_wall_s": results.get("ct2mri_stage_wall_s"),
+                            "stage_wall_s": results.get(f"{STAGE_WALL.get(source)}_stage_wall_s"),
                             "seg_wall_s": results.get(f"{key}_seg_wall_s"), "seg_iterations": CT2MRI_SEG_ITERATIONS}
     if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
         arch = results.setdefault("architecture", {})

@@ -15,7 +15,8 @@ ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shif
 GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
 BASELINE_WORDS = "baseline: that recipe on the 25 real CTs themselves, no translation"
 CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what it trains on: fit mri-ct's synthetic
-    # MRIs "smri" or the real CTs "ct", its extra --set, its row, the key of its real-CT baseline)
+    # MRIs "smri" (shipped_eval.SMRI_FITS: "smri_labels" too) or the real CTs "ct", its extra --set, its row, the key
+    # of its real-CT baseline)
     "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone "
                            "(their liver labels; ct-liver's recipe, whose real-CT baseline is ct-liver)", None),
     "ct2mri_organ": ("smri", [ORGAN_AUG], "the same with random organ intensities (`augment.organ_intensity`)",
@@ -25,7 +26,10 @@ CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what 
                                       "(`augment.gin=0.5`, GIN+IPA)", "ct_gin"),
     "ct_gin": ("ct", [GIN_AUG], BASELINE_WORDS, None),
     "ct2mri_gin80": ("smri", ["augment.gin=0.8"], "the ct2mri segmenter with random-convolution contrast on 80 % of its "
-                                                  "patches (`augment.gin=0.8`)", None)}
+                                                  "patches (`augment.gin=0.8`)", None),
+    "ct2mri_labels_gin": ("smri_labels", [GIN_AUG], "the same (`augment.gin=0.5`) on the synthetic MRIs of a ct2mri "
+                                                    "generator that also reads the CT's liver, spleen and kidneys "
+                                                    "(`ct2mri.label_input=true`, `translate --labels`)", "ct_gin")}
 
 
 def write_cards(results: dict) -> None:
@@ -101,7 +105,7 @@ def record(results: dict) -> dict:
             r = results[key]
             stage = r.get("stage_wall_s")
             other = (f"ct2mri stage {stage / 60:.1f} min" + (f" (fit mri-ct in all {(fit + stage) / 60:.1f} min); "
-                                                             if fit else "; ") if stage and source == "smri"
+                                                             if fit else "; ") if stage and source != "ct"
                      else "")
             rows.append([label, r["mean_all_10"], r["mean_held_out"],
                          other + (f"segmenter trained {r['seg_wall_s'] / 60:.1f} min" if r.get("seg_wall_s") else "")])
@@ -131,13 +135,14 @@ def record(results: dict) -> dict:
                         f"{results['frozen']['mean_all_10']:.3f}" + (f" (translator on painted CTs alone: {other:.3f})"
                                                                      if other else "")])
     if "ct2mri" in results:
-        best = max((k for k, v in CT2MRI_SEGMENTERS.items() if v[0] == "smri" and k in results),
+        best = max((k for k, v in CT2MRI_SEGMENTERS.items() if v[0] != "ct" and k in results),
                    key=lambda k: results[k]["mean_all_10"])
         base = results.get(CT2MRI_SEGMENTERS[best][3] or "")
         words = "on the real CTs" if base else "ct-liver on the MRI"
         base = base or results.get("zero_shot", {}).get("ct-liver direct", {})
         summary.append(["Segmenter trained only on `fit mri-ct`'s ct2mri MRIs: Dice, 10 MRIs",
-                        f"{results[best]['mean_all_10']:.3f} ({', '.join(results[best]['set']) or 'ct-liver recipe'}; "
+                        f"{results[best]['mean_all_10']:.3f} ({', '.join(results[best]['set']) or 'ct-liver recipe'}"
+                        f"{', organ labels read' if CT2MRI_SEGMENTERS[best][0] == 'smri_labels' else ''}; "
                         f"{words}: {base.get('mean_all_10', float('nan')):.3f})"])
     arch = results.get("architecture", {})
     if "mri-liver" in arch and len(arch) > 1:

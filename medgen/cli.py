@@ -70,7 +70,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_translate(args: argparse.Namespace) -> int:
     from medgen.inference.translate import translate_files  # lazy: torch + MONAI (3.5 s)
 
-    written, failed = translate_files(args.run, args.input, args.output, args.direction, args.device, args.overwrite)
+    written, failed = translate_files(args.run, args.input, args.output, args.direction, args.device, args.overwrite,
+                                      args.labels)
     return _folder_status(written, failed, "translated")
 
 

@@ -185,6 +185,8 @@ def _inference_commands(add: Callable) -> None:
     p.add_argument("input", help="a volume or a folder of volumes")
     p.add_argument("output", help="an output .nii.gz (for a single input) or a folder")
     p.add_argument("--direction", choices=("mri2ct", "ct2mri"), default="mri2ct")
+    p.add_argument("--labels", help="the inputs' label maps (a file, or a folder matched by file name): a ct2mri "
+                   "translator fitted with --set ct2mri.label_input=true reads them")
     _add_device(p)
     _add_overwrite(p)
 

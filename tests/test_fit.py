@@ -376,6 +376,46 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     assert not (tmp_path / "no_ct").exists()
 
 
+def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
+            "--label-map", "1:1,2:2", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu",
+            "--set", "ct2mri.label_input=true"]
+    assert main(args + [a for k, v in TRANS.items() for stage in ("translator", "ct2mri")
+                        for a in ("--set", f"{stage}.{k}={v}")]) == 0
+    back = load_config(model / "ct2mri" / "config.yaml")
+    assert back.label_input and back.data.label_map == {1: 1, 2: 2}
+    assert load_translator(model, "ct2mri").net[0].in_channels == 3  # the CT and its 2 classes
+    ct = sorted((phantom_dir / "ct").glob("*.nii.gz"))[0]
+    labels = phantom_dir / "labels" / ct.name
+    out = tmp_path / "smri.nii.gz"
+    assert main(["translate", str(model), str(ct), str(out), "--direction", "ct2mri", "--labels", str(labels)]) == 0
+    smri, ref = load_image(out)
+    _, ct_ref = load_image(ct)
+    assert smri.shape == ct_ref.shape and np.allclose(ref.affine, ct_ref.affine) and smri.std() > 0
+    label = load_image(labels)[0]
+    assert len(np.unique(smri[label == 1])) > 1 or len(np.unique(smri)) > 2  # an image, not the label map
+    for extra, problem in (([], "give --labels"), (["--labels", str(tmp_path / "none")], "no such file")):
+        capsys.readouterr()
+        folder = tmp_path / f"out_{len(extra)}"
+        assert main(["translate", str(model), str(phantom_dir / "ct"), str(folder), "--direction", "ct2mri", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("medgen: error:") and problem in err and "\n" not in err and not folder.exists()
+    some = tmp_path / "some_labels"  # a folder with the first CT's label map only: the other CTs fail on their line
+    some.mkdir()
+    shutil.copy(labels, some / labels.name)
+    assert main(["translate", str(model), str(phantom_dir / "ct"), str(tmp_path / "some"), "--direction", "ct2mri",
+                 "--labels", str(some)]) == 2
+    written = sorted(p.name for p in (tmp_path / "some").glob("*.nii.gz"))
+    missing = len(list((phantom_dir / "ct").glob("*.nii.gz"))) - 1
+    assert written == [ct.name] and capsys.readouterr().err.count("no label map of this case") == missing
+    capsys.readouterr()
+    mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
+    assert main(["translate", str(model), str(mri), str(tmp_path / "sct.nii.gz"), "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reads no label map" in err and "\n" not in err and not (tmp_path / "sct.nii.gz").exists()
+
+
 def test_fit_mri_ct_without_ct_labels_labels_the_cts_with_its_segmenter(phantom_dir, tmp_path):
     model = tmp_path / "model"
     args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--mri", str(phantom_dir / "mri"), "--out", str(model),

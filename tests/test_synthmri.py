@@ -76,3 +76,19 @@ def test_synthmri_needs_its_translator_and_mris():
     with pytest.raises(MedgenError, match="needs target.images"):
         setup(SynthMRIConfig(translator="runs/t"), torch.device("cpu"))
 
+
+def test_synthmri_generator_reads_the_ct_classes_with_label_input():
+    """classes > 0: the generator's input is the CT patch and one channel per class (1 inside it), CT samples only."""
+    seen = []
+    net = torch.nn.Conv2d(3, 1, 1)
+    net.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach().clone()))
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    step = synthmri_step(net, disc, torch.nn.Identity(), torch.optim.SGD(net.parameters(), lr=0.0),
+                         torch.optim.SGD(disc.parameters(), lr=0.0), SynthMRILossConfig(), torch.device("cpu"), classes=2)
+    x = torch.rand(3, 1, 8, 8)
+    label = torch.zeros(3, 1, 8, 8)
+    label[0, :, :4], label[1, :, 4:] = 1, 2
+    step(None, {Keys.IMAGE: x, Keys.LABEL: label, HAS_CT: torch.tensor([[1.0], [1.0], [0.0]])})
+    inputs = seen[0]
+    assert inputs.shape == (2, 3, 8, 8) and torch.equal(inputs[:, :1], x[:2])  # the 2 CTs, not the MRI
+    assert torch.equal(inputs[:, 1:2], (label[:2] == 1).float()) and torch.equal(inputs[:, 2:], (label[:2] == 2).float())

@@ -4,7 +4,8 @@ Its config and networks are in :mod:`medgen.models.synthmri`. Every batch mixes 
 generator's input) with patches of the real MRIs (``has_ct`` 0, ``target.ratio`` of the batch: the discriminator's
 real samples). The generator minimises ``lambda_gan * LSGAN(D(G(ct)), real) + lambda_cycle * |T(G(ct)) - ct|``, where
 ``T`` is the fit's MRI -> CT translator, frozen (gradients pass through it, its weights never change); the
-discriminator learns the real MRI patches against this step's outputs.
+discriminator learns the real MRI patches against this step's outputs. With ``label_input`` the generator reads the
+CT patch's classes too (:func:`medgen.models.synthmri.with_labels`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from medgen.errors import MedgenError
 from medgen.inference.translate import load_translator
 from medgen.keys import Keys
 from medgen.models.run import EMA_SUFFIX, NORM_FILE, norm_artifact
-from medgen.models.synthmri import SynthMRIConfig, build_nets
+from medgen.models.synthmri import SynthMRIConfig, build_nets, label_classes, with_labels
 from medgen.runtime import autocast, grad_scaler, prefers_channels_last
 from medgen.transforms import ct_to_unit, unit_to_ct
 
@@ -49,10 +50,11 @@ class FrozenTranslator(torch.nn.Module):
 
 def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Module, opt: torch.optim.Optimizer,
                   opt_d: torch.optim.Optimizer, loss_cfg, device: torch.device, amp: str = "none", scaler=None,
-                  ema=None):
+                  ema=None, classes: int = 0):
     """Training step ``(engine, batch) -> {"loss", "gan", "cycle", "loss_d"}``: the generator on the batch's CT
-    patches (``has_ct`` 1), then the discriminator on its MRI patches against those outputs (``ema``: a weight
-    average of ``net``, updated after each step)."""
+    patches (``has_ct`` 1; with ``classes`` > 0 and their label maps as that many channels more), then the
+    discriminator on its MRI patches against those outputs (``ema``: a weight average of ``net``, updated after each
+    step)."""
     scaler = scaler or grad_scaler(device, "none")
 
     def step(engine, batch: Mapping) -> dict:
@@ -65,8 +67,9 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
             return {"loss": 0.0, "gan": 0.0, "cycle": 0.0, "loss_d": 0.0}
         set_requires_grad([disc], False)
         opt.zero_grad(set_to_none=True)
+        inputs = with_labels(ct, batch[Keys.LABEL].to(device)[has_ct], classes) if classes else ct
         with autocast(device, amp):
-            fake = net(ct)
+            fake = net(inputs)
             gan = gan_loss(disc(fake), True, "lsgan")
             cycle = (back(fake).float() - ct).abs().mean()
         loss = loss_cfg.lambda_gan * gan.float() + loss_cfg.lambda_cycle * cycle
@@ -108,7 +111,7 @@ def setup(cfg: SynthMRIConfig, device: torch.device) -> TaskSetup:
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.discriminator.lr, betas=(0.5, 0.999))
     scaler = grad_scaler(device, cfg.train.amp)
     ema = weight_average(net, cfg.ema_decay)
-    step = synthmri_step(net, disc, back, opt, opt_d, cfg.loss, device, cfg.train.amp, scaler, ema)
+    step = synthmri_step(net, disc, back, opt, opt_d, cfg.loss, device, cfg.train.amp, scaler, ema, label_classes(cfg))
     norm = norm_artifact([v[f"{Keys.IMAGE}_{Keys.SCALE}"] for v in mri_volumes], [cfg.preprocess.ct_window])
     to_save = {"G": net, "D": disc, "opt": opt, "opt_d": opt_d, "scaler": scaler,
                **({"G" + EMA_SUFFIX: ema} if ema is not None else {})}

@@ -9,6 +9,10 @@ A generator turns real CT patches into the fit's MRI contrast. Nothing pairs the
   trained on CTs painted in random contrasts, so it reads any contrast and the cycle keeps the anatomy, not the
   CT's contrast.
 
+With ``label_input`` the generator also reads the CT's label map (one channel per class of ``data.label_map``), so
+that a labelled organ can take its own MRI intensity (a T2 liver darker than the spleen of the same HU); translating
+then needs the CT's labels (``medgen translate --labels``).
+
 At inference a CT goes through the CT preset and the generator (``ct2mri``); the output is written in the training
 MRIs' median intensity range (``norm.json``'s ``mri_scale``).
 """
@@ -42,6 +46,7 @@ class SynthMRIConfig:
     translator: str | None = None  # the frozen MRI -> CT translator run (task synthct) of the cycle loss
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(name="unet", ngf=16))
+    label_input: bool = False  # the generator also reads the CT's classes (data.label_map), one channel each
     # the real MRIs (a fit's: with the shipped mri-liver's masks, which pick where patches are drawn): the
     # discriminator's real samples, ``target.ratio`` of every batch
     target: TargetDataConfig = field(default_factory=lambda: TargetDataConfig(ratio=0.5))
@@ -60,5 +65,21 @@ def build_nets(cfg: SynthMRIConfig, channels_last_layout: bool = True) -> dict[s
     >>> list(build_nets(SynthMRIConfig(generator=GeneratorConfig(name="unet", ngf=4))))
     ['G', 'D']
     """
-    return {"G": build_generator(cfg.generator, cfg.spatial_dims, channels_last_layout=channels_last_layout),
+    return {"G": build_generator(cfg.generator, cfg.spatial_dims, 1 + label_classes(cfg),
+                                 channels_last_layout=channels_last_layout),
             "D": build_discriminator(cfg.discriminator, cfg.spatial_dims)}
+
+
+def label_classes(cfg) -> int:
+    """How many label channels a translator run's generator reads besides the image (0: the image alone)."""
+    return max(cfg.data.label_map.values(), default=0) if getattr(cfg, "label_input", False) else 0
+
+
+def with_labels(x: torch.Tensor, label: torch.Tensor, classes: int) -> torch.Tensor:
+    """``(N, C, *spatial)`` images and their ``(N, 1, *spatial)`` class maps -> the images with one channel per class
+    ``1 .. classes`` (1 inside it, 0 elsewhere), the generator's input of a ``label_input`` run.
+
+    >>> with_labels(torch.zeros(1, 1, 2), torch.tensor([[[0, 2]]]), 2).tolist()
+    [[[0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]]
+    """
+    return torch.cat([x, *[(label == c).to(x.dtype) for c in range(1, classes + 1)]], 1)
