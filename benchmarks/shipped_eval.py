@@ -94,10 +94,10 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_seg_mri": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"]}  # the
 # preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone)
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
-SMRI_FITS = {  # CT2MRI_SEGMENTERS' synthetic-MRI sources: fit mri-ct model (the CTs' --label-map, ct2mri.set added)
-    "smri": ("fit_mri_ct", "6:1", []),  # the preset fit's own ct2mri stage
-    # the same translator, its ct2mri generator also reading the CT's liver, spleen and kidneys (translate --labels)
-    "smri_labels": ("fit_mri_ct_labels", "6:1,1:2,2:3,3:4", ["label_input=true"])}
+SMRI_FITS = {  # CT2MRI_SEGMENTERS' synthetic-MRI sources: fit mri-ct model, its ct2mri.set added
+    "smri": ("fit_mri_ct", []),  # the preset fit's own ct2mri stage
+    # the same translator (its label map 6:1 kept), the ct2mri generator also reading the CT's liver, spleen and kidneys
+    "smri_labels": ("fit_mri_ct_labels", ["label_input=true", "data.label_map={6: 1, 1: 2, 2: 3, 3: 4}"])}
 STAGE_WALL = {"smri": "ct2mri", "smri_labels": "ct2mri_labels"}  # results' {..}_stage_wall_s and work/{..}_images
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
         labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
         images = {"ct": cts}
-        for source, (fit_dir, label_map, extra) in SMRI_FITS.items():
+        for source, (fit_dir, extra) in SMRI_FITS.items():
             if not any(v[0] == source for v in CT2MRI_SEGMENTERS.values()):
                 continue
             model, wall = work / fit_dir, f"{STAGE_WALL[source]}_stage_wall_s"
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(work / "fit_mri_ct", model, ignore=shutil.ignore_patterns("ct2mri", "qc", "model.json"))
             if not (model / "model.json").is_file() or not json.loads((model / "model.json").read_text()).get("ct2mri"):
                 results[wall] = medgen(  # a fit made before that stage existed, or the copy: --resume adds the stage
-                    "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", label_map,
+                    "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
                     "--mri", str(train_mri), "--out", str(model), "--resume", "--set",
                     f"ct2mri.config={stage.config}", "--set", f"ct2mri.set={stage.set + extra}", log=log)
             images[source] = work / f"{STAGE_WALL[source]}_images"
