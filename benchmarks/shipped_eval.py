@@ -32,9 +32,9 @@ the data (symbolic links), times the commands and scores the masks against the m
   segmenter trained on those synthetic MRIs and the CTs' liver labels alone (``segmenter_ct_liver_2d.yaml``, ct-liver's
   recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with
   random organ intensities or random-convolution contrast, beside that recipe on the real CTs
-  (``shipped_record.CT2MRI_SEGMENTERS``); ``smri_labels``: the same fit's ct2mri stage fitted again with
-  ``ct2mri.label_input=true`` on the CTs' liver, spleen and kidneys (a copy of the fit, ``--resume``), its synthetic
-  MRIs made with ``translate --labels``.
+  (``shipped_record.CT2MRI_SEGMENTERS``); their source ``smri_labels``: that fit's ct2mri stage trained again by
+  ``medgen train MODEL/ct2mri/config.yaml`` with ``label_input=true`` on the CTs' liver, spleen and kidneys
+  (``SMRI_LABELS``), its synthetic MRIs made with ``translate --labels``.
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
   slice by slice; no ct2mri stage).
 - ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0 --set translator.target.ratio=0`` (L1 to
@@ -94,11 +94,10 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_seg_mri": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"]}  # the
 # preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone)
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
-SMRI_FITS = {  # CT2MRI_SEGMENTERS' synthetic-MRI sources: fit mri-ct model, its ct2mri.set added
-    "smri": ("fit_mri_ct", []),  # the preset fit's own ct2mri stage
-    # the same translator (its label map 6:1 kept), the ct2mri generator also reading the CT's liver, spleen and kidneys
-    "smri_labels": ("fit_mri_ct_labels", ["label_input=true", "data.label_map={6: 1, 1: 2, 2: 3, 3: 4}"])}
-STAGE_WALL = {"smri": "ct2mri", "smri_labels": "ct2mri_labels"}  # results' {..}_stage_wall_s and work/{..}_images
+# source smri_labels of CT2MRI_SEGMENTERS: fit mri-ct's ct2mri stage (its config.yaml) trained again with these, the
+# generator also reading the CT's liver, spleen and kidneys (its MRIs made with translate --labels)
+SMRI_LABELS = ["label_input=true", "data.label_map={6: 1, 1: 2, 2: 3, 3: 4}"]
+STAGE_WALL = {"smri": "ct2mri", "smri_labels": "ct2mri_labels"}  # source -> results' {..}_stage_wall_s
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 
 
@@ -239,27 +238,28 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_s": results.get(f"{step}_wall_s"),
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
     if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translator: a segmenter trained on its MRIs of the 25 CTs alone
-        stage = load_fit_config(preset_path("cpu", "mri-ct")).ct2mri
+        model, stage = work / "fit_mri_ct", load_fit_config(preset_path("cpu", "mri-ct")).ct2mri
         listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
         names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
         cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
         labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
-        images = {"ct": cts}
-        for source, (fit_dir, extra) in SMRI_FITS.items():
-            if not any(v[0] == source for v in CT2MRI_SEGMENTERS.values()):
-                continue
-            model, wall = work / fit_dir, f"{STAGE_WALL[source]}_stage_wall_s"
-            if not model.is_dir():  # fit mri-ct's translator, its ct2mri stage fitted anew below
-                shutil.copytree(work / "fit_mri_ct", model, ignore=shutil.ignore_patterns("ct2mri", "qc", "model.json"))
-            if not (model / "model.json").is_file() or not json.loads((model / "model.json").read_text()).get("ct2mri"):
-                results[wall] = medgen(  # a fit made before that stage existed, or the copy: --resume adds the stage
-                    "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1",
-                    "--mri", str(train_mri), "--out", str(model), "--resume", "--set",
-                    f"ct2mri.config={stage.config}", "--set", f"ct2mri.set={stage.set + extra}", log=log)
-            images[source] = work / f"{STAGE_WALL[source]}_images"
-            if not images[source].is_dir():
-                medgen("translate", str(model), str(cts), str(images[source]), "--direction", "ct2mri",
-                       *(["--labels", str(labels)] if extra else []), log=log)
+        if not json.loads((model / "model.json").read_text()).get("ct2mri"):  # fitted before the stage: resumed
+            results["ct2mri_stage_wall_s"] = medgen(
+                "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1", "--mri",
+                str(train_mri), "--out", str(model), "--resume", "--set", f"ct2mri.config={stage.config}", "--set",
+                f"ct2mri.set={stage.set}", log=log)
+        images = {"ct": cts, "smri": work / "ct2mri_images", "smri_labels": work / "ct2mri_labels_images"}
+        if not images["smri"].is_dir():
+            medgen("translate", str(model), str(cts), str(images["smri"]), "--direction", "ct2mri", log=log)
+        if any(v[0] == "smri_labels" for v in CT2MRI_SEGMENTERS.values()):
+            run = work / "ct2mri_labels"  # the fit's ct2mri stage trained again, its generator reading the CT's organs
+            if not run_finished(run):
+                results["ct2mri_labels_stage_wall_s"] = medgen(
+                    "train", str(model / "ct2mri" / "config.yaml"), "--out", str(run),
+                    *[a for kv in SMRI_LABELS for a in ("--set", kv)], log=log)
+            if not images["smri_labels"].is_dir():
+                medgen("translate", str(run), str(cts), str(images["smri_labels"]), "--direction", "ct2mri",
+                       "--labels", str(labels), log=log)
         for key, (source, sets, _, _) in CT2MRI_SEGMENTERS.items():
             run = work / f"seg_{key}"
             if not run_finished(run):

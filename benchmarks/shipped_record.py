@@ -15,7 +15,7 @@ ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shif
 GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
 BASELINE_WORDS = "baseline: that recipe on the 25 real CTs themselves, no translation"
 CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what it trains on: fit mri-ct's synthetic
-    # MRIs "smri" (shipped_eval.SMRI_FITS: "smri_labels" too) or the real CTs "ct", its extra --set, its row, the key
+    # MRIs "smri" (or "smri_labels": shipped_eval.SMRI_LABELS) or the real CTs "ct", its extra --set, its row, the key
     # of its real-CT baseline)
     "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone "
                            "(their liver labels; ct-liver's recipe, whose real-CT baseline is ct-liver)", None),
