@@ -94,7 +94,9 @@ def record(results: dict) -> dict:
                        ("mri_ct_l1_only", "the same fit with `translator.loss.lambda_seg=0` and `translator.target.ratio=0` "
                                           "(L1 to the painted CTs alone; no ct2mri stage)"),
                        ("mri_ct_seg_mri", "the same fit with `translator.loss.seg_painted=false` (the segmentation loss "
-                                          "on the MRIs alone, L1 alone on the painted CTs; no ct2mri stage)")):
+                                          "on the MRIs alone, L1 alone on the painted CTs; no ct2mri stage)"),
+                       ("mri_ct_seg_mri_half", "the same with `translator.loss.lambda_seg=0.5` as well (that loss at half "
+                                               "its weight)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
