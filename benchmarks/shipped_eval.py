@@ -33,8 +33,9 @@ the data (symbolic links), times the commands and scores the masks against the m
   recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with
   random organ intensities or random-convolution contrast, beside that recipe on the real CTs
   (``shipped_record.CT2MRI_SEGMENTERS``); their source ``smri_labels``: that fit's ct2mri stage trained again by
-  ``medgen train MODEL/ct2mri/config.yaml`` with ``label_input=true`` on the CTs' liver, spleen and kidneys
-  (``SMRI_LABELS``), its synthetic MRIs made with ``translate --labels``.
+  ``medgen train MODEL/ct2mri/config.yaml`` with ``label_input=true`` (``SMRI_LABELS``: the generator reads the CT's
+  liver, the discriminator each patch's liver), its synthetic MRIs made with ``translate --labels``. The organ
+  contrast of each set of synthetic MRIs (spleen and kidneys over the liver, ``organ_contrast``) beside the real T2s'.
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
   slice by slice; no ct2mri stage).
 - ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0 --set translator.target.ratio=0`` (L1 to
@@ -98,9 +99,11 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_seg_mri_half": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
                             "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"]}
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
-# source smri_labels of CT2MRI_SEGMENTERS: fit mri-ct's ct2mri stage (its config.yaml) trained again with these, the
-# generator also reading the CT's liver, spleen and kidneys (its MRIs made with translate --labels)
-SMRI_LABELS = ["label_input=true", "data.label_map={6: 1, 1: 2, 2: 3, 3: 4}"]
+# source smri_labels of CT2MRI_SEGMENTERS: fit mri-ct's ct2mri stage (its config.yaml) trained again with this, the
+# generator also reading the CT's liver and the discriminator each patch's liver (its MRIs made with translate --labels)
+SMRI_LABELS = ["label_input=true"]
+ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
+LIVER_VALUES = (6, 1)  # BTCV, CHAOS
 STAGE_WALL = {"smri": "ct2mri", "smri_labels": "ct2mri_labels"}  # source -> results' {..}_stage_wall_s
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
 
@@ -123,6 +126,20 @@ def network_of(run: Path) -> str:
     z = cfg.preprocess.spacing[2] if cfg.preprocess.spacing else None
     kind = "2D" if cfg.network.slices == 1 else f"2.5D ({cfg.network.slices} slices)"
     return f"{kind}, slices {'as scanned' if z is None else f'at {z:g} mm'}, {cfg.train.iterations} iterations"
+
+
+def organ_contrast(images: Path, labels: Path, column: int) -> dict[str, float]:
+    """Each organ's median intensity over the liver's, per volume, then the median over the volumes of ``images``
+    (``labels`` by file name; ``column`` 0: BTCV values, 1: CHAOS values): the T2 contrast a synthetic MRI should have."""
+    ratios = {organ: [] for organ in ORGANS}
+    for path in sorted(images.glob("*.nii.gz")):
+        image = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+        label = np.asarray(nib.load(str(labels / path.name)).dataobj)
+        liver = float(np.median(image[label == LIVER_VALUES[column]]))
+        for organ, values in ORGANS.items():
+            if (label == values[column]).any():
+                ratios[organ].append(float(np.median(image[label == values[column]])) / liver)
+    return {organ: round(float(np.median(r)), 2) for organ, r in ratios.items() if r}
 
 
 def link_files(files: list[Path], dst: Path) -> Path:
@@ -264,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             if not images["smri_labels"].is_dir():
                 medgen("translate", str(run), str(cts), str(images["smri_labels"]), "--direction", "ct2mri",
                        "--labels", str(labels), log=log)
+        results["ct2mri_contrast"] = {"real T2 MRIs": organ_contrast(mri, mri_labels, 1), **{
+            source: organ_contrast(images[source], labels, 0) for source in ("smri", "smri_labels")
+            if images[source].is_dir()}}
         for key, (source, sets, _, _) in CT2MRI_SEGMENTERS.items():
             run = work / f"seg_{key}"
             if not run_finished(run):

@@ -28,8 +28,9 @@ CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what 
     "ct2mri_gin80": ("smri", ["augment.gin=0.8"], "the ct2mri segmenter with random-convolution contrast on 80 % of its "
                                                   "patches (`augment.gin=0.8`)", None),
     "ct2mri_labels_gin": ("smri_labels", [GIN_AUG], "the same (`augment.gin=0.5`) on the synthetic MRIs of a ct2mri "
-                                                    "generator that also reads the CT's liver, spleen and kidneys "
-                                                    "(`ct2mri.label_input=true`, `translate --labels`)", "ct_gin")}
+                                                    "generator that also reads the CT's liver, judged by a discriminator "
+                                                    "that sees the liver (`ct2mri.label_input=true`, `translate "
+                                                    "--labels`)", "ct_gin")}
 
 
 def write_cards(results: dict) -> None:
@@ -166,6 +167,13 @@ def record(results: dict) -> dict:
                   f"fires on {f['on_good']:.0%} of the good masks" for name, f in q["flags"].items()]
         notes.append("low_confidence's threshold (uncertainty > 0.3) was chosen on these masks; touches_fov_edge "
                      "did not single out bad masks on them and was removed")
+    if "ct2mri_contrast" in results:
+        names = {"real T2 MRIs": "the 10 real T2 MRIs", "smri": "ct2mri's synthetic MRIs of the 25 CTs",
+                 "smri_labels": "those of the ct2mri generator reading the liver (`label_input`)"}
+        notes.append("T2 organ contrast (median over the volumes of each organ's median intensity over the liver's; "
+                     "spleen / right kidney / left kidney): " + "; ".join(
+                         f"{names[k]} {' / '.join(f'{v:.2f}' for v in c.values())}"
+                         for k, c in results["ct2mri_contrast"].items()))
     return {"title": "Shipped models on the development set", "notes": notes, "summary": summary, "command": "python benchmarks/shipped_eval.py",
             "data": {"ct_count_for_training": len(TRAIN_CTS), **results["data"]},
             "machine": f"{os.cpu_count()} CPU cores, no GPU",

@@ -78,17 +78,23 @@ def test_synthmri_needs_its_translator_and_mris():
 
 
 def test_synthmri_generator_reads_the_ct_classes_with_label_input():
-    """classes > 0: the generator's input is the CT patch and one channel per class (1 inside it), CT samples only."""
-    seen = []
+    """classes > 0: the generator's input is the CT patch and one channel per class (1 inside it), CT samples only;
+    the discriminator sees each patch beside its liver (class 1): the output with the CT's, the MRI with its own."""
+    seen, judged = [], []
     net = torch.nn.Conv2d(3, 1, 1)
     net.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach().clone()))
-    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2, in_channels=2)
+    disc.register_forward_hook(lambda _m, inputs, _o: judged.append(inputs[0].detach().clone()))
     step = synthmri_step(net, disc, torch.nn.Identity(), torch.optim.SGD(net.parameters(), lr=0.0),
                          torch.optim.SGD(disc.parameters(), lr=0.0), SynthMRILossConfig(), torch.device("cpu"), classes=2)
     x = torch.rand(3, 1, 8, 8)
     label = torch.zeros(3, 1, 8, 8)
-    label[0, :, :4], label[1, :, 4:] = 1, 2
+    label[0, :, :4], label[1, :, 4:], label[2, :, :, :2] = 1, 2, 1
     step(None, {Keys.IMAGE: x, Keys.LABEL: label, HAS_CT: torch.tensor([[1.0], [1.0], [0.0]])})
     inputs = seen[0]
     assert inputs.shape == (2, 3, 8, 8) and torch.equal(inputs[:, :1], x[:2])  # the 2 CTs, not the MRI
     assert torch.equal(inputs[:, 1:2], (label[:2] == 1).float()) and torch.equal(inputs[:, 2:], (label[:2] == 2).float())
+    fake = net(inputs).detach()
+    assert [t.shape[:2] for t in judged] == [(2, 2), (1, 2), (2, 2)]  # G's term; then D: the MRI, the outputs
+    assert torch.allclose(judged[0][:, :1], fake) and torch.equal(judged[0][:, 1:], (label[:2] == 1).float())
+    assert torch.equal(judged[1], torch.cat([x[2:], (label[2:] == 1).float()], 1))

@@ -5,7 +5,8 @@ generator's input) with patches of the real MRIs (``has_ct`` 0, ``target.ratio``
 real samples). The generator minimises ``lambda_gan * LSGAN(D(G(ct)), real) + lambda_cycle * |T(G(ct)) - ct|``, where
 ``T`` is the fit's MRI -> CT translator, frozen (gradients pass through it, its weights never change); the
 discriminator learns the real MRI patches against this step's outputs. With ``label_input`` the generator reads the
-CT patch's classes too (:func:`medgen.models.synthmri.with_labels`).
+CT patch's classes too (:func:`medgen.models.synthmri.with_labels`), and the discriminator each patch's liver (class
+1): the CT's label beside the output, the pseudo-label beside the real MRI.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
                   ema=None, classes: int = 0):
     """Training step ``(engine, batch) -> {"loss", "gan", "cycle", "loss_d"}``: the generator on the batch's CT
     patches (``has_ct`` 1; with ``classes`` > 0 and their label maps as that many channels more), then the
-    discriminator on its MRI patches against those outputs (``ema``: a weight average of ``net``, updated after each
-    step)."""
+    discriminator on its MRI patches against those outputs (with ``classes`` > 0 each beside its liver, class 1;
+    ``ema``: a weight average of ``net``, updated after each step)."""
     scaler = scaler or grad_scaler(device, "none")
 
     def step(engine, batch: Mapping) -> dict:
@@ -67,10 +68,12 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
             return {"loss": 0.0, "gan": 0.0, "cycle": 0.0, "loss_d": 0.0}
         set_requires_grad([disc], False)
         opt.zero_grad(set_to_none=True)
-        inputs = with_labels(ct, batch[Keys.LABEL].to(device)[has_ct], classes) if classes else ct
+        label = batch[Keys.LABEL].to(device) if classes else None
+        inputs = with_labels(ct, label[has_ct], classes) if classes else ct
         with autocast(device, amp):
             fake = net(inputs)
-            gan = gan_loss(disc(fake), True, "lsgan")
+            judged = with_labels(fake, label[has_ct], 1) if classes else fake  # what D sees of the output
+            gan = gan_loss(disc(judged), True, "lsgan")
             cycle = (back(fake).float() - ct).abs().mean()
         loss = loss_cfg.lambda_gan * gan.float() + loss_cfg.lambda_cycle * cycle
         scaler.scale(loss).backward()
@@ -78,7 +81,8 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
         scaler.step(opt)
         loss_d = None
         if len(real):
-            loss_d = patchgan_update(disc, opt_d, real, fake, device, amp, scaler)
+            loss_d = patchgan_update(disc, opt_d, with_labels(real, label[~has_ct], 1) if classes else real, judged,
+                                     device, amp, scaler)
         scaler.update()
         if ema is not None:
             ema.update_parameters(net)

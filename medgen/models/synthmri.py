@@ -11,7 +11,10 @@ A generator turns real CT patches into the fit's MRI contrast. Nothing pairs the
 
 With ``label_input`` the generator also reads the CT's label map (one channel per class of ``data.label_map``), so
 that a labelled organ can take its own MRI intensity (a T2 liver darker than the spleen of the same HU); translating
-then needs the CT's labels (``medgen translate --labels``).
+then needs the CT's labels (``medgen translate --labels``). The discriminator then sees the liver too (class 1: the
+CT's label beside the generator's output, the pseudo-label beside a real MRI), so it judges the liver's contrast
+against what surrounds it; without that it judged patches blind to the organs, and the generator drew a liver
+brighter than the spleen and kidneys, the reverse of a T2.
 
 At inference a CT goes through the CT preset and the generator (``ct2mri``); the output is written in the training
 MRIs' median intensity range (``norm.json``'s ``mri_scale``).
@@ -67,7 +70,7 @@ def build_nets(cfg: SynthMRIConfig, channels_last_layout: bool = True) -> dict[s
     """
     return {"G": build_generator(cfg.generator, cfg.spatial_dims, 1 + label_classes(cfg),
                                  channels_last_layout=channels_last_layout),
-            "D": build_discriminator(cfg.discriminator, cfg.spatial_dims)}
+            "D": build_discriminator(cfg.discriminator, cfg.spatial_dims, 1 + min(label_classes(cfg), 1))}
 
 
 def label_classes(cfg) -> int:
