@@ -43,7 +43,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   down?; no ct2mri stage).
 - ``mri_ct_seg_mri``: the same fit with ``--set translator.loss.seg_painted=false`` (the segmentation loss on the
   7 MRIs alone, the painted CTs under L1 alone: mri_ct_l1_only's CTs and the preset's MRIs; no ct2mri stage).
-- ``mri_ct_seg_mri_half``: the same with ``--set translator.loss.lambda_seg=0.5`` as well.
+- ``mri_ct_seg_mri_half``, ``mri_ct_seg_mri_quarter``: the same with ``--set translator.loss.lambda_seg=0.5``
+  (``0.25``) as well.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -97,7 +98,9 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     # preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone); and at half
     # its weight, between that (liver 28 HU low) and L1 alone (Dice 0.804)
     "mri_ct_seg_mri_half": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
-                            "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"]}
+                            "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
+    "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
+                               "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"]}
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 # source smri_labels of CT2MRI_SEGMENTERS: fit mri-ct's ct2mri stage (its config.yaml) trained again with this, the
 # generator also reading the CT's liver and the discriminator each patch's liver (its MRIs made with translate --labels)

@@ -97,7 +97,8 @@ def record(results: dict) -> dict:
                        ("mri_ct_seg_mri", "the same fit with `translator.loss.seg_painted=false` (the segmentation loss "
                                           "on the MRIs alone, L1 alone on the painted CTs; no ct2mri stage)"),
                        ("mri_ct_seg_mri_half", "the same with `translator.loss.lambda_seg=0.5` as well (that loss at half "
-                                               "its weight)")):
+                                               "its weight)"),
+                       ("mri_ct_seg_mri_quarter", "the same with `translator.loss.lambda_seg=0.25` (a quarter)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"

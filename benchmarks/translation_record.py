@@ -20,7 +20,8 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_unlabelled": "`fit mri-ct` without `--ct-labels` (ct-liver's liver masks of the CTs label them)",
     "mri_ct_l1_only": "translator on painted CTs alone without the segmentation loss (`lambda_seg=0`, L1 only)",
     "mri_ct_seg_mri": "`fit mri-ct` with the segmentation loss on its MRIs alone (`seg_painted=false`; CTs: L1 only)",
-    "mri_ct_seg_mri_half": "the same at half the segmentation loss's weight (`lambda_seg=0.5`)"}
+    "mri_ct_seg_mri_half": "the same at half the segmentation loss's weight (`lambda_seg=0.5`)",
+    "mri_ct_seg_mri_quarter": "the same at a quarter of its weight (`lambda_seg=0.25`)"}
 
 
 def first_pop(translation: dict) -> dict:
@@ -59,7 +60,8 @@ def translation_record(translation: dict) -> dict:
                      *(f"{pop[o]['median']:.0f} (IQR {pop[o]['iqr'][0]:.0f} to {pop[o]['iqr'][1]:.0f})" for o in ORGANS)])
     return {"title": "Translators judged on real MRIs, no paired CT", "summary": summary,
             "command": "python benchmarks/shipped_eval.py --only frozen,frozen_ct_only,mri_ct,mri_ct_gan,mri_ct_3d,"
-                       "mri_ct_unlabelled,mri_ct_l1_only,mri_ct_seg_mri,mri_ct_seg_mri_half,translation",
+                       "mri_ct_unlabelled,mri_ct_l1_only,mri_ct_seg_mri,mri_ct_seg_mri_half,"
+                       "mri_ct_seg_mri_quarter,translation",
             "data": {"ct_count": 30, "ct_count_for_training": len(TRAIN_CTS), "mri": "10 CHAOS T2 MRIs, manual labels",
                      "translators": "the synthct translator of each fit, trained on 25 CTs: frozen (fit mri-liver "
                                     "--segmenter ct-liver; also on the 7 fit MRIs, target.ratio 0.5), frozen_ct_only "
@@ -67,7 +69,8 @@ def translation_record(translation: dict) -> dict:
                                     "with a PatchGAN, translator.loss.lambda_gan=1), mri_ct_3d (the same with a 3D "
                                     "translator), mri_ct_unlabelled (the same without the CTs' labels), mri_ct_l1_only (the same "
                                     "without the segmentation-consistency loss), mri_ct_seg_mri (fit mri-ct with that "
-                                    "loss on the MRIs alone), mri_ct_seg_mri_half (the same at half its weight)"},
+                                    "loss on the MRIs alone), mri_ct_seg_mri_half and _quarter (the same at half and a "
+                                    "quarter of its weight)"},
             "notes": ["organ HU: the median synthetic-CT HU inside the MRI's manual organ label (median over the 10 "
                       "MRIs), the absolute difference to the real CTs' median, and the overlap of the two IQRs; BTCV HU are "
                       "known in [-125, 275] only, and the translator's output window is [-175, 250]",
