@@ -23,7 +23,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   The preset's translator draws half its samples from the 7 MRIs, pseudo-labelled by the shipped mri-liver and
   trained through the frozen segmenter alone (``translator.target.ratio: 0.5``).
 - ``frozen_ct_only``: the same with ``--set translator.target.ratio=0`` (the translator on painted CTs alone).
-- ``mri_ct``: ``medgen fit mri-ct --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --preset cpu`` (the
+- ``mri_ct``: ``medgen fit mri-ct --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --preset cpu`` with the
+  earlier preset's keys (``EARLIER``: the segmentation loss on every sample; the preset now is ``mri_ct_seg_mri_quarter``'s) (the
   translator as the product), then its model through ``pipeline --model``.
 - ``mri_ct_gan``: the same with ``--set translator.loss.lambda_gan=1`` (a PatchGAN judges the translator's output on
   the MRIs against real CT patches).
@@ -44,7 +45,7 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``mri_ct_seg_mri``: the same fit with ``--set translator.loss.seg_painted=false`` (the segmentation loss on the
   7 MRIs alone, the painted CTs under L1 alone: mri_ct_l1_only's CTs and the preset's MRIs; no ct2mri stage).
 - ``mri_ct_seg_mri_half``, ``mri_ct_seg_mri_quarter``: the same with ``--set translator.loss.lambda_seg=0.5``
-  (``0.25``) as well.
+  (``0.25``) as well; the quarter is ``fit mri-ct``'s preset now.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -85,18 +86,20 @@ from translation_record import MRI_CT_3D, translation_record
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
 MRIS = sorted(TRAIN + HELD_OUT)
+EARLIER = ["--set", "translator.loss.seg_painted=true", "--set", "translator.loss.lambda_seg=1"]  # fit mri-ct's preset
+# before the sixth stop (the segmentation loss on every sample): the fits measured with it keep it when rerun
 CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu and --out); each fit's translator judged
     "frozen": ["mri-liver", "--segmenter", "ct-liver"],  # the preset: half the translator's samples the 7 MRIs
     "frozen_ct_only": ["mri-liver", "--segmenter", "ct-liver", "--set", "translator.target.ratio=0"],  # CTs alone
-    "mri_ct": ["mri-ct"],  # the preset (the same translator stage as frozen's)
-    "mri_ct_gan": ["mri-ct", "--set", "translator.loss.lambda_gan=1"],  # a PatchGAN on its MRI outputs
-    "mri_ct_3d": ["mri-ct", *[a for kv in MRI_CT_3D for a in ("--set", kv)]],  # the same translator in 3D
-    "mri_ct_unlabelled": ["mri-ct", "--set", "ct2mri.config=''"],  # no --ct-labels: ct-liver's masks label the CTs
-    "mri_ct_l1_only": ["mri-ct", "--set", "translator.loss.lambda_seg=0", "--set", "translator.target.ratio=0",
+    "mri_ct": ["mri-ct", *EARLIER],  # the earlier preset (the same translator stage as frozen's)
+    "mri_ct_gan": ["mri-ct", *EARLIER, "--set", "translator.loss.lambda_gan=1"],  # a PatchGAN on its MRI outputs
+    "mri_ct_3d": ["mri-ct", *EARLIER, *[a for kv in MRI_CT_3D for a in ("--set", kv)]],  # the same translator in 3D
+    "mri_ct_unlabelled": ["mri-ct", *EARLIER, "--set", "ct2mri.config=''"],  # no --ct-labels: ct-liver labels the CTs
+    "mri_ct_l1_only": ["mri-ct", *EARLIER, "--set", "translator.loss.lambda_seg=0", "--set", "translator.target.ratio=0",
                        "--set", "ct2mri.config=''"],  # frozen_ct_only's translator without the seg loss: L1 alone
-    "mri_ct_seg_mri": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"],  # the
-    # preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone); and at half
-    # its weight, between that (liver 28 HU low) and L1 alone (Dice 0.804)
+    "mri_ct_seg_mri": ["mri-ct", *EARLIER, "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"],
+    # the earlier preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone);
+    # and at half and a quarter of its weight (the quarter: the preset now, its keys given as the preset gives them)
     "mri_ct_seg_mri_half": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
                             "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
     "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",

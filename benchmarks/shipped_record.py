@@ -17,7 +17,7 @@ BASELINE_WORDS = "baseline: that recipe on the 25 real CTs themselves, no transl
 CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what it trains on: fit mri-ct's synthetic
     # MRIs "smri" (or "smri_labels": shipped_eval.SMRI_LABELS) or the real CTs "ct", its extra --set, its row, the key
     # of its real-CT baseline)
-    "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri: a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone "
+    "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri (the earlier preset's fit): a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone "
                            "(their liver labels; ct-liver's recipe, whose real-CT baseline is ct-liver)", None),
     "ct2mri_organ": ("smri", [ORGAN_AUG], "the same with random organ intensities (`augment.organ_intensity`)",
                      "ct_organ"),
@@ -86,7 +86,8 @@ def record(results: dict) -> dict:
                        ("frozen", "`fit --segmenter ct-liver` (25 CTs, 7 MRIs; frozen CT segmenter; the preset) + `pipeline`"),
                        ("frozen_ct_only", "the same fit with `--set translator.target.ratio=0` (the translator on "
                                           "painted CTs alone, not on the MRIs)"),
-                       ("mri_ct", "`fit mri-ct` (25 CTs, 7 MRIs) + `pipeline --model`: its synthetic CT through ct-liver"),
+                       ("mri_ct", "`fit mri-ct` (25 CTs, 7 MRIs; the earlier preset, the segmentation loss on every "
+                                  "sample) + `pipeline --model`: its synthetic CT through ct-liver"),
                        ("mri_ct_gan", "the same fit with `--set translator.loss.lambda_gan=1` (a PatchGAN on the "
                                       "synthetic CTs of the MRIs)"),
                        ("mri_ct_3d", f"the same fit with {MRI_CT_3D_WORDS}"),
@@ -98,7 +99,8 @@ def record(results: dict) -> dict:
                                           "on the MRIs alone, L1 alone on the painted CTs; no ct2mri stage)"),
                        ("mri_ct_seg_mri_half", "the same with `translator.loss.lambda_seg=0.5` as well (that loss at half "
                                                "its weight)"),
-                       ("mri_ct_seg_mri_quarter", "the same with `translator.loss.lambda_seg=0.25` (a quarter)")):
+                       ("mri_ct_seg_mri_quarter", "the same with `translator.loss.lambda_seg=0.25` (a quarter): "
+                                                  "`fit mri-ct --preset cpu` now")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"

@@ -354,6 +354,7 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     cfg = load_config(model / "translator" / "config.yaml")  # the preset: through the shipped ct-liver, MRIs mixed in
     assert (cfg.segmenter, cfg.target.ratio, cfg.target.images) == (str(shipped_dir("ct-liver")), 0.5,
                                                                     str(model / "pseudo" / "dataset.json"))
+    assert (cfg.loss.seg_painted, cfg.loss.lambda_seg) == (False, 0.25)  # that loss on the MRIs alone, a quarter
     mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
     out = tmp_path / "sct.nii.gz"
     assert main(["translate", str(model), str(mri), str(out)]) == 0  # the model folder is a translator

@@ -299,9 +299,13 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
             listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg)
             if json.loads(listing.read_text())["training"]:
                 target = [f"target.images={listing}", f"target.labels={listing}"]
+            else:
+                print("[medgen fit] translator: no MRI has a plausible liver mask; the segmentation loss judges the "
+                      "painted CTs", flush=True)
+        painted = [] if target else ["loss.seg_painted=true"]  # no MRI trains through the segmenter: the CTs do
         _, times["translator"] = _stage("translator", cfg.translator.config, out / "translator",
                                         data + [f"segmenter={through}"] + target + _common_sets(cfg)
-                                        + cfg.translator.set)
+                                        + cfg.translator.set + painted)
         model.translator = translator = "translator"
         if cfg.ct2mri.config:  # the CT -> MRI translator: real CTs into the MRIs' contrast, cycled through that one
             listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg)

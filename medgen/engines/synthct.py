@@ -157,7 +157,7 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if mris and not (cfg.segmenter and cfg.loss.lambda_seg > 0):
         raise MedgenError(cfg.target.images, "target MRIs train through the frozen segmenter alone (they have no CT): "
                                              "set segmenter and loss.lambda_seg > 0, or target.ratio=0")
-    if not cfg.loss.seg_painted and not mris:
+    if cfg.segmenter and cfg.loss.lambda_seg > 0 and not cfg.loss.seg_painted and not mris:
         raise MedgenError(cfg.data.images, "loss.seg_painted=false puts the segmentation loss on the target MRIs alone: "
                                            "set target.images and target.ratio > 0")
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
