@@ -146,7 +146,7 @@ def record(results: dict) -> dict:
         base = results.get(CT2MRI_SEGMENTERS[best][3] or "")
         words = "on the real CTs" if base else "ct-liver on the MRI"
         base = base or results.get("zero_shot", {}).get("ct-liver direct", {})
-        summary.append(["Segmenter trained only on `fit mri-ct`'s ct2mri MRIs: Dice, 10 MRIs",
+        summary.append(["Segmenter on ct2mri MRIs alone (earlier preset): Dice, 10 MRIs",
                         f"{results[best]['mean_all_10']:.3f} ({', '.join(results[best]['set']) or 'ct-liver recipe'}"
                         f"{', organ labels read' if CT2MRI_SEGMENTERS[best][0] == 'smri_labels' else ''}; "
                         f"{words}: {base.get('mean_all_10', float('nan')):.3f})"])
