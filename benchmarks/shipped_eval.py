@@ -23,9 +23,9 @@ the data (symbolic links), times the commands and scores the masks against the m
   The preset's translator draws half its samples from the 7 MRIs, pseudo-labelled by the shipped mri-liver and
   trained through the frozen segmenter alone (``translator.target.ratio: 0.5``).
 - ``frozen_ct_only``: the same with ``--set translator.target.ratio=0`` (the translator on painted CTs alone).
-- ``mri_ct``: ``medgen fit mri-ct --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --preset cpu`` with the
-  earlier preset's keys (``EARLIER``: the segmentation loss on every sample; the preset now is ``mri_ct_seg_mri_quarter``'s) (the
-  translator as the product), then its model through ``pipeline --model``.
+- ``mri_ct``: ``medgen fit mri-ct --ct CT --ct-labels L --label-map 6:1 --mri MRI_TRAIN --preset cpu`` (the
+  translator as the product) with the earlier preset's keys (``EARLIER``: the segmentation loss on every sample; the
+  preset now is ``mri_ct_seg_mri_quarter``'s), then its model through ``pipeline --model``.
 - ``mri_ct_gan``: the same with ``--set translator.loss.lambda_gan=1`` (a PatchGAN judges the translator's output on
   the MRIs against real CT patches).
 - ``ct2mri``: ``fit mri-ct``'s CT -> MRI translator (its ``ct2mri`` stage; a fit made before that stage existed is
@@ -110,9 +110,7 @@ UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their l
 SMRI_LABELS = ["label_input=true"]
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
 LIVER_VALUES = (6, 1)  # BTCV, CHAOS
-STAGE_WALL = {"smri": "ct2mri", "smri_labels": "ct2mri_labels"}  # source -> results' {..}_stage_wall_s
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
-
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -300,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"train.iterations={CT2MRI_SEG_ITERATIONS}", *[a for kv in sets for a in ("--set", kv)], log=log)
             d = pipeline(f"{key}_seg", mri, "--segmenter", str(run))
             results[key] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT), "set": sets,
-                            "stage_wall_s": results.get(f"{STAGE_WALL.get(source)}_stage_wall_s"),
+                            "stage_wall_s": results.get(f"{source.replace('smri', 'ct2mri')}_stage_wall_s"),
                             "seg_wall_s": results.get(f"{key}_seg_wall_s"), "seg_iterations": CT2MRI_SEG_ITERATIONS}
     if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
         arch = results.setdefault("architecture", {})

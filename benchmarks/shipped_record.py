@@ -17,8 +17,9 @@ BASELINE_WORDS = "baseline: that recipe on the 25 real CTs themselves, no transl
 CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what it trains on: fit mri-ct's synthetic
     # MRIs "smri" (or "smri_labels": shipped_eval.SMRI_LABELS) or the real CTs "ct", its extra --set, its row, the key
     # of its real-CT baseline)
-    "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri (the earlier preset's fit): a 2D segmenter trained on its synthetic MRIs of the 25 CTs alone "
-                           "(their liver labels; ct-liver's recipe, whose real-CT baseline is ct-liver)", None),
+    "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri (the earlier preset's fit): a 2D segmenter trained on its synthetic "
+                           "MRIs of the 25 CTs alone (their liver labels; ct-liver's recipe, whose real-CT baseline is "
+                           "ct-liver)", None),
     "ct2mri_organ": ("smri", [ORGAN_AUG], "the same with random organ intensities (`augment.organ_intensity`)",
                      "ct_organ"),
     "ct_organ": ("ct", [ORGAN_AUG], BASELINE_WORDS, None),

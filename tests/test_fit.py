@@ -257,6 +257,7 @@ def test_synthct_segmentation_loss_can_judge_the_mris_alone():
     liver = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])  # the CT's label empty, the MRI's all liver
     batch = {Keys.MRI: torch.zeros(2, 1, 4, 4), Keys.IMAGE: torch.zeros(2, 1, 4, 4), Keys.LABEL: liver,
              HAS_CT: torch.tensor([[1.0], [0.0]])}
+
     def run(loss_cfg, b):
         return synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), loss_cfg, torch.device("cpu"), segmenter)(None, b)
 
@@ -394,8 +395,12 @@ def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir
     smri, ref = load_image(out)
     _, ct_ref = load_image(ct)
     assert smri.shape == ct_ref.shape and np.allclose(ref.affine, ct_ref.affine) and smri.std() > 0
-    label = load_image(labels)[0]
-    assert len(np.unique(smri[label == 1])) > 1 or len(np.unique(smri)) > 2  # an image, not the label map
+    ct_array, label = load_image(ct)[0], load_image(labels)[0]
+    translator = load_translator(model, "ct2mri", "cpu")  # pointwise: each voxel from its CT value and its classes
+    with_labels, without = (translator.translate(ct_array, ct_ref, lab)[0] for lab in (label, np.zeros_like(label)))
+    assert np.allclose(with_labels, smri, atol=1e-3)  # the command's output
+    inside, outside = np.isin(label, (1, 2)), ~np.isin(label, (1, 2))
+    assert not np.allclose(with_labels[inside], without[inside]) and np.allclose(with_labels[outside], without[outside])
     for extra, problem in (([], "give --labels"), (["--labels", str(tmp_path / "none")], "no such file")):
         capsys.readouterr()
         folder = tmp_path / f"out_{len(extra)}"
@@ -415,6 +420,18 @@ def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir
     assert main(["translate", str(model), str(mri), str(tmp_path / "sct.nii.gz"), "--labels", str(labels)]) == 2
     err = capsys.readouterr().err.strip()
     assert "reads no label map" in err and "\n" not in err and not (tmp_path / "sct.nii.gz").exists()
+
+
+def test_fit_mri_ct_without_mris_to_train_through_puts_the_loss_back_on_the_painted_cts(phantom_dir, tmp_path):
+    """The preset's segmentation loss acts on the fit's MRIs alone; a translator given none of them (here
+    target.ratio=0) trains that loss on the painted CTs instead of being refused."""
+    model = tmp_path / "model"
+    args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
+            "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu",
+            "--set", "ct2mri.config=''", "--set", "translator.target.ratio=0"]
+    assert main(args + [a for k, v in TRANS.items() for a in ("--set", f"translator.{k}={v}")]) == 0
+    cfg = load_config(model / "translator" / "config.yaml")
+    assert (cfg.loss.seg_painted, cfg.loss.lambda_seg, cfg.target.images) == (True, 0.25, None)
 
 
 def test_fit_mri_ct_without_ct_labels_labels_the_cts_with_its_segmenter(phantom_dir, tmp_path):

@@ -77,7 +77,6 @@ def translate_array(net: torch.nn.Module, cfg, array: np.ndarray, ref, device: t
     y = run(net, x)
     cycle = None
     if back_net is not None:
-        x = x[:1]
         body = x > -0.9
         cycle = float((run(back_net, y) - x).abs()[body].mean()) if body.any() else float("nan")
     values = pre_out.to_intensity(y, geom, scale=tuple(mri_scale) if mri_scale else None)
@@ -176,16 +175,16 @@ def check_labels_given(translator: Translator, given: bool, where: str | Path) -
                                  "with ct2mri.label_input=true)")
 
 
-def _label_maps(labels: str | Path, single: bool) -> dict[str, Path]:
-    """``--labels``: case name -> label map file (a single input's: the file itself, under the key ``""``)."""
+def _label_maps(labels: str | Path, pairs: list[tuple[Path, Path]], single: bool) -> dict[str, Path]:
+    """``--labels``: case name -> label map file (a single input's: the file itself)."""
     if single:
-        return {"": Path(labels)}
+        return {case_name(pairs[0][0]): Path(labels)}
     return {case_name(p): p for p in list_volumes(labels)}
 
 
 def _label_map_of(src: Path, by_name: dict[str, Path], ref: ImageRef) -> np.ndarray:
     """The label map of input ``src`` (:func:`_label_maps`), checked: on ``src``'s grid, integer values."""
-    path = by_name.get("", by_name.get(case_name(src)))
+    path = by_name.get(case_name(src))
     if path is None:
         raise MedgenError(src, "no label map of this case in --labels")
     array, label_ref = load_image(path)
@@ -204,7 +203,7 @@ def translate_files(run_dir: str | Path, inputs: str | Path, output: str | Path,
     check_labels_given(translator, labels is not None, run_dir)  # before any volume is read
     single, pairs = input_output_pairs(inputs, output)
     check_output_of(inputs, output, single)  # before any volume is translated
-    by_name = None if labels is None else _label_maps(labels, single)
+    by_name = None if labels is None else _label_maps(labels, pairs, single)
 
     def one(src: Path, dst: Path) -> Path:
         array, ref = load_image(src)
