@@ -28,15 +28,15 @@ the data (symbolic links), times the commands and scores the masks against the m
   preset now is ``mri_ct_seg_mri_quarter``'s), then its model through ``pipeline --model``.
 - ``mri_ct_gan``: the same with ``--set translator.loss.lambda_gan=1`` (a PatchGAN judges the translator's output on
   the MRIs against real CT patches).
-- ``ct2mri``: ``fit mri-ct``'s CT -> MRI translator (its ``ct2mri`` stage; a fit made before that stage existed is
-  completed with ``--resume``): ``medgen translate MODEL CTS SMRI --direction ct2mri`` on the 25 training CTs, a 2D
-  segmenter trained on those synthetic MRIs and the CTs' liver labels alone (``segmenter_ct_liver_2d.yaml``, ct-liver's
-  recipe, ``data.modality=mri``), then ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with
-  random organ intensities or random-convolution contrast, beside that recipe on the real CTs
-  (``shipped_record.CT2MRI_SEGMENTERS``); their source ``smri_labels``: that fit's ct2mri stage trained again by
-  ``medgen train MODEL/ct2mri/config.yaml`` with ``label_input=true`` (``SMRI_LABELS``: the generator reads the CT's
-  liver, the discriminator each patch's liver), its synthetic MRIs made with ``translate --labels``. The organ
-  contrast of each set of synthetic MRIs (spleen and kidneys over the liver, ``organ_contrast``) beside the real T2s'.
+- ``ct2mri``: a ``fit mri-ct``'s CT -> MRI translator (``CT2MRI_SOURCES``: the ``ct2mri`` stage of a CT_FITS step's
+  fit, or that stage trained again by ``medgen train MODEL/ct2mri/config.yaml --set KEY=VALUE``):
+  ``medgen translate MODEL CTS SMRI --direction ct2mri`` (with ``--labels`` for a ``label_input`` stage) on the 25
+  training CTs, a 2D segmenter trained on those synthetic MRIs and the CTs' liver labels alone
+  (``segmenter_ct_liver_2d.yaml``, ct-liver's recipe, ``data.modality=mri``), then
+  ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with random organ intensities or
+  random-convolution contrast, beside that recipe on the real CTs (``shipped_record.CT2MRI_SEGMENTERS``;
+  ``--segmenters KEYS``: some of them). The organ contrast of each set of synthetic MRIs (spleen and kidneys over the
+  liver, ``organ_contrast``) beside the real T2s'.
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
   slice by slice; no ct2mri stage).
 - ``mri_ct_l1_only``: the same fit with ``--set translator.loss.lambda_seg=0 --set translator.target.ratio=0`` (L1 to
@@ -46,6 +46,7 @@ the data (symbolic links), times the commands and scores the masks against the m
   7 MRIs alone, the painted CTs under L1 alone: mri_ct_l1_only's CTs and the preset's MRIs; no ct2mri stage).
 - ``mri_ct_seg_mri_half``, ``mri_ct_seg_mri_quarter``: the same with ``--set translator.loss.lambda_seg=0.5``
   (``0.25``) as well; the quarter is ``fit mri-ct``'s preset now.
+- ``mri_ct_preset``: ``fit mri-ct --preset cpu`` as it ships now, every stage (its ct2mri stage too) in one timed run.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -103,11 +104,15 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_seg_mri_half": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
                             "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
     "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
-                               "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"]}
+                               "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"],
+    "mri_ct_preset": ["mri-ct"]}  # the preset now as a user runs it, every stage (ct2mri included) in its wall time
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
-# source smri_labels of CT2MRI_SEGMENTERS: fit mri-ct's ct2mri stage (its config.yaml) trained again with this, the
-# generator also reading the CT's liver and the discriminator each patch's liver (its MRIs made with translate --labels)
-SMRI_LABELS = ["label_input=true"]
+CT2MRI_SOURCES = {  # the synthetic MRIs of CT2MRI_SEGMENTERS: source -> (the CT_FITS step whose ct2mri stage makes
+    # them, and the keys that stage's config.yaml is trained again with, if any; label_input: made with translate --labels)
+    "smri": ("mri_ct", []),  # the earlier preset's fit
+    "smri_labels": ("mri_ct", ["label_input=true"]),  # the generator also reads the liver, the discriminator sees it
+    "smri_preset": ("mri_ct_preset", []),  # the preset now
+    "smri_liver": ("mri_ct_preset", ["label_input=true", "loss.lambda_liver=5"])}  # and the liver at the MRIs' level
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
 LIVER_VALUES = (6, 1)  # BTCV, CHAOS
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "shipped_eval"))
     p.add_argument("--only", default="zero_shot,tta,ct,speed,fit_mri,fit_mri_paint")
     p.add_argument("--write-cards", action="store_true")
+    p.add_argument("--segmenters", default="", help="step ct2mri: these keys of CT2MRI_SEGMENTERS (default: all)")
     p.add_argument("--runs", default=str(ROOT / "benchmarks" / "out" / "shipped"),
                    help="the training runs of benchmarks/shipped_models.py (step architecture)")
     args = p.parse_args(argv)
@@ -262,33 +268,32 @@ def main(argv: list[str] | None = None) -> int:
         results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                          "wall_s": results.get(f"{step}_wall_s"),
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
-    if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translator: a segmenter trained on its MRIs of the 25 CTs alone
-        model, stage = work / "fit_mri_ct", load_fit_config(preset_path("cpu", "mri-ct")).ct2mri
+    if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translators: segmenters trained on their MRIs of the 25 CTs alone
         listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
         names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
         cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
         labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
-        if not json.loads((model / "model.json").read_text()).get("ct2mri"):  # fitted before the stage: resumed
-            results["ct2mri_stage_wall_s"] = medgen(
-                "fit", "mri-ct", "--ct", str(listing), "--ct-labels", str(listing), "--label-map", "6:1", "--mri",
-                str(train_mri), "--out", str(model), "--resume", "--set", f"ct2mri.config={stage.config}", "--set",
-                f"ct2mri.set={stage.set}", log=log)
-        images = {"ct": cts, "smri": work / "ct2mri_images", "smri_labels": work / "ct2mri_labels_images"}
-        if not images["smri"].is_dir():
-            medgen("translate", str(model), str(cts), str(images["smri"]), "--direction", "ct2mri", log=log)
-        if any(v[0] == "smri_labels" for v in CT2MRI_SEGMENTERS.values()):
-            run = work / "ct2mri_labels"  # the fit's ct2mri stage trained again, its generator reading the CT's organs
-            if not run_finished(run):
-                results["ct2mri_labels_stage_wall_s"] = medgen(
-                    "train", str(model / "ct2mri" / "config.yaml"), "--out", str(run),
-                    *[a for kv in SMRI_LABELS for a in ("--set", kv)], log=log)
-            if not images["smri_labels"].is_dir():
-                medgen("translate", str(run), str(cts), str(images["smri_labels"]), "--direction", "ct2mri",
-                       "--labels", str(labels), log=log)
-        results["ct2mri_contrast"] = {"real T2 MRIs": organ_contrast(mri, mri_labels, 1), **{
-            source: organ_contrast(images[source], labels, 0) for source in ("smri", "smri_labels")
-            if images[source].is_dir()}}
-        for key, (source, sets, _, _) in CT2MRI_SEGMENTERS.items():
+        keys = args.segmenters.split(",") if args.segmenters else list(CT2MRI_SEGMENTERS)
+        images = {"ct": cts}
+        for source in {CT2MRI_SEGMENTERS[k][0] for k in keys} - {"ct"}:
+            fit, sets = CT2MRI_SOURCES[source]
+            model, name = work / f"fit_{fit}", source.replace("smri", "ct2mri")
+            images[source] = work / f"{name}_images"
+            if not (model / "model.json").is_file():
+                raise SystemExit(f"shipped_eval: ct2mri: {source} needs step {fit}'s fit (--only {fit} first)")
+            run = work / name if sets else model / "ct2mri"  # the fit's own stage, or that stage trained again
+            if sets and not run_finished(run):
+                medgen("train", str(model / "ct2mri" / "config.yaml"), "--out", str(run),
+                       *[a for kv in sets for a in ("--set", kv)], log=log)
+            results[f"{name}_stage_wall_s"] = training_minutes(run) * 60
+            if not images[source].is_dir():
+                medgen("translate", str(work / name if sets else model), str(cts), str(images[source]), "--direction",
+                       "ct2mri", *(["--labels", str(labels)] if "label_input=true" in sets else []), log=log)
+        contrast = results.setdefault("ct2mri_contrast", {})
+        contrast["real T2 MRIs"] = organ_contrast(mri, mri_labels, 1)
+        contrast.update({source: organ_contrast(path, labels, 0) for source, path in images.items() if source != "ct"})
+        for key in keys:
+            source, sets = CT2MRI_SEGMENTERS[key][:2]
             run = work / f"seg_{key}"
             if not run_finished(run):
                 results[f"{key}_seg_wall_s"] = medgen(

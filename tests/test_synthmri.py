@@ -62,8 +62,29 @@ def test_a_batch_of_mris_only_changes_nothing():
     disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
     d_before = [p.detach().clone() for p in disc.parameters()]
     out = _step(net, back, disc)(None, {Keys.IMAGE: torch.rand(2, 1, 8, 8), HAS_CT: torch.tensor([[0.], [0.]])})
-    assert out == {"loss": 0.0, "gan": 0.0, "cycle": 0.0, "loss_d": 0.0}
+    assert out == {"loss": 0.0, "gan": 0.0, "cycle": 0.0, "liver": 0.0, "loss_d": 0.0}
     assert float(net.weight.detach()) == 2.0 and all(torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
+
+
+def test_the_liver_loss_pulls_the_output_in_the_cts_liver_to_the_mris_level():
+    """lambda_liver: |mean of G(ct) inside the CT patches' liver (class 1) - level|, hand-computed; MRI patches and
+    voxels outside the liver do not count, and a batch whose CTs have no liver adds nothing."""
+    net, back = _scale(2.0), _scale(0.5, trainable=False)  # the cycle gives the CT back exactly: the loss is the rest
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    x = torch.zeros(3, 1, 8, 8)
+    x[0, 0, 0, :2], x[0, 0, 1, 0], x[0, 0, 3, 3], x[2, 0, 0, 0] = 0.1, 0.4, 0.9, 0.8  # 0.9: outside the liver
+    label = torch.zeros(3, 1, 8, 8)
+    label[0, 0, :2, :2], label[2] = 1, 1  # 4 liver voxels of the CT (0.1, 0.1, 0.4, 0); the MRI's liver: not counted
+    batch = {Keys.IMAGE: x, Keys.LABEL: label, HAS_CT: torch.tensor([[1.0], [1.0], [0.0]])}
+    step = synthmri_step(net, disc, back, torch.optim.SGD(net.parameters(), lr=0.01),
+                         torch.optim.SGD(disc.parameters(), lr=0.0), SynthMRILossConfig(0.0, 10.0, 3.0),
+                         torch.device("cpu"), level=-0.5)
+    out = step(None, batch)
+    assert out["liver"] == pytest.approx(abs(2 * 0.6 / 4 + 0.5), rel=1e-5)  # G doubles: mean 0.3 against -0.5
+    assert out["loss"] == pytest.approx(3.0 * out["liver"], rel=1e-5)
+    assert float(net.weight.detach()) < 2.0  # pulled down towards the MRIs' darker liver
+    no_liver = {**batch, Keys.LABEL: torch.zeros(3, 1, 8, 8)}
+    assert step(None, no_liver)["liver"] == 0.0
 
 
 def test_synthmri_needs_its_translator_and_mris():
@@ -75,6 +96,10 @@ def test_synthmri_needs_its_translator_and_mris():
         setup(SynthMRIConfig(), torch.device("cpu"))
     with pytest.raises(MedgenError, match="needs target.images"):
         setup(SynthMRIConfig(translator="runs/t"), torch.device("cpu"))
+    cfg = SynthMRIConfig(translator="runs/t", loss=SynthMRILossConfig(lambda_liver=1.0))
+    cfg.target.images = "mris/"
+    with pytest.raises(MedgenError, match="lambda_liver needs target.labels"):
+        setup(cfg, torch.device("cpu"))
 
 
 def test_synthmri_generator_reads_the_ct_classes_with_label_input():

@@ -3,14 +3,16 @@
 Its config and networks are in :mod:`medgen.models.synthmri`. Every batch mixes real CT patches (``has_ct`` 1: the
 generator's input) with patches of the real MRIs (``has_ct`` 0, ``target.ratio`` of the batch: the discriminator's
 real samples). The generator minimises ``lambda_gan * LSGAN(D(G(ct)), real) + lambda_cycle * |T(G(ct)) - ct|``, where
-``T`` is the fit's MRI -> CT translator, frozen (gradients pass through it, its weights never change); the
-discriminator learns the real MRI patches against this step's outputs. With ``label_input`` the generator reads the
+``T`` is the fit's MRI -> CT translator, frozen (gradients pass through it, its weights never change), and with
+``lambda_liver`` also ``lambda_liver * |mean of G(ct) in the CT's liver - the real MRIs' liver level|``
+(:func:`liver_level`); the discriminator learns the real MRI patches against this step's outputs. With ``label_input`` the generator reads the
 CT patch's classes too (:func:`medgen.models.synthmri.with_labels`), and the discriminator each patch's liver (class
 1): the CT's label beside the output, the pseudo-label beside the real MRI.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 
 import torch
@@ -51,11 +53,12 @@ class FrozenTranslator(torch.nn.Module):
 
 def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Module, opt: torch.optim.Optimizer,
                   opt_d: torch.optim.Optimizer, loss_cfg, device: torch.device, amp: str = "none", scaler=None,
-                  ema=None, classes: int = 0):
-    """Training step ``(engine, batch) -> {"loss", "gan", "cycle", "loss_d"}``: the generator on the batch's CT
-    patches (``has_ct`` 1; with ``classes`` > 0 and their label maps as that many channels more), then the
+                  ema=None, classes: int = 0, level: float | None = None):
+    """Training step ``(engine, batch) -> {"loss", "gan", "cycle", "liver", "loss_d"}``: the generator on the batch's
+    CT patches (``has_ct`` 1; with ``classes`` > 0 and their label maps as that many channels more), then the
     discriminator on its MRI patches against those outputs (with ``classes`` > 0 each beside its liver, class 1;
-    ``ema``: a weight average of ``net``, updated after each step)."""
+    ``ema``: a weight average of ``net``, updated after each step; ``level``: the real MRIs' liver level, which the
+    output's mean inside the CT patches' liver is pulled to with ``loss_cfg.lambda_liver``)."""
     scaler = scaler or grad_scaler(device, "none")
 
     def step(engine, batch: Mapping) -> dict:
@@ -65,10 +68,10 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
         has_ct = batch[HAS_CT].to(device).flatten() > 0.5
         ct, real = x[has_ct], x[~has_ct]
         if not len(ct):  # a batch of MRIs only (chance 0.5 ** 12 at batch 12): nothing to translate, no update
-            return {"loss": 0.0, "gan": 0.0, "cycle": 0.0, "loss_d": 0.0}
+            return {"loss": 0.0, "gan": 0.0, "cycle": 0.0, "liver": 0.0, "loss_d": 0.0}
         set_requires_grad([disc], False)
         opt.zero_grad(set_to_none=True)
-        label = batch[Keys.LABEL].to(device) if classes else None
+        label = batch[Keys.LABEL].to(device) if classes or level is not None else None
         inputs = with_labels(ct, label[has_ct], classes) if classes else ct
         with autocast(device, amp):
             fake = net(inputs)
@@ -76,6 +79,10 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
             gan = gan_loss(disc(judged), True, "lsgan")
             cycle = (back(fake).float() - ct).abs().mean()
         loss = loss_cfg.lambda_gan * gan.float() + loss_cfg.lambda_cycle * cycle
+        liver = torch.zeros((), device=device)
+        if level is not None and (label[has_ct] == 1).any():
+            liver = (fake.float()[label[has_ct] == 1].mean() - level).abs()
+            loss = loss + loss_cfg.lambda_liver * liver
         scaler.scale(loss).backward()
         average_gradients([net])
         scaler.step(opt)
@@ -87,11 +94,24 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
         if ema is not None:
             ema.update_parameters(net)
         return {"loss": loss.item(), "gan": float(gan.detach()), "cycle": float(cycle.detach()),
+                "liver": float(liver.detach()),
                 "loss_d": float("nan") if loss_d is None else float(loss_d.detach()),
                 "visuals": {Keys.CT: ct[:1].detach(), Keys.FAKE_MRI: fake[:1].detach().float(),
                             **({Keys.MRI: real[:1].detach()} if len(real) else {})}}
 
     return step
+
+
+def liver_level(volumes: list[dict]) -> float | None:
+    """The real MRIs' liver level: the median over ``volumes`` (preprocessed, as the discriminator sees them) of the
+    mean intensity inside each one's liver (label class 1); None when no volume has a liver.
+
+    >>> liver_level([{Keys.IMAGE: torch.tensor([0.5, 0.1]), Keys.LABEL: torch.tensor([1, 0])},
+    ...              {Keys.IMAGE: torch.tensor([0.0, -1.0]), Keys.LABEL: torch.tensor([1, 1])}])
+    0.0
+    """
+    means = [float(v[Keys.IMAGE][v[Keys.LABEL] == 1].float().mean()) for v in volumes if (v[Keys.LABEL] == 1).any()]
+    return float(statistics.median(means)) if means else None
 
 
 def setup(cfg: SynthMRIConfig, device: torch.device) -> TaskSetup:
@@ -101,12 +121,18 @@ def setup(cfg: SynthMRIConfig, device: torch.device) -> TaskSetup:
                                 "cycle loss goes through (a `medgen fit mri-ct` model trains one first)")
     if not cfg.target.images or not 0 < cfg.target.ratio < 1:
         raise MedgenError(cfg.target.images, "synthmri needs target.images (the real MRIs) and 0 < target.ratio < 1")
+    if cfg.loss.lambda_liver > 0 and not cfg.target.labels:
+        raise MedgenError(cfg.target.images, "loss.lambda_liver needs target.labels: the real MRIs' liver masks give "
+                                             "the liver's MRI intensity")
     back = FrozenTranslator(cfg.translator, cfg.preprocess.ct_window, device).to(device)
     volumes = labelled_volumes(image_label_pairs(cfg.data.images, cfg.data.labels), cfg.data, cfg.preprocess)
     spatial = intensity_augmentation(False, None, cfg.spatial_dims if cfg.spatial else None)
     transform = Compose([*(spatial.transforms if spatial else []), CopyItemsd(Keys.IMAGE, names=[Keys.MRI])])
     cts = flagged(labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1, transform), 1.0)
     mris, mri_volumes = target_mris(cfg, spatial)
+    level = liver_level(mri_volumes) if cfg.loss.lambda_liver > 0 else None
+    if cfg.loss.lambda_liver > 0 and level is None:
+        raise MedgenError(cfg.target.labels, "loss.lambda_liver: no target MRI has a liver (class 1) in its mask")
     samples = MixedSamples(cts, mris, cfg.target.ratio, cfg.train.seed * 2 + 3)
     nets = {k: v.to(device) for k, v in build_nets(cfg, prefers_channels_last(device, cfg.train.amp)).items()}
     net, disc = nets["G"], nets["D"]
@@ -115,7 +141,8 @@ def setup(cfg: SynthMRIConfig, device: torch.device) -> TaskSetup:
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.discriminator.lr, betas=(0.5, 0.999))
     scaler = grad_scaler(device, cfg.train.amp)
     ema = weight_average(net, cfg.ema_decay)
-    step = synthmri_step(net, disc, back, opt, opt_d, cfg.loss, device, cfg.train.amp, scaler, ema, label_classes(cfg))
+    step = synthmri_step(net, disc, back, opt, opt_d, cfg.loss, device, cfg.train.amp, scaler, ema, label_classes(cfg),
+                         level)
     norm = norm_artifact([v[f"{Keys.IMAGE}_{Keys.SCALE}"] for v in mri_volumes], [cfg.preprocess.ct_window])
     to_save = {"G": net, "D": disc, "opt": opt, "opt_d": opt_d, "scaler": scaler,
                **({"G" + EMA_SUFFIX: ema} if ema is not None else {})}

@@ -39,6 +39,10 @@ GENERATORS = {"ct2mri": "G"}
 class SynthMRILossConfig:
     lambda_gan: float = 1.0  # LSGAN weight of the PatchGAN on the generator's output against the real MRIs
     lambda_cycle: float = 10.0  # L1 between the frozen MRI -> CT translator's output on G(ct) and the CT ([-1, 1])
+    # |mean of G(ct) inside the CT's liver (class 1) - the real MRIs' liver level| (needs target.labels): the level is
+    # the median over the target MRIs of the mean inside their pseudo-labelled liver, so the liver gets the fit MRIs'
+    # own intensity (the discriminator alone drew it brighter than the spleen, the reverse of a T2)
+    lambda_liver: float = 0.0
 
 
 @dataclass
