@@ -47,6 +47,7 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``mri_ct_seg_mri_half``, ``mri_ct_seg_mri_quarter``: the same with ``--set translator.loss.lambda_seg=0.5``
   (``0.25``) as well; the quarter is ``fit mri-ct``'s preset now.
 - ``mri_ct_preset``: ``fit mri-ct --preset cpu`` as it ships now, every stage (its ct2mri stage too) in one timed run.
+- ``mri_ct_seed1``: the same with ``--set translator.train.seed=1`` (no ct2mri stage): the spread between two runs.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -81,7 +82,7 @@ from medgen.models.shipped import shipped_dir
 from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
-from shipped_record import CT2MRI_SEGMENTERS, record, write_cards
+from shipped_record import CT2MRI_SEGMENTERS, CT2MRI_SOURCES, record, write_cards
 from translation_record import MRI_CT_3D, translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,14 +106,10 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
                             "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
     "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
                                "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"],
-    "mri_ct_preset": ["mri-ct"]}  # the preset now as a user runs it, every stage (ct2mri included) in its wall time
+    "mri_ct_preset": ["mri-ct"],  # the preset now as a user runs it, every stage (ct2mri included) in its wall time
+    "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"]}  # its translator
+# again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
-CT2MRI_SOURCES = {  # the synthetic MRIs of CT2MRI_SEGMENTERS: source -> (the CT_FITS step whose ct2mri stage makes
-    # them, and the keys that stage's config.yaml is trained again with, if any; label_input: made with translate --labels)
-    "smri": ("mri_ct", []),  # the earlier preset's fit
-    "smri_labels": ("mri_ct", ["label_input=true"]),  # the generator also reads the liver, the discriminator sees it
-    "smri_preset": ("mri_ct_preset", []),  # the preset now
-    "smri_liver": ("mri_ct_preset", ["label_input=true", "loss.lambda_liver=5"])}  # and the liver at the MRIs' level
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
 LIVER_VALUES = (6, 1)  # BTCV, CHAOS
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length

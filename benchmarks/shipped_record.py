@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
 GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
 BASELINE_WORDS = "baseline: that recipe on the 25 real CTs themselves, no translation"
+CT2MRI_SOURCES = {  # the synthetic MRIs of CT2MRI_SEGMENTERS: source -> (the CT_FITS step whose ct2mri stage makes
+    # them, and the keys that stage's config.yaml is trained again with, if any; label_input: made with translate --labels)
+    "smri": ("mri_ct", []),  # the earlier preset's fit
+    "smri_labels": ("mri_ct", ["label_input=true"]),  # the generator also reads the liver, the discriminator sees it
+    "smri_preset": ("mri_ct_preset", []),  # the preset now
+    "smri_liver": ("mri_ct_preset", ["label_input=true", "loss.lambda_liver=5"])}  # and the liver at the MRIs' level
 CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what it trains on: fit mri-ct's synthetic
-    # MRIs (a source of shipped_eval.CT2MRI_SOURCES) or the real CTs "ct", its extra --set, its row, the key
+    # MRIs (a source of CT2MRI_SOURCES) or the real CTs "ct", its extra --set, its row, the key
     # of its real-CT baseline)
     "ct2mri": ("smri", [], "`fit mri-ct`'s ct2mri (the earlier preset's fit): a 2D segmenter trained on its synthetic "
                            "MRIs of the 25 CTs alone (their liver labels; ct-liver's recipe, whose real-CT baseline is "
@@ -108,7 +114,9 @@ def record(results: dict) -> dict:
                        ("mri_ct_seg_mri_quarter", "the same with `translator.loss.lambda_seg=0.25` (a quarter): "
                                                   "`fit mri-ct --preset cpu` now, without its ct2mri stage"),
                        ("mri_ct_preset", "`fit mri-ct --preset cpu` as it ships, every stage (ct2mri included) in "
-                                         "one timed run")):
+                                         "one timed run"),
+                       ("mri_ct_seed1", "the same translator from another seed (`translator.train.seed=1`; no ct2mri "
+                                        "stage)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
@@ -145,15 +153,21 @@ def record(results: dict) -> dict:
         summary.append(["`fit --segmenter ct-liver` (frozen CT segmenter): Dice, 10 MRIs",
                         f"{results['frozen']['mean_all_10']:.3f}" + (f" (translator on painted CTs alone: {other:.3f})"
                                                                      if other else "")])
+    if "mri_ct_preset" in results:
+        r = results["mri_ct_preset"]
+        summary.append(["`fit mri-ct --preset cpu` (25 CTs, 7 MRIs), every stage: wall time; ct-liver Dice on its "
+                        "synthetic CTs, 10 MRIs", f"{r['wall_s'] / 60:.1f} min; {r['mean_all_10']:.3f}"])
     if "ct2mri" in results:
         best = max((k for k, v in CT2MRI_SEGMENTERS.items() if v[0] != "ct" and k in results),
                    key=lambda k: results[k]["mean_all_10"])
         base = results.get(CT2MRI_SEGMENTERS[best][3] or "")
         words = "on the real CTs" if base else "ct-liver on the MRI"
         base = base or results.get("zero_shot", {}).get("ct-liver direct", {})
-        summary.append(["Segmenter on ct2mri MRIs alone (earlier preset): Dice, 10 MRIs",
+        source = CT2MRI_SEGMENTERS[best][0]
+        fit = " (earlier preset)" if CT2MRI_SOURCES[source][0] == "mri_ct" else ""
+        summary.append([f"Segmenter on ct2mri MRIs alone{fit}: Dice, 10 MRIs",
                         f"{results[best]['mean_all_10']:.3f} ({', '.join(results[best]['set']) or 'ct-liver recipe'}"
-                        f"{', organ labels read' if CT2MRI_SEGMENTERS[best][0] == 'smri_labels' else ''}; "
+                        f"{', organ labels read' if 'label_input=true' in CT2MRI_SOURCES[source][1] else ''}; "
                         f"{words}: {base.get('mean_all_10', float('nan')):.3f})"])
     arch = results.get("architecture", {})
     if "mri-liver" in arch and len(arch) > 1:

@@ -21,12 +21,20 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_l1_only": "translator on painted CTs alone without the segmentation loss (`lambda_seg=0`, L1 only)",
     "mri_ct_seg_mri": "`fit mri-ct` with the segmentation loss on its MRIs alone (`seg_painted=false`; CTs: L1 only)",
     "mri_ct_seg_mri_half": "the same at half the segmentation loss's weight (`lambda_seg=0.5`)",
-    "mri_ct_seg_mri_quarter": "the same at a quarter of its weight (`lambda_seg=0.25`): `fit mri-ct --preset cpu` now"}
+    "mri_ct_seg_mri_quarter": "the same at a quarter of its weight (`lambda_seg=0.25`): `fit mri-ct --preset cpu` now",
+    "mri_ct_preset": "`fit mri-ct --preset cpu` again, as it ships (ct2mri stage included; the same seed)",
+    "mri_ct_seed1": "`fit mri-ct --preset cpu` with another seed (`translator.train.seed=1`)"}
 
 
 def first_pop(translation: dict) -> dict:
     """The real CTs' organ HU (the same in every translator's report)."""
     return next(iter(translation.values()))["ct_population"]
+
+
+def offsets(r: dict, pop: dict) -> str:
+    """A translator's organ HU minus the real CTs' (``pop``), in words: "liver -11, spleen -14, ..."."""
+    short = {"liver": "liver", "spleen": "spleen", "right_kidney": "R kidney", "left_kidney": "L kidney"}
+    return ", ".join(f"{short[o]} {r['organs'][o]['median'] - pop[o]['median']:+.0f}" for o in ORGANS if o in r["organs"])
 
 
 def translation_record(translation: dict) -> dict:
@@ -45,14 +53,15 @@ def translation_record(translation: dict) -> dict:
     if preset:
         t = translation[preset]
         r, floor = t["translator"], t.get("real_vs_real", {}).get("fid", float("nan"))
-        short = {"liver": "liver", "spleen": "spleen", "right_kidney": "R kidney", "left_kidney": "L kidney"}
-        offs = ", ".join(f"{short[o]} {r['organs'][o]['median'] - first_pop(translation)[o]['median']:+.0f}"
-                         for o in ORGANS if o in r["organs"])
         who = "`fit mri-ct`" if preset.startswith("mri_ct") else "frozen route's"
         summary.append([f"{who} synthetic CT, 10 MRIs: ct-liver Dice; FID (real vs real; histmatch)",
                         f"{r['dice']:.3f}; {r.get('fid', float('nan')):.2f} ({floor:.2f}; "
                         f"{t['histmatch'].get('fid', float('nan')):.2f})"])
-        summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offs])
+        summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
+        if preset == "mri_ct_seg_mri_quarter" and "mri_ct_seed1" in translation:  # the run-to-run spread
+            r = translation["mri_ct_seed1"]["translator"]
+            summary.append(["The same fit from another seed: ct-liver Dice; organ HU minus the real CTs'",
+                            f"{r['dice']:.3f}; {offsets(r, first_pop(translation))}"])
     first = next(iter(translation.values()))
     pop = first_pop(translation)
     if "real_vs_real" in first:
@@ -61,7 +70,7 @@ def translation_record(translation: dict) -> dict:
     return {"title": "Translators judged on real MRIs, no paired CT", "summary": summary,
             "command": "python benchmarks/shipped_eval.py --only frozen,frozen_ct_only,mri_ct,mri_ct_gan,mri_ct_3d,"
                        "mri_ct_unlabelled,mri_ct_l1_only,mri_ct_seg_mri,mri_ct_seg_mri_half,"
-                       "mri_ct_seg_mri_quarter,translation",
+                       "mri_ct_seg_mri_quarter,mri_ct_preset,mri_ct_seed1,translation",
             "data": {"ct_count": 30, "ct_count_for_training": len(TRAIN_CTS), "mri": "10 CHAOS T2 MRIs, manual labels",
                      "translators": "the synthct translator of each fit, trained on 25 CTs: frozen (fit mri-liver "
                                     "--segmenter ct-liver; also on the 7 fit MRIs, target.ratio 0.5), frozen_ct_only "
@@ -70,7 +79,8 @@ def translation_record(translation: dict) -> dict:
                                     "translator), mri_ct_unlabelled (the same without the CTs' labels), mri_ct_l1_only (the same "
                                     "without the segmentation-consistency loss), mri_ct_seg_mri (fit mri-ct with that "
                                     "loss on the MRIs alone), mri_ct_seg_mri_half and _quarter (the same at half and a "
-                                    "quarter of its weight; the quarter is fit mri-ct's preset now)"},
+                                    "quarter of its weight; the quarter is fit mri-ct's preset now), mri_ct_preset (that preset "
+                                    "again, as it ships), mri_ct_seed1 (the same from another seed)"},
             "notes": ["organ HU: the median synthetic-CT HU inside the MRI's manual organ label (median over the 10 "
                       "MRIs), the absolute difference to the real CTs' median, and the overlap of the two IQRs; BTCV HU are "
                       "known in [-125, 275] only, and the translator's output window is [-175, 250]",

@@ -382,11 +382,14 @@ def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir
     model = tmp_path / "model"
     args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1,2:2", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu",
-            "--set", "ct2mri.label_input=true"]
+            "--set", "ct2mri.label_input=true", "--set", "ct2mri.loss.lambda_liver=1"]
     assert main(args + [a for k, v in TRANS.items() for stage in ("translator", "ct2mri")
                         for a in ("--set", f"{stage}.{k}={v}")]) == 0
     back = load_config(model / "ct2mri" / "config.yaml")
-    assert back.label_input and back.data.label_map == {1: 1, 2: 2}
+    assert back.label_input and back.data.label_map == {1: 1, 2: 2} and back.loss.lambda_liver == 1
+    rows = [line.split(",") for line in (model / "ct2mri" / "metrics.csv").read_text().splitlines()[1:]]
+    liver = [float(r[3]) for r in rows if r[2] == "liver"]  # the liver-level loss, logged: the pseudo-labels' level
+    assert liver and all(v >= 0 for v in liver) and max(liver) > 0
     assert load_translator(model, "ct2mri").net[0].in_channels == 3  # the CT and its 2 classes
     ct = sorted((phantom_dir / "ct").glob("*.nii.gz"))[0]
     labels = phantom_dir / "labels" / ct.name
