@@ -72,9 +72,7 @@ import nibabel as nib
 import numpy as np
 
 from medgen.config import save_config
-from medgen.engines.fit_mri_liver import preset_path
 from medgen.evaluation.segmentation import evaluate_folders, flag_quality
-from medgen.models.fit_model import load_fit_config
 from medgen.models.registry import load_config
 from medgen.models.run import run_finished
 from medgen.models.shipped import shipped_dir
@@ -266,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_s": results.get(f"{step}_wall_s"),
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
     if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translators: segmenters trained on their MRIs of the 25 CTs alone
-        listing = ct_datalist(data, TRAIN_CTS, work / "ct_train.json")
         names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
         cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
         labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
