@@ -162,8 +162,7 @@ def record(results: dict) -> dict:
                                                                      if other else "")])
     if "mri_ct_preset" in results:
         r = results["mri_ct_preset"]
-        summary.append(["`fit mri-ct --preset cpu` (25 CTs, 7 MRIs), every stage (its ct2mri then pointwise): wall "
-                        "time; ct-liver Dice on its synthetic CTs, 10 MRIs",
+        summary.append(["`fit mri-ct --preset cpu`, all stages (ct2mri then pointwise): time; ct-liver Dice, 10 MRIs",
                         f"{r['wall_s'] / 60:.1f} min; {r['mean_all_10']:.3f}"])
     if "ct2mri" in results:
         best = max((k for k, v in CT2MRI_SEGMENTERS.items() if v[0] != "ct" and k in results),
