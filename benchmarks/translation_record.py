@@ -60,7 +60,7 @@ def translation_record(translation: dict) -> dict:
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
         if preset == "mri_ct_seg_mri_quarter" and "mri_ct_seed1" in translation:  # the run-to-run spread
             r = translation["mri_ct_seed1"]["translator"]
-            summary.append(["The same fit, another seed: ct-liver Dice; organ HU minus real CTs'",
+            summary.append(["`fit mri-ct`, seed 1: Dice; organ HU minus real CTs'",
                             f"{r['dice']:.3f}; {offsets(r, first_pop(translation))}"])
     first = next(iter(translation.values()))
     pop = first_pop(translation)
