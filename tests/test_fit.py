@@ -385,12 +385,13 @@ def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir
             "--set", "ct2mri.label_input=true", "--set", "ct2mri.loss.lambda_liver=1", "--set",
             "ct2mri.generator.name=pointwise"]
     assert main(args + [a for k, v in TRANS.items() for stage in ("translator", "ct2mri")
-                        for a in ("--set", f"{stage}.{k}={v}")]) == 0
+                        for a in ("--set", f"{stage}.{k}={v}")]
+                + ["--set", "ct2mri.data.pos_prob=1", "--set", "ct2mri.train.batch_size=4"]) == 0  # CTs on labels
     back = load_config(model / "ct2mri" / "config.yaml")
     assert back.label_input and back.data.label_map == {1: 1, 2: 2} and back.loss.lambda_liver == 1
     rows = [line.split(",") for line in (model / "ct2mri" / "metrics.csv").read_text().splitlines()[1:]]
-    liver = [float(r[3]) for r in rows if r[2] == "liver"]  # the liver-level loss, logged (0 on a step whose CT
-    assert liver and all(v >= 0 for v in liver)  # patches hold no liver: its value is test_synthmri's to check)
+    liver = [float(r[3]) for r in rows if r[2] == "liver"]  # the liver-level loss against the pseudo-labels' level
+    assert liver and min(liver) >= 0 and max(liver) > 0  # (0 only without the level or without a liver in the CTs)
     assert load_translator(model, "ct2mri").net[0].in_channels == 3  # the CT and its 2 classes
     ct = sorted((phantom_dir / "ct").glob("*.nii.gz"))[0]
     labels = phantom_dir / "labels" / ct.name
