@@ -46,7 +46,9 @@ the data (symbolic links), times the commands and scores the masks against the m
   7 MRIs alone, the painted CTs under L1 alone: mri_ct_l1_only's CTs and the preset's MRIs; no ct2mri stage).
 - ``mri_ct_seg_mri_half``, ``mri_ct_seg_mri_quarter``: the same with ``--set translator.loss.lambda_seg=0.5``
   (``0.25``) as well; the quarter is ``fit mri-ct``'s preset now.
-- ``mri_ct_preset``: ``fit mri-ct --preset cpu`` as it ships now, every stage (its ct2mri stage too) in one timed run.
+- ``mri_ct_preset``: ``fit mri-ct --preset cpu``, every stage (its ct2mri stage too) in one timed run, with the
+  pointwise ct2mri generator it had when measured (``--set ct2mri.generator.name=pointwise``); each stage's training
+  minutes in ``stage_minutes``.
 - ``mri_ct_seed1``: the same with ``--set translator.train.seed=1`` (no ct2mri stage): the spread between two runs.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
@@ -104,7 +106,8 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
                             "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
     "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
                                "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"],
-    "mri_ct_preset": ["mri-ct"],  # the preset now as a user runs it, every stage (ct2mri included) in its wall time
+    "mri_ct_preset": ["mri-ct", "--set", "ct2mri.generator.name=pointwise"],  # the preset as a user runs it, every
+    # stage in its wall time, with the ct2mri generator it had then (the ResNet's stage: CT2MRI_SOURCES smri_local)
     "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"]}  # its translator
 # again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
@@ -261,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
                                                log=log)
         d = pipeline(step, mri, "--model", str(model))
         results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
-                         "wall_s": results.get(f"{step}_wall_s"),
+                         "wall_s": results.get(f"{step}_wall_s"), "stage_minutes": {
+                             s: training_minutes(model / s) for s in ("translator", "ct2mri")
+                             if (model / s / "metrics.csv").is_file()},
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
     if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translators: segmenters trained on their MRIs of the 25 CTs alone
         names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
         cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
         labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
         keys = args.segmenters.split(",") if args.segmenters else list(CT2MRI_SEGMENTERS)
-        images = {"ct": cts}
+        images, stage_s = {"ct": cts}, {}
         for source in {CT2MRI_SEGMENTERS[k][0] for k in keys} - {"ct"}:
             fit, sets = CT2MRI_SOURCES[source]
             model, name = work / f"fit_{fit}", source.replace("smri", "ct2mri")
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             if sets and not run_finished(run):
                 medgen("train", str(model / "ct2mri" / "config.yaml"), "--out", str(run),
                        *[a for kv in sets for a in ("--set", kv)], log=log)
-            results[f"{name}_stage_wall_s"] = training_minutes(run) * 60
+            stage_s[source] = training_minutes(run) * 60  # from its first logged iteration to its last
             if not images[source].is_dir():
                 medgen("translate", str(work / name if sets else model), str(cts), str(images[source]), "--direction",
                        "ct2mri", *(["--labels", str(labels)] if "label_input=true" in sets else []), log=log)
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"train.iterations={CT2MRI_SEG_ITERATIONS}", *[a for kv in sets for a in ("--set", kv)], log=log)
             d = pipeline(f"{key}_seg", mri, "--segmenter", str(run))
             results[key] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT), "set": sets,
-                            "stage_wall_s": results.get(f"{source.replace('smri', 'ct2mri')}_stage_wall_s"),
+                            "stage_wall_s": stage_s.get(source),
                             "seg_wall_s": results.get(f"{key}_seg_wall_s"), "seg_iterations": CT2MRI_SEG_ITERATIONS}
     if "architecture" in steps:  # 2D against its candidates, the same CTs, iterations and CPU
         arch = results.setdefault("architecture", {})

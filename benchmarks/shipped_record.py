@@ -18,7 +18,7 @@ CT2MRI_SOURCES = {  # the synthetic MRIs of CT2MRI_SEGMENTERS: source -> (the CT
     # them, and the keys that stage's config.yaml is trained again with, if any; label_input: made with translate --labels)
     "smri": ("mri_ct", []),  # the earlier preset's fit
     "smri_labels": ("mri_ct", ["label_input=true"]),  # the generator also reads the liver, the discriminator sees it
-    "smri_preset": ("mri_ct_preset", []),  # the preset's fit, with the pointwise generator it had then
+    "smri_preset": ("mri_ct_preset", []),  # the preset's fit, with the pointwise generator (pinned in CT_FITS)
     "smri_liver": ("mri_ct_preset", ["label_input=true", "loss.lambda_liver=5"]),  # and the liver at the MRIs' level
     "smri_local": ("mri_ct_preset", ["generator.name=resnet", "generator.n_downsampling=0", "generator.n_blocks=3",
                                      "generator.ngf=16"])}  # 25 voxels around each one: synthmri_2d.yaml's generator now
@@ -120,13 +120,15 @@ def record(results: dict) -> dict:
                                                "its weight)"),
                        ("mri_ct_seg_mri_quarter", "the same with `translator.loss.lambda_seg=0.25` (a quarter): "
                                                   "`fit mri-ct --preset cpu` now, without its ct2mri stage"),
-                       ("mri_ct_preset", "`fit mri-ct --preset cpu`, every stage (its ct2mri stage then with the "
-                                         "pointwise generator) in one timed run"),
+                       ("mri_ct_preset", "`fit mri-ct --preset cpu`, every stage in one timed run (its ct2mri with the "
+                                         "pointwise generator it had then: `ct2mri.generator.name=pointwise`)"),
                        ("mri_ct_seed1", "the same translator from another seed (`translator.train.seed=1`; no ct2mri "
                                         "stage)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
+            if r.get("stage_minutes"):  # each stage's training time (first to last logged iteration)
+                wall += " (training: " + ", ".join(f"{k} {v} min" for k, v in r["stage_minutes"].items()) + ")"
             rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
     for key, (source, _, label, _) in CT2MRI_SEGMENTERS.items():
         if key in results:
