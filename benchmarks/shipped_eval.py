@@ -50,6 +50,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   pointwise ct2mri generator it had when measured (``--set ct2mri.generator.name=pointwise``); each stage's training
   minutes in ``stage_minutes``.
 - ``mri_ct_seed1``: the same with ``--set translator.train.seed=1`` (no ct2mri stage): the spread between two runs.
+- ``mri_ct_structure``: the same with ``--set translator.loss.lambda_structure=1`` (no ct2mri stage): the synthetic CT
+  keeps its MRI's edges (1 - LNCC of output and input on the MRI samples).
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -108,12 +110,18 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
                                "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"],
     "mri_ct_preset": ["mri-ct", "--set", "ct2mri.generator.name=pointwise"],  # the preset as a user runs it, every
     # stage in its wall time, with the ct2mri generator it had then (the ResNet's stage: CT2MRI_SOURCES smri_local)
-    "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"]}  # its translator
-# again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
+    "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"],  # its translator
+    # again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
+    "mri_ct_structure": ["mri-ct", "--set", "translator.loss.lambda_structure=1", "--set", "ct2mri.config=''"]}
+# the preset's translator keeping its MRIs' edges (1 - LNCC of output and input on the MRI samples, weight 1)
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
 LIVER_VALUES = (6, 1)  # BTCV, CHAOS
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
+# A second judge of realism, chosen before measuring with it: ct-liver's recipe on the same 25 CTs, another seed, the
+# four organs whose HU are judged (BTCV liver 6, spleen 1, kidneys 2 3). No translator is ever trained through it
+# (they are trained through ct-liver, whose own features then judge the outputs made for them).
+JUDGE_SETS = ["data.label_map={6: 1, 1: 2, 2: 3, 3: 4}", "train.seed=1", "train.iterations=3000"]
 
 
 def mean(scores: dict[str, float], ids: list[int] | None = None) -> float:
@@ -180,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     committed = ROOT / "docs" / "results" / "shipped_models.json"
     if not results and committed.is_file():  # a fresh work folder: the committed figures stay, steps run add to them
         results = json.loads(committed.read_text())["per_case"]
+
+    def ct_train_folders() -> tuple[Path, Path]:
+        """The 25 training CTs and their labels as two folders of links."""
+        names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
+        return (link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images"),
+                link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels"))
 
     def segment(name: str, model: str, inputs: Path, modality: str | None = None) -> Path:
         out = work / f"masks_{name}"
@@ -269,9 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                              if (model / s / "metrics.csv").is_file()},
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
     if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translators: segmenters trained on their MRIs of the 25 CTs alone
-        names = [f"btcv_{i}.nii.gz" for i in TRAIN_CTS]
-        cts = link_files([data / "ct" / "images" / n for n in names], work / "ct_train" / "images")
-        labels = link_files([data / "ct" / "labels" / n for n in names], work / "ct_train" / "labels")
+        cts, labels = ct_train_folders()
         keys = args.segmenters.split(",") if args.segmenters else list(CT2MRI_SEGMENTERS)
         images, stage_s = {"ct": cts}, {}
         for source in {CT2MRI_SEGMENTERS[k][0] for k in keys} - {"ct"}:
@@ -318,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             arch[name] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                           **{f"mean_{k}": float(np.nanmean([r[f"dice_{k}"] for r in rows])) for k in ("top", "bottom")},
                           "train_minutes": training_minutes(run), "network": network_of(run)}
+    judge = work / "ct_judge"
+    if "ct_judge" in steps and not run_finished(judge):  # the realism judge no translator is trained through
+        cts, labels = ct_train_folders()
+        results["ct_judge_wall_s"] = medgen("train", "segmenter_ct_liver_2d.yaml", "--out", str(judge), "--set",
+                                            f"data.images={cts}", "--set", f"data.labels={labels}",
+                                            *[a for kv in JUDGE_SETS for a in ("--set", kv)], log=log)
     if "translation" in steps:  # each fit's translator judged on the real MRIs, with no paired CT
         for step in CT_FITS:
             model, out = work / f"fit_{step}", work / f"translation_{step}.json"

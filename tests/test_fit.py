@@ -298,6 +298,35 @@ def test_synthct_discriminator_judges_the_mri_outputs_against_real_ct():
     assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters()))  # D learned
 
 
+def test_synthct_structure_loss_keeps_the_mris_edges_whatever_their_contrast():
+    """lambda_structure: 1 - the local squared correlation of the output with its input, on the MRI samples alone
+    (has_ct 0): 0 for an inverted, rescaled copy of the MRI, 1 for a flat output; the loss gains that term. (MONAI's
+    LNCC pads each window with zeros: the copies keep no offset, so that the padding is a copy too.)"""
+    from medgen.engines.synthct import HAS_CT, synthct_step
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTLossConfig
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 1)
+
+    def run(weight, bias, has_ct):
+        with torch.no_grad():
+            net.weight.fill_(weight), net.bias.fill_(bias)
+        x = torch.stack([torch.zeros(1, 12, 12), torch.rand(1, 12, 12)])  # a flat painted CT, a textured MRI
+        batch = {Keys.MRI: x, Keys.IMAGE: torch.zeros(2, 1, 12, 12), Keys.LABEL: torch.zeros(2, 1, 12, 12),
+                 HAS_CT: torch.tensor(has_ct)}
+        step = synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0),
+                            SynthCTLossConfig(1.0, 0.0, lambda_structure=3.0, structure_kernel=5), torch.device("cpu"))
+        return step(None, batch)
+
+    out = run(-2.0, 0.0, [[1.0], [0.0]])  # the MRI's contrast inverted: its edges all kept
+    assert out["structure"] == pytest.approx(0.0, abs=1e-3)
+    assert out["loss"] == pytest.approx(out["l1"] + 3.0 * out["structure"], rel=1e-5)
+    assert run(0.0, 0.0, [[1.0], [0.0]])["structure"] == pytest.approx(1.0)  # a flat output: no edge kept
+    both = run(-2.0, 0.0, [[1.0], [1.0]])  # no MRI in the batch: every output judged, the flat one's windows score 0
+    assert both["structure"] == pytest.approx(0.5, abs=1e-3)
+
+
 def test_the_frozen_segmenter_reads_a_3d_translator_slice_by_slice():
     """A 3D synthct translator trains through a 2D segmenter: each axial slice of its patch is segmented alone."""
     from medgen.engines.synthct import FrozenSegmenter

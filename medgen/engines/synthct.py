@@ -9,7 +9,8 @@ their pseudo-labels are mixed in: those samples have no CT (``has_ct`` 0, no L1)
 alone; with ``loss.seg_painted`` false only they do, and the painted CTs are under L1 alone. With
 ``loss.lambda_gan`` > 0 a PatchGAN (LSGAN) tells the batch's real CT patches from the generator's output on those
 MRIs (on every output without them), so that the synthetic CT takes a real CT's texture and contrast where there is
-no CT to match.
+no CT to match; with ``loss.lambda_structure`` > 0 those same outputs keep their input's edges
+(``1 - LNCC(G(x), x)``, the local squared correlation, blind to the contrast's sign).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
+from monai.losses import DiceLoss, LocalNormalizedCrossCorrelationLoss
 from monai.transforms import Compose, CopyItemsd
 from torch.optim.swa_utils import AveragedModel
 
@@ -73,13 +74,13 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
                  segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None,
                  ema: AveragedModel | None = None, disc: torch.nn.Module | None = None,
                  opt_d: torch.optim.Optimizer | None = None):
-    """Training step ``(engine, batch) -> {"loss", "l1", "seg"[, "gan", "loss_d"]}`` (``ema``: a weight average of
-    ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of ``loss_cfg.lambda_gan``)."""
+    """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure"[, "gan", "loss_d"]}`` (``ema``: a weight
+    average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of ``loss_cfg.lambda_gan``)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
 
     def judged(fake: torch.Tensor, has_ct: torch.Tensor) -> torch.Tensor:
-        """The outputs the discriminator judges: those of the target MRIs, or every output without them."""
+        """What the discriminator and the structure loss judge: the target MRIs' samples, or every one without them."""
         return fake[has_ct == 0] if bool((has_ct == 0).any()) else fake
 
     def step(engine, batch: Mapping) -> dict:
@@ -102,6 +103,11 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             prob, mask = segmenter(fake[judge]), liver[judge]
             seg = dice(prob, mask) + F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), mask)
             loss = loss + loss_cfg.lambda_seg * seg
+        structure = torch.zeros(())
+        if loss_cfg.lambda_structure > 0:
+            lncc = LocalNormalizedCrossCorrelationLoss(fake.dim() - 2, loss_cfg.structure_kernel)  # -mean LNCC
+            structure = 1 + lncc(judged(fake, has_ct), judged(x, has_ct).float())
+            loss = loss + loss_cfg.lambda_structure * structure
         gan = loss_d = None
         if disc is not None:
             with autocast(device, amp):
@@ -118,7 +124,8 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             ema.update_parameters(net)
         extra = {} if disc is None else {"gan": float(gan.detach()),
                                          "loss_d": float("nan") if loss_d is None else float(loss_d.detach())}
-        return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()), **extra,
+        return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()), "structure": float(structure.detach()),
+                **extra,
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
 
     return step
