@@ -52,6 +52,9 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``mri_ct_seed1``: the same with ``--set translator.train.seed=1`` (no ct2mri stage): the spread between two runs.
 - ``mri_ct_structure``: the same with ``--set translator.loss.lambda_structure=1`` (no ct2mri stage): the synthetic CT
   keeps its MRI's edges (1 - LNCC of output and input on the MRI samples).
+- ``mri_ct_liver_hu``, ``mri_ct_liver_hu_seed1``: the same with ``--set translator.loss.lambda_liver=5`` (the synthetic
+  CT's mean in the MRIs' pseudo-labelled liver pulled to the CTs' liver level), seeds 0 and 1 (no ct2mri stage).
+- ``ct_judge``: a second CT segmenter for realism (``JUDGE_SETS``), which no translator is trained through.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
@@ -112,8 +115,11 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     # stage in its wall time, with the ct2mri generator it had then (the ResNet's stage: CT2MRI_SOURCES smri_local)
     "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"],  # its translator
     # again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
-    "mri_ct_structure": ["mri-ct", "--set", "translator.loss.lambda_structure=1", "--set", "ct2mri.config=''"]}
-# the preset's translator keeping its MRIs' edges (1 - LNCC of output and input on the MRI samples, weight 1)
+    "mri_ct_structure": ["mri-ct", "--set", "translator.loss.lambda_structure=1", "--set", "ct2mri.config=''"],
+    # the preset's translator keeping its MRIs' edges (1 - LNCC of output and input on the MRI samples, weight 1)
+    "mri_ct_liver_hu": ["mri-ct", "--set", "translator.loss.lambda_liver=5", "--set", "ct2mri.config=''"],
+    "mri_ct_liver_hu_seed1": ["mri-ct", "--set", "translator.loss.lambda_liver=5", "--set", "translator.train.seed=1",
+                              "--set", "ct2mri.config=''"]}  # the MRIs' liver anchored at the CTs' level, two seeds
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
 LIVER_VALUES = (6, 1)  # BTCV, CHAOS
@@ -337,12 +343,17 @@ def main(argv: list[str] | None = None) -> int:
                                             f"data.images={cts}", "--set", f"data.labels={labels}",
                                             *[a for kv in JUDGE_SETS for a in ("--set", kv)], log=log)
     if "translation" in steps:  # each fit's translator judged on the real MRIs, with no paired CT
+        judges = ["ct-liver", *([str(judge)] if run_finished(judge) else [])]  # realism: both segmenters' features
         for step in CT_FITS:
             model, out = work / f"fit_{step}", work / f"translation_{step}.json"
+            judged = json.loads(out.read_text())["summary"]["translator"] if out.is_file() else {}
+            if judged and len(judged.get("by_features", {})) < len(judges):
+                out.unlink()  # judged before the judge was trained: judged again
             if (model / "model.json").is_file() and not out.is_file():
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
                        "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
-                       str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out), log=log)
+                       str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out),
+                       *[a for j in judges for a in ("--features", j)], log=log)
             if out.is_file():
                 report = json.loads(out.read_text())
                 results.setdefault("translation", {})[step] = {

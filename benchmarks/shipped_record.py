@@ -123,7 +123,12 @@ def record(results: dict) -> dict:
                        ("mri_ct_preset", "`fit mri-ct --preset cpu`, every stage in one timed run (its ct2mri with the "
                                          "pointwise generator it had then: `ct2mri.generator.name=pointwise`)"),
                        ("mri_ct_seed1", "the same translator from another seed (`translator.train.seed=1`; no ct2mri "
-                                        "stage)")):
+                                        "stage)"),
+                       ("mri_ct_structure", "the preset's translator with `translator.loss.lambda_structure=1` (the "
+                                            "MRI's edges kept; no ct2mri stage)"),
+                       ("mri_ct_liver_hu", "the preset's translator with `translator.loss.lambda_liver=5` (the MRIs' "
+                                           "liver pulled to the CTs' level; no ct2mri stage)"),
+                       ("mri_ct_liver_hu_seed1", "the same, seed 1")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"

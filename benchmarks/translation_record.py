@@ -23,7 +23,16 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_seg_mri_half": "the same at half the segmentation loss's weight (`lambda_seg=0.5`)",
     "mri_ct_seg_mri_quarter": "the same at a quarter of its weight (`lambda_seg=0.25`): `fit mri-ct --preset cpu` now",
     "mri_ct_preset": "`fit mri-ct --preset cpu` again, as it ships (ct2mri stage included; the same seed)",
-    "mri_ct_seed1": "`fit mri-ct --preset cpu` with another seed (`translator.train.seed=1`)"}
+    "mri_ct_seed1": "`fit mri-ct --preset cpu` with another seed (`translator.train.seed=1`)",
+    "mri_ct_structure": "the preset with `translator.loss.lambda_structure=1` (the MRI's edges kept: 1 - LNCC)",
+    "mri_ct_liver_hu": "the preset with `translator.loss.lambda_liver=5` (the MRIs' liver pulled to the CTs' level)",
+    "mri_ct_liver_hu_seed1": "the same, seed 1"}
+JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
+
+
+def judged(r: dict) -> dict | None:
+    """FID and KID on the judge's features (no translator is trained through it), or None before it was trained."""
+    return next((v for k, v in r.get("by_features", {}).items() if k.endswith(JUDGE)), None)
 
 
 def first_pop(translation: dict) -> dict:
@@ -40,7 +49,9 @@ def offsets(r: dict, pop: dict) -> str:
 def translation_record(translation: dict) -> dict:
     """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
     def cells(r: dict) -> list:
-        return [f"{r['fid']:.2f}" if "fid" in r else "-", f"{r['kid']:.3f}" if "kid" in r else "-", *(
+        j = judged(r)
+        return [f"{r['fid']:.2f}" if "fid" in r else "-", f"{r['kid']:.3f}" if "kid" in r else "-",
+                f"{j['fid']:.2f}" if j else "-", f"{j['kid']:.3f}" if j else "-", *(
             f"{r['organs'][o]['median']:.0f} ({r['organs'][o]['abs_diff']:.0f}; {r['organs'][o]['iqr_overlap']:.2f})"
             if o in r.get("organs", {}) else "-" for o in ORGANS)]
 
@@ -57,6 +68,10 @@ def translation_record(translation: dict) -> dict:
         summary.append([f"{who} synthetic CT, 10 MRIs: ct-liver Dice; FID (real vs real; histmatch)",
                         f"{r['dice']:.3f}; {r.get('fid', float('nan')):.2f} ({floor:.2f}; "
                         f"{t['histmatch'].get('fid', float('nan')):.2f})"])
+        if judged(r) and judged(t["histmatch"]) and judged(t.get("real_vs_real", {})):
+            summary.append([f"{who} synthetic CT: FID on the judge's features (real vs real; histmatch)",
+                            f"{judged(r)['fid']:.2f} ({judged(t['real_vs_real'])['fid']:.2f}; "
+                            f"{judged(t['histmatch'])['fid']:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
         if preset == "mri_ct_seg_mri_quarter" and "mri_ct_seed1" in translation:  # the run-to-run spread
             r = translation["mri_ct_seed1"]["translator"]
@@ -65,12 +80,13 @@ def translation_record(translation: dict) -> dict:
     first = next(iter(translation.values()))
     pop = first_pop(translation)
     if "real_vs_real" in first:
-        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", *cells(first["real_vs_real"])[:2],
+        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", *cells(first["real_vs_real"])[:4],
                      *(f"{pop[o]['median']:.0f} (IQR {pop[o]['iqr'][0]:.0f} to {pop[o]['iqr'][1]:.0f})" for o in ORGANS)])
     return {"title": "Translators judged on real MRIs, no paired CT", "summary": summary,
             "command": "python benchmarks/shipped_eval.py --only frozen,frozen_ct_only,mri_ct,mri_ct_gan,mri_ct_3d,"
                        "mri_ct_unlabelled,mri_ct_l1_only,mri_ct_seg_mri,mri_ct_seg_mri_half,"
-                       "mri_ct_seg_mri_quarter,mri_ct_preset,mri_ct_seed1,translation",
+                       "mri_ct_seg_mri_quarter,mri_ct_preset,mri_ct_seed1,mri_ct_structure,mri_ct_liver_hu,"
+                       "mri_ct_liver_hu_seed1,ct_judge,translation",
             "data": {"ct_count": 30, "ct_count_for_training": len(TRAIN_CTS), "mri": "10 CHAOS T2 MRIs, manual labels",
                      "translators": "the synthct translator of each fit, trained on 25 CTs: frozen (fit mri-liver "
                                     "--segmenter ct-liver; also on the 7 fit MRIs, target.ratio 0.5), frozen_ct_only "
@@ -80,12 +96,18 @@ def translation_record(translation: dict) -> dict:
                                     "without the segmentation-consistency loss), mri_ct_seg_mri (fit mri-ct with that "
                                     "loss on the MRIs alone), mri_ct_seg_mri_half and _quarter (the same at half and a "
                                     "quarter of its weight; the quarter is fit mri-ct's preset now), mri_ct_preset (that preset "
-                                    "again, as it ships), mri_ct_seed1 (the same from another seed)"},
+                                    "again, as it ships), mri_ct_seed1 (the same from another seed), mri_ct_structure "
+                                    "(the preset keeping the MRI's edges), mri_ct_liver_hu and _seed1 (the preset with "
+                                    "the MRIs' liver anchored at the CTs' level, two seeds)"},
             "notes": ["organ HU: the median synthetic-CT HU inside the MRI's manual organ label (median over the 10 "
                       "MRIs), the absolute difference to the real CTs' median, and the overlap of the two IQRs; BTCV HU are "
                       "known in [-125, 275] only, and the translator's output window is [-175, 250]",
                       "FID/KID: 12 axial slices over the liver per scan, 2 mm in-plane, features of ct-liver's deepest "
-                      "layer, against the 15 even-numbered BTCV CTs; real vs real: the 15 odd-numbered ones"],
-            "table": {"columns": ["method", "ct-liver Dice, 10 MRIs", "MRIs 15 19 20", "FID", "KID",
+                      "layer, against the 15 even-numbered BTCV CTs; real vs real: the 15 odd-numbered ones. Every "
+                      "translator is trained through ct-liver, which shapes its features: the judge (ct-liver's "
+                      "recipe, another seed, liver, spleen and kidneys; shipped_eval.py --only ct_judge) is a "
+                      "segmenter no translator is trained through; '-': judged before it existed"],
+            "table": {"columns": ["method", "ct-liver Dice, 10 MRIs", "MRIs 15 19 20", "FID", "KID", "FID (judge)",
+                                  "KID (judge)",
                                   "liver HU (abs. diff; IQR overlap)", "spleen", "right kidney", "left kidney"],
                       "rows": rows}}

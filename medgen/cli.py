@@ -139,9 +139,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not (args.mri_labels and args.ct_labels):
             raise MedgenError(None, "--unpaired needs --mri-labels (organ masks of the MRIs) and --ct-labels")
         report = translation.evaluate_unpaired(args.run, args.mri, args.mri_labels, args.ct, args.ct_labels,
-                                               args.segmenter, args.device, args.out)
+                                               args.segmenter, args.device, args.out, args.features)
         for method, r in report["summary"].items():
-            realism = f"FID {r['fid']:.2f}, KID {r['kid']:.4f}" if "fid" in r else ""
+            realism = "; ".join(f"FID {v['fid']:.2f}, KID {v['kid']:.4f} ({name})"
+                                for name, v in r.get("by_features", {}).items())
             if "dice" not in r:  # real_vs_real: the realism floor
                 print(f"{method}: {realism}")
                 continue

@@ -267,6 +267,8 @@ def _evaluation_commands(add: Callable) -> None:
     e.add_argument("--mri-labels", help="--unpaired: the MRIs' organ labels (CHAOS: liver 1, kidneys 2 3, spleen 4)")
     e.add_argument("--ct-labels", help="--unpaired: the CTs' labels (BTCV: liver 6, spleen 1, kidneys 2 3)")
     e.add_argument("--segmenter", default="ct-liver", help="--unpaired: the frozen CT segmenter (default ct-liver)")
+    e.add_argument("--features", action="append", metavar="SEG", help="--unpaired: a medgen segmenter run whose "
+                   "deepest features score FID/KID (repeatable; default --segmenter; the first gives fid and kid)")
     _add_device(e)
     e.add_argument("--out", help="report path without extension (default RUN/translation_eval; --unpaired: a .json)")
     e = ev.add_parser("synthesis", help="FID/KID, MS-SSIM diversity, label plausibility of a synthesizer")

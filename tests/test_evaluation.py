@@ -93,7 +93,7 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
     out = tmp_path / "report.json"
     assert main(["evaluate", "translation", "--unpaired", "--run", str(cyclegan_run), "--mri", str(phantom_dir / "mri"),
                  "--mri-labels", str(chaos), "--ct", str(phantom_dir / "ct"), "--ct-labels", str(btcv),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--features", "ct-liver", "--features", "mri-liver"]) == 0
     report = json.loads(out.read_text())
     cases = len(list((phantom_dir / "mri").glob("*.nii.gz")))
     methods = ["histmatch", "identity", "translator"]
@@ -107,15 +107,21 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
         assert set(r["organs"]) == {name for name, _, _ in ORGANS} and 0.0 <= r["dice"] <= 1.0
         liver_row = r["organs"]["liver"]
         assert liver_row["abs_diff"] == pytest.approx(abs(liver_row["median"] - report["ct_population"]["liver"]["median"]))
-    assert "translator: liver Dice of ct-liver" in capsys.readouterr().out
-    # realism on the shipped ct-liver's features: every method and the real-vs-real floor
+    # realism on the shipped ct-liver's features, and on mri-liver's: every method and the real-vs-real floor
+    printed = capsys.readouterr().out
+    assert "translator: liver Dice of ct-liver" in printed
     for method in ("translator", "identity", "histmatch", "real_vs_real"):
-        assert report["summary"][method]["fid"] >= 0.0 and np.isfinite(report["summary"][method]["kid"])
+        r = report["summary"][method]
+        assert list(r["by_features"]) == ["ct-liver", "mri-liver"]
+        assert (r["fid"], r["kid"]) == (r["by_features"]["ct-liver"]["fid"], r["by_features"]["ct-liver"]["kid"])
+        assert r["fid"] >= 0.0 and np.isfinite(r["kid"]) and r["by_features"]["mri-liver"]["fid"] != r["fid"]
+        assert f"{method}: " in printed and "(mri-liver)" in printed.split(f"{method}: ", 1)[1].splitlines()[0]
     assert report["summary"]["identity"]["fid"] > report["summary"]["real_vs_real"]["fid"]  # a raw MRI is no CT
     pictures = sorted((tmp_path / "report_qc").glob("*.png"))
     assert len(pictures) == cases and pictures[0].stat().st_size > 2000
     page = (tmp_path / "report.html").read_text()
     assert page.count("<img") == cases and "real_vs_real" in page and "right_kidney" in page
+    assert "FID (ct-liver)" in page and "FID (mri-liver)" in page
 
 
 def test_realism_of_identical_slices_is_zero():

@@ -327,6 +327,31 @@ def test_synthct_structure_loss_keeps_the_mris_edges_whatever_their_contrast():
     assert both["structure"] == pytest.approx(0.5, abs=1e-3)
 
 
+def test_synthct_liver_loss_pulls_the_mris_liver_to_the_cts_level():
+    """lambda_liver: |the output's mean inside the target MRIs' liver - the CTs' liver level|; the painted CTs' livers
+    and the MRIs' other voxels do not count, an MRI without a liver adds nothing; refused without target MRIs."""
+    from medgen.engines.synthct import HAS_CT, setup, synthct_step
+    from medgen.errors import MedgenError
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTConfig, SynthCTLossConfig
+
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0), net.bias.fill_(0.0)  # the output is the input
+    mri = torch.cat([torch.full((1, 2, 4), 0.3), torch.full((1, 2, 4), -0.6)], 1)  # its liver the upper half
+    x = torch.stack([torch.full((1, 4, 4), 0.9), mri])
+    liver = torch.stack([torch.ones(1, 4, 4), torch.cat([torch.ones(1, 2, 4), torch.zeros(1, 2, 4)], 1)])
+    batch = {Keys.MRI: x, Keys.IMAGE: torch.zeros(2, 1, 4, 4), Keys.LABEL: liver, HAS_CT: torch.tensor([[1.0], [0.0]])}
+    step = synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), SynthCTLossConfig(1.0, 0.0, lambda_liver=4.0),
+                        torch.device("cpu"), level=-0.2)
+    out = step(None, batch)
+    assert out["liver"] == pytest.approx(0.5)  # the MRI's liver at 0.3; the painted CT's 0.9 and the MRI's -0.6 unseen
+    assert out["loss"] == pytest.approx(out["l1"] + 4.0 * 0.5)
+    assert step(None, {**batch, Keys.LABEL: torch.zeros(2, 1, 4, 4)})["liver"] == 0.0
+    with pytest.raises(MedgenError, match="lambda_liver"):
+        setup(SynthCTConfig(loss=SynthCTLossConfig(lambda_liver=1.0)), torch.device("cpu"))
+
+
 def test_the_frozen_segmenter_reads_a_3d_translator_slice_by_slice():
     """A 3D synthct translator trains through a 2D segmenter: each axial slice of its patch is segmented alone."""
     from medgen.engines.synthct import FrozenSegmenter

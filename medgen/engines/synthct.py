@@ -10,12 +10,14 @@ alone; with ``loss.seg_painted`` false only they do, and the painted CTs are und
 ``loss.lambda_gan`` > 0 a PatchGAN (LSGAN) tells the batch's real CT patches from the generator's output on those
 MRIs (on every output without them), so that the synthetic CT takes a real CT's texture and contrast where there is
 no CT to match; with ``loss.lambda_structure`` > 0 those same outputs keep their input's edges
-(``1 - LNCC(G(x), x)``, the local squared correlation, blind to the contrast's sign).
+(``1 - LNCC(G(x), x)``, the local squared correlation, blind to the contrast's sign); with ``loss.lambda_liver`` > 0
+the output's mean inside the target MRIs' liver is pulled to the CTs' liver level (:func:`liver_level`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Mapping
 
 import torch
@@ -73,9 +75,11 @@ class FrozenSegmenter(torch.nn.Module):
 def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, device: torch.device,
                  segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None,
                  ema: AveragedModel | None = None, disc: torch.nn.Module | None = None,
-                 opt_d: torch.optim.Optimizer | None = None):
-    """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure"[, "gan", "loss_d"]}`` (``ema``: a weight
-    average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of ``loss_cfg.lambda_gan``)."""
+                 opt_d: torch.optim.Optimizer | None = None, level: float | None = None):
+    """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure", "liver"[, "gan", "loss_d"]}`` (``ema``: a
+    weight average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of
+    ``loss_cfg.lambda_gan``; ``level``: the CTs' liver level, which the output's mean inside the target MRIs' liver
+    is pulled to with ``loss_cfg.lambda_liver``)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
 
@@ -108,6 +112,11 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             lncc = LocalNormalizedCrossCorrelationLoss(fake.dim() - 2, loss_cfg.structure_kernel)  # -mean LNCC
             structure = 1 + lncc(judged(fake, has_ct), judged(x, has_ct).float())
             loss = loss + loss_cfg.lambda_structure * structure
+        hu = torch.zeros(())
+        inside = (liver > 0) & (has_ct == 0).view(-1, *[1] * (liver.dim() - 1))  # the target MRIs' liver voxels
+        if level is not None and bool(inside.any()):
+            hu = (fake[inside].mean() - level).abs()
+            loss = loss + loss_cfg.lambda_liver * hu
         gan = loss_d = None
         if disc is not None:
             with autocast(device, amp):
@@ -124,11 +133,23 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             ema.update_parameters(net)
         extra = {} if disc is None else {"gan": float(gan.detach()),
                                          "loss_d": float("nan") if loss_d is None else float(loss_d.detach())}
-        return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()), "structure": float(structure.detach()),
-                **extra,
+        return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
+                "structure": float(structure.detach()), "liver": float(hu.detach()), **extra,
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
 
     return step
+
+
+def liver_level(volumes: list[dict]) -> float | None:
+    """The liver level of ``volumes`` (preprocessed, in the networks' units): the median over them of the mean
+    intensity inside each one's liver (label class 1); None when no volume has a liver.
+
+    >>> liver_level([{Keys.IMAGE: torch.tensor([0.5, 0.1]), Keys.LABEL: torch.tensor([1, 0])},
+    ...              {Keys.IMAGE: torch.tensor([0.0, -1.0]), Keys.LABEL: torch.tensor([1, 1])}])
+    0.0
+    """
+    means = [float(v[Keys.IMAGE][v[Keys.LABEL] == 1].float().mean()) for v in volumes if (v[Keys.LABEL] == 1).any()]
+    return float(statistics.median(means)) if means else None
 
 
 HAS_CT = "has_ct"  # batch key: 1 for a painted CT (its real CT is the L1 target), 0 for a real MRI
@@ -164,6 +185,9 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if mris and not (cfg.segmenter and cfg.loss.lambda_seg > 0):
         raise MedgenError(cfg.target.images, "target MRIs train through the frozen segmenter alone (they have no CT): "
                                              "set segmenter and loss.lambda_seg > 0, or target.ratio=0")
+    if cfg.loss.lambda_liver > 0 and not mris:
+        raise MedgenError(cfg.data.images, "loss.lambda_liver pulls the target MRIs' liver to the CTs' level: set "
+                                           "target.images and target.ratio > 0")
     if cfg.segmenter and cfg.loss.lambda_seg > 0 and not cfg.loss.seg_painted and not mris:
         raise MedgenError(cfg.data.images, "loss.seg_painted=false puts the segmentation loss on the target MRIs alone: "
                                            "set target.images and target.ratio > 0")
@@ -189,7 +213,10 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     scaler = grad_scaler(device, cfg.train.amp)
     ema = weight_average(net, cfg.ema_decay)
     opt_d = None if disc is None else torch.optim.Adam(disc.parameters(), lr=cfg.discriminator.lr, betas=(0.5, 0.999))
-    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d)
+    level = liver_level(volumes) if cfg.loss.lambda_liver > 0 else None
+    if cfg.loss.lambda_liver > 0 and level is None:
+        raise MedgenError(cfg.data.labels, "loss.lambda_liver: no CT has a liver (class 1) in its labels")
+    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d, level)
     norm = norm_artifact([], [cfg.preprocess.ct_window])
     to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {}),
                **({"D": disc, "opt_d": opt_d} if disc is not None else {})}

@@ -5,14 +5,13 @@ generator's input) with patches of the real MRIs (``has_ct`` 0, ``target.ratio``
 real samples). The generator minimises ``lambda_gan * LSGAN(D(G(ct)), real) + lambda_cycle * |T(G(ct)) - ct|``, where
 ``T`` is the fit's MRI -> CT translator, frozen (gradients pass through it, its weights never change), and with
 ``lambda_liver`` also ``lambda_liver * |mean of G(ct) in the CT's liver - the real MRIs' liver level|``
-(:func:`liver_level`); the discriminator learns the real MRI patches against this step's outputs. With
+(:func:`medgen.engines.synthct.liver_level`); the discriminator learns the real MRI patches against this step's outputs. With
 ``label_input`` the generator reads the CT patch's classes too (:func:`medgen.models.synthmri.with_labels`), and the discriminator each patch's liver (class
 1): the CT's label beside the output, the pseudo-label beside the real MRI.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping
 
 import torch
@@ -25,7 +24,7 @@ from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, patchgan_update,
                                    set_requires_grad, weight_average)
-from medgen.engines.synthct import HAS_CT, flagged, target_mris
+from medgen.engines.synthct import HAS_CT, flagged, liver_level, target_mris
 from medgen.errors import MedgenError
 from medgen.inference.translate import load_translator
 from medgen.keys import Keys
@@ -100,18 +99,6 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
                             **({Keys.MRI: real[:1].detach()} if len(real) else {})}}
 
     return step
-
-
-def liver_level(volumes: list[dict]) -> float | None:
-    """The real MRIs' liver level: the median over ``volumes`` (preprocessed, as the discriminator sees them) of the
-    mean intensity inside each one's liver (label class 1); None when no volume has a liver.
-
-    >>> liver_level([{Keys.IMAGE: torch.tensor([0.5, 0.1]), Keys.LABEL: torch.tensor([1, 0])},
-    ...              {Keys.IMAGE: torch.tensor([0.0, -1.0]), Keys.LABEL: torch.tensor([1, 1])}])
-    0.0
-    """
-    means = [float(v[Keys.IMAGE][v[Keys.LABEL] == 1].float().mean()) for v in volumes if (v[Keys.LABEL] == 1).any()]
-    return float(statistics.median(means)) if means else None
 
 
 def setup(cfg: SynthMRIConfig, device: torch.device) -> TaskSetup:

@@ -140,24 +140,27 @@ def histogram_matched(mri: np.ndarray, reference_ct: np.ndarray) -> np.ndarray:
 
 def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, ct: str | Path,
                       ct_labels: str | Path, segmenter: str = "ct-liver", device: str = "auto",
-                      out: str | Path | None = None) -> dict:
+                      out: str | Path | None = None, features: list[str] | None = None) -> dict:
     """``medgen evaluate translation --unpaired``: a translator judged on real MRIs with no paired CT, beside the
     identity and histogram-matching baselines in the same run.
 
     - organ HU: the median synthetic-CT HU inside each organ of the MRI's manual labels (liver, spleen, kidneys)
       against the real CTs' (:func:`ct_population`): |difference of medians| and the overlap of the IQRs;
     - anatomy kept: ``segmenter`` (a CT segmenter, frozen) on the synthetic CT, liver Dice against the MRI's label;
-    - realism (``segmenter`` a medgen run or shipped model): FID and KID of liver-level slices against the
-      even-numbered real CTs' on the segmenter's deepest features, beside the odd-numbered real CTs' (real vs real).
+    - realism (``segmenter`` a medgen run or shipped model, or ``features`` given): FID and KID of liver-level slices
+      against the even-numbered real CTs' on the deepest features of each of ``features`` (default: the segmenter),
+      beside the odd-numbered real CTs' (real vs real), under ``by_features``; ``fid`` and ``kid``: the first's. A
+      translator trained through the segmenter shapes that segmenter's features: judge it with another one too.
 
     Writes ``OUT`` (.json), ``OUT.html`` and per case ``OUT_qc/CASE.png``: MRI | synthetic CT | a real CT at the
     same relative level of the liver (upper and lower), the organs outlined.
     """
     translator = load_translator(run, "mri2ct", device)
     seg = load_segmenter(segmenter, device)
-    features = DeepFeatures(segmenter, resolve_device(device)) if isinstance(seg, RunSegmenter) else None
+    judges = list(features or ([segmenter] if isinstance(seg, RunSegmenter) else []))
+    nets = {name: DeepFeatures(name, resolve_device(device)) for name in dict.fromkeys(judges)}
     ct_slices: list[torch.Tensor] = []
-    population = ct_population(ct, ct_labels, ct_slices if features else None)
+    population = ct_population(ct, ct_labels, ct_slices if nets else None)
     reference, reference_ref, reference_labels = labelled_image(*image_label_pairs(ct, ct_labels)[0])
     methods = {"translator": lambda a, r: translator.translate(a, r)[0], "identity": lambda a, r: translator.identity(a),
                "histmatch": lambda a, r: histogram_matched(a, reference)}
@@ -174,7 +177,7 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
             rows.append({"case": case_name(image_path), "method": method,
                          "dice": segmentation_metrics(mask, labels == ORGANS[0][1], ref.spacing, False)["dice"],
                          **{f"hu_{k}": v for k, v in organ_medians(hu, labels, {n: m for n, m, _ in ORGANS}).items()}})
-            if features:
+            if nets:
                 fake_slices[method].append(organ_slices(hu, labels == ORGANS[0][1], ref))
             if method == "translator":
                 save_png(qc_picture(image, hu, ref, labels, reference, reference_ref, reference_labels),
@@ -190,15 +193,16 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
                 organs[name] = {"median": float(np.median(values)), "abs_diff": abs(float(np.median(values)) - stats["median"]),
                                 "iqr": [float(q) for q in iqr], "iqr_overlap": interval_overlap(iqr, tuple(stats["iqr"]))}
         summary[method] = {"dice": float(np.mean([r["dice"] for r in mine])), "organs": organs}
-    if features:
+    if nets:
         reals = torch.cat(ct_slices[0::2]), torch.cat(ct_slices[1::2])
-        for method in methods:
-            summary[method].update(realism(features, torch.cat(fake_slices[method]), reals[0]))
-        summary["real_vs_real"] = realism(features, reals[1], reals[0])
+        for method, fake in [*((m, torch.cat(fake_slices[m])) for m in methods), ("real_vs_real", reals[1])]:
+            scores = {name: realism(net, fake, reals[0]) for name, net in nets.items()}
+            summary.setdefault(method, {}).update(**scores[judges[0]], by_features=scores)
     report = {"translator": str(run), "segmenter": segmenter, "ct_population": population, "summary": summary,
               "realism": {"slices": f"{FEATURE_LEVELS} axial levels over the liver, {FEATURE_SPACING_MM} mm in-plane, "
-                                    f"{FEATURE_SIZE}^2; features: the segmenter's deepest layer; reference: the "
-                                    "even-numbered real CTs, real_vs_real: the odd-numbered ones"} if features else None,
+                                    f"{FEATURE_SIZE}^2; features: the deepest layer of {', '.join(nets)} (fid, kid: "
+                                    f"{judges[0]}'s); reference: the even-numbered real CTs, real_vs_real: the "
+                                    "odd-numbered ones"} if nets else None,
               "cases": rows}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     write_unpaired_html(report, path.with_suffix(".html"), qc_dir)
@@ -221,8 +225,9 @@ def write_unpaired_html(report: dict, path: Path, qc_dir: Path) -> Path:
     """The unpaired evaluation as a page: the summary per method, the real-CT population, the QC pictures."""
     table = []
     for method, r in report["summary"].items():
-        row = {"method": method, "ct segmenter liver Dice": r.get("dice", ""), "FID": r.get("fid", ""),
-               "KID": r.get("kid", "")}
+        row = {"method": method, "ct segmenter liver Dice": r.get("dice", "")}
+        for name, v in r.get("by_features", {}).items():
+            row.update({f"FID ({name})": v["fid"], f"KID ({name})": v["kid"]})
         for name, _, _ in ORGANS:
             o = r.get("organs", {}).get(name)
             row[f"{name} median HU (|diff|)"] = f"{o['median']:.0f} ({o['abs_diff']:.0f})" if o else ""

@@ -37,6 +37,9 @@ class SynthCTLossConfig:
     # synthetic CT keeps the MRI's edges where no CT is there to match (0: off)
     lambda_structure: float = 0.0
     structure_kernel: int = 7
+    # weight of |the output's mean inside the target MRIs' (pseudo-labelled) liver - the CTs' liver level| (the median
+    # over the CTs of their liver's mean, in the CT window's units): the liver's HU anchored where no CT is there (0: off)
+    lambda_liver: float = 0.0
 
 
 @dataclass
