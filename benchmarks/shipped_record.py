@@ -128,7 +128,9 @@ def record(results: dict) -> dict:
                                             "MRI's edges kept; no ct2mri stage)"),
                        ("mri_ct_liver_hu", "the preset's translator with `translator.loss.lambda_liver=5` (the MRIs' "
                                            "liver pulled to the CTs' level; no ct2mri stage)"),
-                       ("mri_ct_liver_hu_seed1", "the same, seed 1")):
+                       ("mri_ct_liver_hu_seed1", "the same, seed 1"),
+                       ("mri_ct_gan_preset", "the preset's translator with `translator.loss.lambda_gan=1` (a PatchGAN "
+                                             "on its MRI outputs; no ct2mri stage)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
