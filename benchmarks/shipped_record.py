@@ -130,7 +130,9 @@ def record(results: dict) -> dict:
                                            "liver pulled to the CTs' level; no ct2mri stage)"),
                        ("mri_ct_liver_hu_seed1", "the same, seed 1"),
                        ("mri_ct_gan_preset", "the preset's translator with `translator.loss.lambda_gan=1` (a PatchGAN "
-                                             "on its MRI outputs; no ct2mri stage)")):
+                                             "on its MRI outputs; no ct2mri stage)"),
+                       ("mri_ct_preset_now", "`fit mri-ct --preset cpu` as it ships now, every stage in one timed run "
+                                             "(its ct2mri stage the ResNet)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
