@@ -58,11 +58,15 @@ def translation_record(translation: dict) -> dict:
             if o in r.get("organs", {}) else "-" for o in ORGANS)]
 
     rows, summary = [], []
+    # the baselines are the same in every report: one row each, from the newest report the judge scored
+    base = next((t for t in reversed(translation.values()) if judged(t["histmatch"])), next(iter(translation.values())))
     for i, (step, t) in enumerate(translation.items()):
-        for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:  # baselines: one row each
+        for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:
+            r = t if method == "translator" else base
             rows.append([TRANSLATOR_NAMES.get(step, step) if method == "translator" else f"baseline: {method}",
-                         round(t[method]["dice"], 3), round(t["held_out_dice"][method], 3), *cells(t[method])])
-    preset = next((k for k in ("mri_ct_seg_mri_quarter", "mri_ct", "frozen") if k in translation), None)  # the preset's
+                         round(r[method]["dice"], 3), round(r["held_out_dice"][method], 3), *cells(r[method])])
+    preset = next((k for k in ("mri_ct_preset_now", "mri_ct_seg_mri_quarter", "mri_ct", "frozen") if k in translation),
+                  None)  # the preset's
     if preset:
         t = translation[preset]
         r, floor = t["translator"], t.get("real_vs_real", {}).get("fid", float("nan"))
@@ -75,14 +79,13 @@ def translation_record(translation: dict) -> dict:
                             f"{judged(r)['fid']:.2f} ({judged(t['real_vs_real'])['fid']:.2f}; "
                             f"{judged(t['histmatch'])['fid']:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
-        if preset == "mri_ct_seg_mri_quarter" and "mri_ct_seed1" in translation:  # the run-to-run spread
+        if preset in ("mri_ct_preset_now", "mri_ct_seg_mri_quarter") and "mri_ct_seed1" in translation:  # the spread
             r = translation["mri_ct_seed1"]["translator"]
             summary.append(["`fit mri-ct`, seed 1: Dice; organ HU minus real CTs'",
                             f"{r['dice']:.3f}; {offsets(r, first_pop(translation))}"])
-    first = next(iter(translation.values()))
     pop = first_pop(translation)
-    if "real_vs_real" in first:
-        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", *cells(first["real_vs_real"])[:4],
+    if "real_vs_real" in base:
+        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", *cells(base["real_vs_real"])[:4],
                      *(f"{pop[o]['median']:.0f} (IQR {pop[o]['iqr'][0]:.0f} to {pop[o]['iqr'][1]:.0f})" for o in ORGANS)])
     return {"title": "Translators judged on real MRIs, no paired CT", "summary": summary,
             "command": "python benchmarks/shipped_eval.py --only frozen,frozen_ct_only,mri_ct,mri_ct_gan,mri_ct_3d,"

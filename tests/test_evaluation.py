@@ -150,3 +150,15 @@ def test_unpaired_evaluation_refuses_labels_on_another_grid_writing_nothing(cycl
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("medgen: error:") and bad.name in err[0]
     assert not out.exists() and not (tmp_path / "report_qc").exists() and not (tmp_path / "report.html").exists()
+
+
+def test_unpaired_evaluation_refuses_features_that_are_no_segmenter_run(cyclegan_run, phantom_dir, tmp_path, capsys):
+    """--features names a medgen segmenter run: anything else is refused in one line before a volume is read."""
+    labels = _relabelled(phantom_dir / "labels", tmp_path / "mri_labels", {1: 1, 2: 4, 3: 2, 4: 3})
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "translation", "--unpaired", "--run", str(cyclegan_run), "--mri", str(phantom_dir / "mri"),
+                 "--mri-labels", str(labels), "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
+                 "--features", str(cyclegan_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medgen: error:") and str(cyclegan_run) in err[0]
+    assert not out.exists() and not (tmp_path / "report_qc").exists()

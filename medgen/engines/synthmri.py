@@ -5,9 +5,10 @@ generator's input) with patches of the real MRIs (``has_ct`` 0, ``target.ratio``
 real samples). The generator minimises ``lambda_gan * LSGAN(D(G(ct)), real) + lambda_cycle * |T(G(ct)) - ct|``, where
 ``T`` is the fit's MRI -> CT translator, frozen (gradients pass through it, its weights never change), and with
 ``lambda_liver`` also ``lambda_liver * |mean of G(ct) in the CT's liver - the real MRIs' liver level|``
-(:func:`medgen.engines.synthct.liver_level`); the discriminator learns the real MRI patches against this step's outputs. With
-``label_input`` the generator reads the CT patch's classes too (:func:`medgen.models.synthmri.with_labels`), and the discriminator each patch's liver (class
-1): the CT's label beside the output, the pseudo-label beside the real MRI.
+(:func:`medgen.engines.synthct.liver_level`); the discriminator learns the real MRI patches against this step's
+outputs. With ``label_input`` the generator reads the CT patch's classes too
+(:func:`medgen.models.synthmri.with_labels`), and the discriminator each patch's liver (class 1): the CT's label
+beside the output, the pseudo-label beside the real MRI.
 """
 
 from __future__ import annotations
