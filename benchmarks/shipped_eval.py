@@ -56,6 +56,7 @@ the data (symbolic links), times the commands and scores the masks against the m
   CT's mean in the MRIs' pseudo-labelled liver pulled to the CTs' liver level), seeds 0 and 1 (no ct2mri stage).
 - ``mri_ct_gan_preset``: the same with ``--set translator.loss.lambda_gan=1`` (a PatchGAN: real CT patches against the
   translator's outputs on the MRIs; no ct2mri stage).
+- ``mri_ct_gan_quarter``: the same at ``translator.loss.lambda_gan=0.25``.
 - ``mri_ct_preset_now``: ``fit mri-ct --preset cpu`` as it ships, every stage (the ResNet ct2mri stage) in one timed run.
 - ``ct_judge``: a second CT segmenter for realism (``JUDGE_SETS``), which no translator is trained through.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
@@ -125,6 +126,8 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
                               "--set", "ct2mri.config=''"],  # the MRIs' liver anchored at the CTs' level, two seeds
     "mri_ct_gan_preset": ["mri-ct", "--set", "translator.loss.lambda_gan=1", "--set", "ct2mri.config=''"],  # the
     # preset's translator with a PatchGAN on its MRI outputs (mri_ct_gan had it on the earlier preset)
+    "mri_ct_gan_quarter": ["mri-ct", "--set", "translator.loss.lambda_gan=0.25", "--set", "ct2mri.config=''"],  # the
+    # same PatchGAN at a quarter weight: realism without losing the anatomy?
     "mri_ct_preset_now": ["mri-ct"]}  # `fit mri-ct --preset cpu` as it ships (the ResNet ct2mri stage), timed end to end
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)

@@ -131,6 +131,7 @@ def record(results: dict) -> dict:
                        ("mri_ct_liver_hu_seed1", "the same, seed 1"),
                        ("mri_ct_gan_preset", "the preset's translator with `translator.loss.lambda_gan=1` (a PatchGAN "
                                              "on its MRI outputs; no ct2mri stage)"),
+                       ("mri_ct_gan_quarter", "the same at `translator.loss.lambda_gan=0.25`"),
                        ("mri_ct_preset_now", "`fit mri-ct --preset cpu` as it ships now, every stage in one timed run "
                                              "(its ct2mri stage the ResNet)")):
         if key in results:

@@ -28,6 +28,7 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_liver_hu": "the preset with `translator.loss.lambda_liver=5` (the MRIs' liver pulled to the CTs' level)",
     "mri_ct_liver_hu_seed1": "the same, seed 1",
     "mri_ct_gan_preset": "the preset with `translator.loss.lambda_gan=1` (PatchGAN on its MRI outputs)",
+    "mri_ct_gan_quarter": "the same at `lambda_gan=0.25`",
     "mri_ct_preset_now": "`fit mri-ct --preset cpu` as it ships now (ResNet ct2mri stage; the same seed)"}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
@@ -91,7 +92,7 @@ def translation_record(translation: dict) -> dict:
             "command": "python benchmarks/shipped_eval.py --only frozen,frozen_ct_only,mri_ct,mri_ct_gan,mri_ct_3d,"
                        "mri_ct_unlabelled,mri_ct_l1_only,mri_ct_seg_mri,mri_ct_seg_mri_half,"
                        "mri_ct_seg_mri_quarter,mri_ct_preset,mri_ct_seed1,mri_ct_structure,mri_ct_liver_hu,"
-                       "mri_ct_liver_hu_seed1,mri_ct_gan_preset,mri_ct_preset_now,ct_judge,translation",
+                       "mri_ct_liver_hu_seed1,mri_ct_gan_preset,mri_ct_gan_quarter,mri_ct_preset_now,ct_judge,translation",
             "data": {"ct_count": 30, "ct_count_for_training": len(TRAIN_CTS), "mri": "10 CHAOS T2 MRIs, manual labels",
                      "translators": "the synthct translator of each fit, trained on 25 CTs: frozen (fit mri-liver "
                                     "--segmenter ct-liver; also on the 7 fit MRIs, target.ratio 0.5), frozen_ct_only "
@@ -104,7 +105,7 @@ def translation_record(translation: dict) -> dict:
                                     "again, as it ships), mri_ct_seed1 (the same from another seed), mri_ct_structure "
                                     "(the preset keeping the MRI's edges), mri_ct_liver_hu and _seed1 (the preset with "
                                     "the MRIs' liver anchored at the CTs' level, two seeds), mri_ct_gan_preset (the "
-                                    "preset with a PatchGAN), mri_ct_preset_now (the preset as it ships now)"},
+                                    "preset with a PatchGAN; _quarter at a quarter weight), mri_ct_preset_now (the preset as it ships now)"},
             "notes": ["organ HU: the median synthetic-CT HU inside the MRI's manual organ label (median over the 10 "
                       "MRIs), the absolute difference to the real CTs' median, and the overlap of the two IQRs; BTCV HU are "
                       "known in [-125, 275] only, and the translator's output window is [-175, 250]",
