@@ -355,21 +355,23 @@ def main(argv: list[str] | None = None) -> int:
         judges = ["ct-liver", *([str(judge)] if run_finished(judge) else [])]  # realism: both segmenters' features
         for step in CT_FITS:
             model, out = work / f"fit_{step}", work / f"translation_{step}.json"
-            judged = json.loads(out.read_text())["summary"]["translator"] if out.is_file() else {}
-            if judged and len(judged.get("by_features", {})) < len(judges):
-                out.unlink()  # judged before the judge was trained: judged again
-            if (model / "model.json").is_file() and not out.is_file():
+            report = json.loads(out.read_text()) if out.is_file() else None
+            if (model / "model.json").is_file() and (  # not judged yet, or judged before the judge was trained
+                    not report or len(report["summary"]["translator"].get("by_features", {})) < len(judges)):
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
                        "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
                        str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out),
                        *[a for j in judges for a in ("--features", j)], log=log)
-            if out.is_file():
                 report = json.loads(out.read_text())
+            if report:
                 results.setdefault("translation", {})[step] = {
                     **report["summary"], "held_out_dice": {m: mean({r["case"]: r["dice"] for r in report["cases"]
                                                                     if r["method"] == m}, HELD_OUT)
                                                            for m in ("translator", "identity", "histmatch")},
                     "ct_population": report["ct_population"]}
+        for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
+            t["trained_on"] = (f"{len(TRAIN_CTS)} CTs{' (no labels)' if step in UNLABELLED_FITS else ''}, "
+                               f"{0 if 'translator.target.ratio=0' in CT_FITS[step] else len(TRAIN)} MRIs")
         if results.get("translation"):
             write_record("translation_real", translation_record(results["translation"]))
     qc_rows = [r for summary in sorted(work.glob("masks_*/summary.json"))  # every pipeline's masks: several qualities

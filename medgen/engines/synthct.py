@@ -17,6 +17,7 @@ the output's mean inside the target MRIs' liver is pulled to the CTs' liver leve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 from collections.abc import Mapping
 
@@ -82,6 +83,7 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
     is pulled to with ``loss_cfg.lambda_liver``)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
+    lncc = functools.cache(lambda dims: LocalNormalizedCrossCorrelationLoss(dims, loss_cfg.structure_kernel))
 
     def judged(fake: torch.Tensor, has_ct: torch.Tensor) -> torch.Tensor:
         """What the discriminator and the structure loss judge: the target MRIs' samples, or every one without them."""
@@ -109,14 +111,14 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             loss = loss + loss_cfg.lambda_seg * seg
         structure = torch.zeros(())
         if loss_cfg.lambda_structure > 0:
-            lncc = LocalNormalizedCrossCorrelationLoss(fake.dim() - 2, loss_cfg.structure_kernel)  # -mean LNCC
-            structure = 1 + lncc(judged(fake, has_ct), judged(x, has_ct).float())
+            structure = 1 + lncc(fake.dim() - 2)(judged(fake, has_ct), judged(x, has_ct).float())  # -mean LNCC
             loss = loss + loss_cfg.lambda_structure * structure
         hu = torch.zeros(())
-        inside = (liver > 0) & (has_ct == 0).view(-1, *[1] * (liver.dim() - 1))  # the target MRIs' liver voxels
-        if level is not None and bool(inside.any()):
-            hu = (fake[inside].mean() - level).abs()
-            loss = loss + loss_cfg.lambda_liver * hu
+        if level is not None:
+            inside = (liver > 0) & (has_ct == 0).view(-1, *[1] * (liver.dim() - 1))  # the target MRIs' liver voxels
+            if bool(inside.any()):
+                hu = (fake[inside].mean() - level).abs()
+                loss = loss + loss_cfg.lambda_liver * hu
         gan = loss_d = None
         if disc is not None:
             with autocast(device, amp):
