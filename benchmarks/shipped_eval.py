@@ -58,6 +58,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   translator's outputs on the MRIs; no ct2mri stage).
 - ``mri_ct_gan_quarter``: the same at ``translator.loss.lambda_gan=0.25``.
 - ``mri_ct_preset_now``: ``fit mri-ct --preset cpu`` as it ships, every stage (the ResNet ct2mri stage) in one timed run.
+- ``mri_ct_pairs``: the same with ``--set pairs.iterations=1500``: its translator trained on from its weights with
+  synthetic pairs too (half the CT samples' inputs the CT as the ct2mri stage renders it).
 - ``ct_judge``: a second CT segmenter for realism (``JUDGE_SETS``), which no translator is trained through.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
@@ -128,7 +130,9 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     # preset's translator with a PatchGAN on its MRI outputs (mri_ct_gan had it on the earlier preset)
     "mri_ct_gan_quarter": ["mri-ct", "--set", "translator.loss.lambda_gan=0.25", "--set", "ct2mri.config=''"],  # the
     # same PatchGAN at a quarter weight: realism without losing the anatomy?
-    "mri_ct_preset_now": ["mri-ct"]}  # `fit mri-ct --preset cpu` as it ships (the ResNet ct2mri stage), timed end to end
+    "mri_ct_preset_now": ["mri-ct"],  # `fit mri-ct --preset cpu` as it ships (the ResNet ct2mri stage), timed end to end
+    "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500"]}  # then its translator trained on with synthetic pairs:
+# the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500 steps from translator/'s weights
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
 LIVER_VALUES = (6, 1)  # BTCV, CHAOS

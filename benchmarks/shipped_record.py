@@ -133,7 +133,9 @@ def record(results: dict) -> dict:
                                              "on its MRI outputs; no ct2mri stage)"),
                        ("mri_ct_gan_quarter", "the same at `translator.loss.lambda_gan=0.25`"),
                        ("mri_ct_preset_now", "`fit mri-ct --preset cpu` as it ships now, every stage in one timed run "
-                                             "(its ct2mri stage the ResNet)")):
+                                             "(its ct2mri stage the ResNet)"),
+                       ("mri_ct_pairs", "the same, then its translator 1500 steps more with synthetic pairs "
+                                        "(`pairs.iterations=1500`: the CTs as its ct2mri stage renders them)")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"

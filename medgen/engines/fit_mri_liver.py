@@ -14,6 +14,8 @@ checkpoints), resumable one by one with ``--resume``:
    the fit's MRIs pseudo-labelled by the shipped ``mri-liver`` (``pseudo/``; the translator's ``target.ratio``);
 2b. ``ct2mri/`` (a preset's ``ct2mri`` stage, ``fit mri-ct``'s): the CT -> MRI translator, a PatchGAN against the
    fit's MRIs and a cycle through the frozen ``translator/``;
+2c. ``translator_pairs/`` (``pairs.iterations`` > 0): ``translator/`` trained on from its weights, some CT samples'
+   inputs now the CT rendered by ``ct2mri/`` (synthetic pairs); it is then the model's translator;
 3. ``qc/``: the pipeline run on the training MRIs (liver volume, flags), a label-free check of the result.
 
 ``model.json`` is written last: a model directory without it is unfinished (``--resume`` completes it).
@@ -303,9 +305,8 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                 print("[medgen fit] translator: no MRI has a plausible liver mask; the segmentation loss judges the "
                       "painted CTs", flush=True)
         painted = [] if target else ["loss.seg_painted=true"]  # no MRI trains through the segmenter: the CTs do
-        _, times["translator"] = _stage("translator", cfg.translator.config, out / "translator",
-                                        data + [f"segmenter={through}"] + target + _common_sets(cfg)
-                                        + cfg.translator.set + painted)
+        translator_sets = data + [f"segmenter={through}"] + target + _common_sets(cfg) + cfg.translator.set + painted
+        _, times["translator"] = _stage("translator", cfg.translator.config, out / "translator", translator_sets)
         model.translator = translator = "translator"
         if cfg.ct2mri.config:  # the CT -> MRI translator: real CTs into the MRIs' contrast, cycled through that one
             listing = _pseudo_labels(resolve_model(PSEUDO_LABELLER), mris, mri, out / "pseudo", cfg)
@@ -314,6 +315,13 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                                             data + [f"translator={out / translator}", f"target.images={listing}",
                                                     f"target.labels={listing}"] + _common_sets(cfg) + cfg.ct2mri.set)
                 model.ct2mri = "ct2mri"
+                if cfg.pairs.iterations > 0:  # the translator again, on synthetic pairs too: the CTs as ct2mri renders them
+                    _, times["pairs"] = _stage("translator_pairs", cfg.translator.config, out / "translator_pairs",
+                                               translator_sets + [f"train.init={out / translator}",
+                                                                  f"pairs.ct2mri={out / 'ct2mri'}",
+                                                                  f"pairs.prob={cfg.pairs.prob}",
+                                                                  f"train.iterations={cfg.pairs.iterations}"])
+                    model.translator = translator = "translator_pairs"
             else:
                 print("[medgen fit] ct2mri: no MRI has a plausible liver mask to draw patches from; no CT -> MRI "
                       "translator", flush=True)

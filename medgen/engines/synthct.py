@@ -11,7 +11,9 @@ alone; with ``loss.seg_painted`` false only they do, and the painted CTs are und
 MRIs (on every output without them), so that the synthetic CT takes a real CT's texture and contrast where there is
 no CT to match; with ``loss.lambda_structure`` > 0 those same outputs keep their input's edges
 (``1 - LNCC(G(x), x)``, the local squared correlation, blind to the contrast's sign); with ``loss.lambda_liver`` > 0
-the output's mean inside the target MRIs' liver is pulled to the CTs' liver level (:func:`liver_level`).
+the output's mean inside the target MRIs' liver is pulled to the CTs' liver level (:func:`liver_level`). With
+``pairs.ct2mri`` (a CT -> MRI translator, frozen) ``pairs.prob`` of the CT samples take the CT rendered in the MRIs'
+contrast by it as their input instead of the painted copy: synthetic pairs, under the same L1 to the real CT.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loade
                                    set_requires_grad, weight_average)
 from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter
+from medgen.inference.translate import load_translator
 from medgen.keys import Keys
 from medgen.models.run import EMA_SUFFIX, NORM_FILE, norm_artifact
 from medgen.models.synthct import SynthCTConfig, build_nets
@@ -73,14 +76,40 @@ class FrozenSegmenter(torch.nn.Module):
         return prob[(..., *[slice(0, s) for s in fake.shape[2:]])]
 
 
+class FrozenTranslator(torch.nn.Module):
+    """A translator run as a differentiable, frozen function, its CT side in ``window`` units: ``mri2ct`` MRI in
+    [-1, 1] -> CT, ``ct2mri`` CT -> MRI in [-1, 1] (one that reads the CT's label map too is refused)."""
+
+    def __init__(self, run: str, window: list[float], device: torch.device, direction: str = "mri2ct"):
+        super().__init__()
+        translator = load_translator(run, direction, str(device.type))
+        if translator.reads_labels:
+            raise MedgenError(run, "this translator reads the CT's label map too (ct2mri.label_input): a frozen "
+                                   "translator here reads the image alone")
+        self.net, self.direction = translator.net, direction
+        self.window, self.own_window = list(window), list(translator.cfg.preprocess.ct_window)
+        self.net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        same = self.window == self.own_window
+        if self.direction == "ct2mri":
+            return self.net(x if same else ct_to_unit(unit_to_ct(x, self.window), self.own_window)).float()
+        y = self.net(x).float()
+        return y if same else ct_to_unit(unit_to_ct(y, self.own_window), self.window)
+
+
 def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, device: torch.device,
                  segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None,
                  ema: AveragedModel | None = None, disc: torch.nn.Module | None = None,
-                 opt_d: torch.optim.Optimizer | None = None, level: float | None = None):
-    """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure", "liver"[, "gan", "loss_d"]}`` (``ema``: a
-    weight average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of
+                 opt_d: torch.optim.Optimizer | None = None, level: float | None = None,
+                 renderer: torch.nn.Module | None = None, pairs_prob: float = 0.0):
+    """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure", "liver", "pairs"[, "gan", "loss_d"]}``
+    (``ema``: a weight average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of
     ``loss_cfg.lambda_gan``; ``level``: the CTs' liver level, which the output's mean inside the target MRIs' liver
-    is pulled to with ``loss_cfg.lambda_liver``)."""
+    is pulled to with ``loss_cfg.lambda_liver``; ``renderer``: a CT -> MRI function whose rendering of the CT replaces
+    the painted input of each CT sample with chance ``pairs_prob``; "pairs": how many did)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
     lncc = functools.cache(lambda dims: LocalNormalizedCrossCorrelationLoss(dims, loss_cfg.structure_kernel))
@@ -98,6 +127,13 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         ct = batch[Keys.IMAGE].to(device, non_blocking=True)
         liver = (batch[Keys.LABEL].to(device, non_blocking=True) == 1).float()
         has_ct = batch[HAS_CT].to(device).float().flatten() if HAS_CT in batch else torch.ones(len(x), device=device)
+        pick = torch.zeros(len(x), dtype=torch.bool, device=device)
+        if renderer is not None:  # synthetic pairs: the CT in the MRIs' contrast -> the CT
+            pick = (has_ct > 0) & (torch.rand(len(x), device=device) < pairs_prob)
+            if bool(pick.any()):
+                with torch.no_grad(), autocast(device, amp):
+                    x = x.clone()
+                    x[pick] = renderer(ct[pick]).to(x.dtype)
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
             fake = net(x)
@@ -136,7 +172,7 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         extra = {} if disc is None else {"gan": float(gan.detach()),
                                          "loss_d": float("nan") if loss_d is None else float(loss_d.detach())}
         return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
-                "structure": float(structure.detach()), "liver": float(hu.detach()), **extra,
+                "structure": float(structure.detach()), "liver": float(hu.detach()), "pairs": int(pick.sum()), **extra,
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
 
     return step
@@ -190,6 +226,8 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if cfg.loss.lambda_liver > 0 and not mris:
         raise MedgenError(cfg.data.images, "loss.lambda_liver pulls the target MRIs' liver to the CTs' level: set "
                                            "target.images and target.ratio > 0")
+    if not 0 <= cfg.pairs.prob <= 1:
+        raise MedgenError(cfg.pairs.ct2mri, f"pairs.prob must lie in [0, 1], not {cfg.pairs.prob}")
     if cfg.segmenter and cfg.loss.lambda_seg > 0 and not cfg.loss.seg_painted and not mris:
         raise MedgenError(cfg.data.images, "loss.seg_painted=false puts the segmentation loss on the target MRIs alone: "
                                            "set target.images and target.ratio > 0")
@@ -218,7 +256,10 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     level = liver_level(volumes) if cfg.loss.lambda_liver > 0 else None
     if cfg.loss.lambda_liver > 0 and level is None:
         raise MedgenError(cfg.data.labels, "loss.lambda_liver: no CT has a liver (class 1) in its labels")
-    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d, level)
+    renderer = None if not cfg.pairs.ct2mri else FrozenTranslator(cfg.pairs.ct2mri, cfg.preprocess.ct_window, device,
+                                                                   "ct2mri").to(device)
+    step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d, level, renderer,
+                        cfg.pairs.prob)
     norm = norm_artifact([], [cfg.preprocess.ct_window])
     to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {}),
                **({"D": disc, "opt_d": opt_d} if disc is not None else {})}

@@ -25,30 +25,12 @@ from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, patchgan_update,
                                    set_requires_grad, weight_average)
-from medgen.engines.synthct import HAS_CT, flagged, liver_level, target_mris
+from medgen.engines.synthct import HAS_CT, FrozenTranslator, flagged, liver_level, target_mris
 from medgen.errors import MedgenError
-from medgen.inference.translate import load_translator
 from medgen.keys import Keys
 from medgen.models.run import EMA_SUFFIX, NORM_FILE, norm_artifact
 from medgen.models.synthmri import SynthMRIConfig, build_nets, label_classes, with_labels
 from medgen.runtime import autocast, grad_scaler, prefers_channels_last
-from medgen.transforms import ct_to_unit, unit_to_ct
-
-
-class FrozenTranslator(torch.nn.Module):
-    """An MRI -> CT translator run as a differentiable, frozen function: MRI in [-1, 1] -> CT in ``window`` units."""
-
-    def __init__(self, run: str, window: list[float], device: torch.device):
-        super().__init__()
-        back = load_translator(run, "mri2ct", str(device.type))
-        self.net, self.window, self.back_window = back.net, list(window), list(back.cfg.preprocess.ct_window)
-        self.net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, mri: torch.Tensor) -> torch.Tensor:
-        y = self.net(mri).float()
-        return y if self.window == self.back_window else ct_to_unit(unit_to_ct(y, self.back_window), self.window)
 
 
 def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -54,6 +54,16 @@ class AdaptConfig:
 
 
 @dataclass
+class PairsConfig:
+    """Route synthct after a ct2mri stage: the translator trained again from its weights (``translator_pairs/``: its
+    config and overrides, then these), a CT sample's input now and then the CT rendered in the MRIs' contrast by
+    ``ct2mri/``, its target the CT (synthct's ``pairs``). That stage is then the model's translator."""
+
+    iterations: int = 0  # its training steps (0: no such stage)
+    prob: float = 0.5  # the fraction of CT samples rendered (synthct's pairs.prob)
+
+
+@dataclass
 class FitConfig:
     task: str = "fit_mri_liver"  # or fit_mri_ct (a preset of `medgen fit mri-ct`)
     route: str = "direct"  # direct | synthct (with --segmenter the route is always synthct)
@@ -62,6 +72,7 @@ class FitConfig:
     translator: StageConfig = field(default_factory=lambda: StageConfig("synthct_2d.yaml"))
     # route synthct: the CT -> MRI translator trained after the translator, through it (empty config: none)
     ct2mri: StageConfig = field(default_factory=StageConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)  # route synthct with ct2mri: synthetic pairs
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     device: str = "auto"  # every stage: auto | cpu | cuda
     amp: str = "none"  # every stage: none | bf16 | fp16
@@ -83,6 +94,9 @@ def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     if cfg.amp not in AMP_MODES or cfg.device not in ("auto", "cpu", "cuda"):
         raise MedgenError(path, f"amp must be one of {', '.join(AMP_MODES)} and device auto, cpu or cuda, not "
                                 f"{cfg.amp!r} / {cfg.device!r}")
+    if cfg.pairs.iterations > 0 and not cfg.ct2mri.config:
+        raise MedgenError(path, "pairs.iterations renders the CTs with the ct2mri stage: this preset has none "
+                                "(set ct2mri.config, or pairs.iterations=0)")
     return cfg
 
 

@@ -50,6 +50,15 @@ class SynthCTDiscriminatorConfig:
 
 
 @dataclass
+class SynthCTPairsConfig:
+    # a CT -> MRI translator run (task synthmri, e.g. a fit's ct2mri/), frozen: synthetic pairs, a CT rendered in the
+    # MRIs' contrast by it as the input and the CT itself as the L1 target, so that the generator learns the CT's
+    # texture and contrast from inputs that look like the MRIs it is to translate (None: painted CTs alone)
+    ct2mri: str | None = None
+    prob: float = 0.5  # fraction of the CT samples whose input is that rendering instead of the painted copy
+
+
+@dataclass
 class SynthCTConfig:
     task: str = "synthct"
     spatial_dims: int = 2
@@ -62,6 +71,7 @@ class SynthCTConfig:
     # ``target.ratio``: no CT to match there (no L1), the frozen segmenter must find the pseudo-label's liver in the
     # generator's output, so the translator sees the MRIs it is to translate (needs ``segmenter``)
     target: TargetDataConfig = field(default_factory=TargetDataConfig)
+    pairs: SynthCTPairsConfig = field(default_factory=SynthCTPairsConfig)
     spatial: bool = True  # random rotation and scaling of the training patches
     # exponential moving average of the generator's weights (0: off); inference uses the average (``G_ema``)
     ema_decay: float = 0.0
