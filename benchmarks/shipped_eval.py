@@ -60,6 +60,8 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``mri_ct_preset_now``: ``fit mri-ct --preset cpu`` as it ships, every stage (the ResNet ct2mri stage) in one timed run.
 - ``mri_ct_pairs``: the same with ``--set pairs.iterations=1500``: its translator trained on from its weights with
   synthetic pairs too (half the CT samples' inputs the CT as the ct2mri stage renders it).
+- ``RETRAINS`` steps (``fit_steps.py``), e.g. ``mri_ct_pairs_quarter``: a fit's stage trained again with other keys
+  (``medgen train FIT/STAGE/config.yaml --set KEY=VALUE``), judged as a translator in ``translation``.
 - ``ct_judge``: a second CT segmenter for realism (``JUDGE_SETS``), which no translator is trained through.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
@@ -94,46 +96,12 @@ from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 from shipped_record import CT2MRI_SEGMENTERS, CT2MRI_SOURCES, record, write_cards
-from translation_record import MRI_CT_3D, translation_record
+from fit_steps import CT_FITS, RETRAINS, UNLABELLED_FITS, fit_of
+from translation_record import translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
 MRIS = sorted(TRAIN + HELD_OUT)
-EARLIER = ["--set", "translator.loss.seg_painted=true", "--set", "translator.loss.lambda_seg=1"]  # fit mri-ct's preset
-# before the sixth stop (the segmentation loss on every sample): the fits measured with it keep it when rerun
-CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu and --out); each fit's translator judged
-    "frozen": ["mri-liver", "--segmenter", "ct-liver"],  # the preset: half the translator's samples the 7 MRIs
-    "frozen_ct_only": ["mri-liver", "--segmenter", "ct-liver", "--set", "translator.target.ratio=0"],  # CTs alone
-    "mri_ct": ["mri-ct", *EARLIER],  # the earlier preset (the same translator stage as frozen's)
-    "mri_ct_gan": ["mri-ct", *EARLIER, "--set", "translator.loss.lambda_gan=1"],  # a PatchGAN on its MRI outputs
-    "mri_ct_3d": ["mri-ct", *EARLIER, *[a for kv in MRI_CT_3D for a in ("--set", kv)]],  # the same translator in 3D
-    "mri_ct_unlabelled": ["mri-ct", *EARLIER, "--set", "ct2mri.config=''"],  # no --ct-labels: ct-liver labels the CTs
-    "mri_ct_l1_only": ["mri-ct", *EARLIER, "--set", "translator.loss.lambda_seg=0", "--set", "translator.target.ratio=0",
-                       "--set", "ct2mri.config=''"],  # frozen_ct_only's translator without the seg loss: L1 alone
-    "mri_ct_seg_mri": ["mri-ct", *EARLIER, "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"],
-    # the earlier preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone);
-    # and at half and a quarter of its weight (the quarter: the preset now, its keys given as the preset gives them)
-    "mri_ct_seg_mri_half": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
-                            "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
-    "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
-                               "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"],
-    "mri_ct_preset": ["mri-ct", "--set", "ct2mri.generator.name=pointwise"],  # the preset as a user runs it, every
-    # stage in its wall time, with the ct2mri generator it had then (the ResNet's stage: CT2MRI_SOURCES smri_local)
-    "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"],  # its translator
-    # again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
-    "mri_ct_structure": ["mri-ct", "--set", "translator.loss.lambda_structure=1", "--set", "ct2mri.config=''"],
-    # the preset's translator keeping its MRIs' edges (1 - LNCC of output and input on the MRI samples, weight 1)
-    "mri_ct_liver_hu": ["mri-ct", "--set", "translator.loss.lambda_liver=5", "--set", "ct2mri.config=''"],
-    "mri_ct_liver_hu_seed1": ["mri-ct", "--set", "translator.loss.lambda_liver=5", "--set", "translator.train.seed=1",
-                              "--set", "ct2mri.config=''"],  # the MRIs' liver anchored at the CTs' level, two seeds
-    "mri_ct_gan_preset": ["mri-ct", "--set", "translator.loss.lambda_gan=1", "--set", "ct2mri.config=''"],  # the
-    # preset's translator with a PatchGAN on its MRI outputs (mri_ct_gan had it on the earlier preset)
-    "mri_ct_gan_quarter": ["mri-ct", "--set", "translator.loss.lambda_gan=0.25", "--set", "ct2mri.config=''"],  # the
-    # same PatchGAN at a quarter weight: realism without losing the anatomy?
-    "mri_ct_preset_now": ["mri-ct"],  # `fit mri-ct --preset cpu` as it ships (the ResNet ct2mri stage), timed end to end
-    "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500"]}  # then its translator trained on with synthetic pairs:
-# the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500 steps from translator/'s weights
-UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 ORGANS = {"spleen": (1, 4), "right_kidney": (2, 2), "left_kidney": (3, 3)}  # organ -> (BTCV value, CHAOS value)
 LIVER_VALUES = (6, 1)  # BTCV, CHAOS
 CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic MRIs: ct-liver's recipe and length
@@ -298,9 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         d = pipeline(step, mri, "--model", str(model))
         results[step] = {"dice": d, "mean_all_10": mean(d), "mean_held_out": mean(d, HELD_OUT),
                          "wall_s": results.get(f"{step}_wall_s"), "stage_minutes": {
-                             s: training_minutes(model / s) for s in ("translator", "ct2mri")
+                             s: training_minutes(model / s) for s in ("translator", "ct2mri", "translator_pairs")
                              if (model / s / "metrics.csv").is_file()},
                          "set": [v for k, v in zip(args_, args_[1:]) if k == "--set"]}
+    for step, (fit, stage, sets) in RETRAINS.items():  # a fit's stage trained again with other keys
+        if step in steps and not run_finished(work / step):
+            if not (work / f"fit_{fit}" / "model.json").is_file():
+                raise SystemExit(f"shipped_eval: {step} trains step {fit}'s {stage} again (--only {fit} first)")
+            medgen("train", str(work / f"fit_{fit}" / stage / "config.yaml"), "--out", str(work / step),
+                   *[a for kv in sets for a in ("--set", kv)], log=log)
     if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translators: segmenters trained on their MRIs of the 25 CTs alone
         cts, labels = ct_train_folders()
         keys = args.segmenters.split(",") if args.segmenters else list(CT2MRI_SEGMENTERS)
@@ -357,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                                             *[a for kv in JUDGE_SETS for a in ("--set", kv)], log=log)
     if "translation" in steps:  # each fit's translator judged on the real MRIs, with no paired CT
         judges = ["ct-liver", *([str(judge)] if run_finished(judge) else [])]  # realism: both segmenters' features
-        for step in CT_FITS:
-            model, out = work / f"fit_{step}", work / f"translation_{step}.json"
+        for step in [*CT_FITS, *RETRAINS]:
+            model, out = work / (step if step in RETRAINS else f"fit_{step}"), work / f"translation_{step}.json"
             report = json.loads(out.read_text()) if out.is_file() else None
-            if (model / "model.json").is_file() and (  # not judged yet, or judged before the judge was trained
+            if ((model / "model.json").is_file() or run_finished(model)) and (  # not judged yet, or before the judge
                     not report or len(report["summary"]["translator"].get("by_features", {})) < len(judges)):
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
                        "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
@@ -374,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                                                            for m in ("translator", "identity", "histmatch")},
                     "ct_population": report["ct_population"]}
         for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
-            t["trained_on"] = (f"{len(TRAIN_CTS)} CTs{' (no labels)' if step in UNLABELLED_FITS else ''}, "
-                               f"{0 if 'translator.target.ratio=0' in CT_FITS[step] else len(TRAIN)} MRIs")
+            fit = fit_of(step)
+            t["trained_on"] = (f"{len(TRAIN_CTS)} CTs{' (no labels)' if fit in UNLABELLED_FITS else ''}, "
+                               f"{0 if 'translator.target.ratio=0' in CT_FITS[fit] else len(TRAIN)} MRIs")
         if results.get("translation"):
             write_record("translation_real", translation_record(results["translation"]))
     qc_rows = [r for summary in sorted(work.glob("masks_*/summary.json"))  # every pipeline's masks: several qualities

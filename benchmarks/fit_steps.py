@@ -1,0 +1,52 @@
+"""The ``medgen fit`` runs that ``shipped_eval.py`` measures (``CT_FITS``), and the stages of those fits trained again
+with other keys (``RETRAINS``: ``medgen train FIT/STAGE/config.yaml --set KEY=VALUE``, the fit's earlier stages
+reused: a fit is deterministic on a CPU, so the stages before it would come out the same)."""
+
+from __future__ import annotations
+
+from translation_record import MRI_CT_3D
+
+EARLIER = ["--set", "translator.loss.seg_painted=true", "--set", "translator.loss.lambda_seg=1"]  # fit mri-ct's preset
+# before the sixth stop (the segmentation loss on every sample): the fits measured with it keep it when rerun
+CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu and --out); each fit's translator judged
+    "frozen": ["mri-liver", "--segmenter", "ct-liver"],  # the preset: half the translator's samples the 7 MRIs
+    "frozen_ct_only": ["mri-liver", "--segmenter", "ct-liver", "--set", "translator.target.ratio=0"],  # CTs alone
+    "mri_ct": ["mri-ct", *EARLIER],  # the earlier preset (the same translator stage as frozen's)
+    "mri_ct_gan": ["mri-ct", *EARLIER, "--set", "translator.loss.lambda_gan=1"],  # a PatchGAN on its MRI outputs
+    "mri_ct_3d": ["mri-ct", *EARLIER, *[a for kv in MRI_CT_3D for a in ("--set", kv)]],  # the same translator in 3D
+    "mri_ct_unlabelled": ["mri-ct", *EARLIER, "--set", "ct2mri.config=''"],  # no --ct-labels: ct-liver labels the CTs
+    "mri_ct_l1_only": ["mri-ct", *EARLIER, "--set", "translator.loss.lambda_seg=0", "--set", "translator.target.ratio=0",
+                       "--set", "ct2mri.config=''"],  # frozen_ct_only's translator without the seg loss: L1 alone
+    "mri_ct_seg_mri": ["mri-ct", *EARLIER, "--set", "translator.loss.seg_painted=false", "--set", "ct2mri.config=''"],
+    # the earlier preset's translator with the segmentation loss on its MRIs alone (the painted CTs under L1 alone);
+    # and at half and a quarter of its weight (the quarter: the preset now, its keys given as the preset gives them)
+    "mri_ct_seg_mri_half": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
+                            "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
+    "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
+                               "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"],
+    "mri_ct_preset": ["mri-ct", "--set", "ct2mri.generator.name=pointwise"],  # the preset as a user runs it, every
+    # stage in its wall time, with the ct2mri generator it had then (the ResNet's stage: CT2MRI_SOURCES smri_local)
+    "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"],  # its translator
+    # again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
+    "mri_ct_structure": ["mri-ct", "--set", "translator.loss.lambda_structure=1", "--set", "ct2mri.config=''"],
+    # the preset's translator keeping its MRIs' edges (1 - LNCC of output and input on the MRI samples, weight 1)
+    "mri_ct_liver_hu": ["mri-ct", "--set", "translator.loss.lambda_liver=5", "--set", "ct2mri.config=''"],
+    "mri_ct_liver_hu_seed1": ["mri-ct", "--set", "translator.loss.lambda_liver=5", "--set", "translator.train.seed=1",
+                              "--set", "ct2mri.config=''"],  # the MRIs' liver anchored at the CTs' level, two seeds
+    "mri_ct_gan_preset": ["mri-ct", "--set", "translator.loss.lambda_gan=1", "--set", "ct2mri.config=''"],  # the
+    # preset's translator with a PatchGAN on its MRI outputs (mri_ct_gan had it on the earlier preset)
+    "mri_ct_gan_quarter": ["mri-ct", "--set", "translator.loss.lambda_gan=0.25", "--set", "ct2mri.config=''"],  # the
+    # same PatchGAN at a quarter weight: realism without losing the anatomy?
+    "mri_ct_preset_now": ["mri-ct"],  # `fit mri-ct --preset cpu` as it ships (the ResNet ct2mri stage), timed end to end
+    "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500"]}  # then its translator trained on with synthetic pairs:
+# the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500 steps from translator/'s weights
+UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
+RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys changed); each judged as a translator
+    "mri_ct_pairs_quarter": ("mri_ct_pairs", "translator_pairs", ["pairs.prob=0.25"]),  # a quarter of the CT samples
+    # rendered by ct2mri, not half
+}
+
+
+def fit_of(step: str) -> str:
+    """The CT_FITS step whose fit a step's translator comes from (itself, or the fit a RETRAINS step trains again)."""
+    return RETRAINS[step][0] if step in RETRAINS else step
