@@ -352,6 +352,43 @@ def test_synthct_liver_loss_pulls_the_mris_liver_to_the_cts_level():
         setup(SynthCTConfig(loss=SynthCTLossConfig(lambda_liver=1.0)), torch.device("cpu"))
 
 
+def test_synthct_synthetic_pairs_replace_a_ct_samples_painted_input_by_its_rendering():
+    """pairs: with chance pairs_prob a CT sample's input is the renderer's output on its real CT (not its painted copy),
+    under the same L1 to that CT; the MRI samples are never rendered; a probability outside [0, 1] is refused."""
+    from medgen.engines.synthct import HAS_CT, setup, synthct_step
+    from medgen.errors import MedgenError
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTConfig, SynthCTLossConfig, SynthCTPairsConfig
+
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0), net.bias.fill_(0.0)  # the output is the input
+    rendered = []
+
+    def renderer(ct):  # a CT -> MRI function: records what it is given, gives 0.5 - ct
+        rendered.append(ct.clone())
+        return 0.5 - ct
+
+    ct = torch.stack([torch.full((1, 4, 4), 0.2), torch.full((1, 4, 4), -0.4), torch.zeros(1, 4, 4)])
+    x = torch.stack([torch.full((1, 4, 4), 0.9), torch.full((1, 4, 4), 0.6), torch.full((1, 4, 4), -0.8)])
+    batch = {Keys.MRI: x, Keys.IMAGE: ct, Keys.LABEL: torch.zeros(3, 1, 4, 4),
+             HAS_CT: torch.tensor([[1.0], [1.0], [0.0]])}  # two painted CTs and an MRI (no CT, no L1)
+
+    def run(prob):
+        rendered.clear()
+        return synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), SynthCTLossConfig(1.0, 0.0),
+                            torch.device("cpu"), renderer=renderer, pairs_prob=prob)(None, batch)
+
+    out = run(1.0)  # both CTs rendered: inputs 0.3 and 0.9, targets 0.2 and -0.4
+    assert out["pairs"] == 2 and out["l1"] == pytest.approx((0.1 + 1.3) / 2)
+    assert len(rendered) == 1 and torch.equal(rendered[0], ct[:2])  # the CTs only, never the MRI
+    assert torch.equal(batch[Keys.MRI], x)  # the batch itself untouched
+    out = run(0.0)  # the painted copies: |0.9 - 0.2| and |0.6 + 0.4|
+    assert out["pairs"] == 0 and out["l1"] == pytest.approx((0.7 + 1.0) / 2) and not rendered
+    with pytest.raises(MedgenError, match=r"pairs.prob must lie in \[0, 1\]"):
+        setup(SynthCTConfig(pairs=SynthCTPairsConfig("runs/smri", 1.5)), torch.device("cpu"))
+
+
 def test_the_frozen_segmenter_reads_a_3d_translator_slice_by_slice():
     """A 3D synthct translator trains through a 2D segmenter: each axial slice of its patch is segmented alone."""
     from medgen.engines.synthct import FrozenSegmenter
@@ -398,14 +435,20 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu"]
     assert main(args + [a for k, v in TRANS.items() for stage in ("translator", "ct2mri")
-                        for a in ("--set", f"{stage}.{k}={v}")]) == 0
+                        for a in ("--set", f"{stage}.{k}={v}")] + ["--set", "pairs.iterations=2"]) == 0
     assert "medgen translate" in capsys.readouterr().out
     route, translator, segmenter, _ = read_model(model)
     assert json.loads((model / "model.json").read_text())["ct2mri"] == "ct2mri"
+    pairs = load_config(model / "translator_pairs" / "config.yaml")  # the translator trained on with synthetic pairs
+    assert (pairs.pairs.ct2mri, pairs.pairs.prob, pairs.train.init, pairs.train.iterations) == (
+        str(model / "ct2mri"), 0.5, str(model / "translator"), 2)
+    rows = [line.split(",") for line in (model / "translator_pairs" / "metrics.csv").read_text().splitlines()[1:]]
+    assert sum(float(r[3]) for r in rows if r[2] == "pairs") > 0  # some CT samples were rendered
+    assert (pairs.segmenter, pairs.target.images) == (str(shipped_dir("ct-liver")), str(model / "pseudo" / "dataset.json"))
     back = load_config(model / "ct2mri" / "config.yaml")  # CT -> MRI: cycled through the fit's own translator
     assert (back.task, back.translator, back.target.images) == ("synthmri", str(model / "translator"),
                                                                str(model / "pseudo" / "dataset.json"))
-    assert (route, Path(translator), segmenter) == ("synthct", model / "translator", "ct-liver")
+    assert (route, Path(translator), segmenter) == ("synthct", model / "translator_pairs", "ct-liver")
     cfg = load_config(model / "translator" / "config.yaml")  # the preset: through the shipped ct-liver, MRIs mixed in
     assert (cfg.segmenter, cfg.target.ratio, cfg.target.images) == (str(shipped_dir("ct-liver")), 0.5,
                                                                     str(model / "pseudo" / "dataset.json"))
@@ -430,9 +473,17 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("medgen: error:") and "fit mri-ct" in err and "\n" not in err
     assert not (tmp_path / "no_ct").exists()
+    assert main(args[:-4] + ["--out", str(tmp_path / "no_ct2mri"), "--set", "ct2mri.config=''", "--set",
+                             "pairs.iterations=5"]) == 2  # synthetic pairs need the ct2mri stage
+    err = capsys.readouterr().err.strip()
+    assert "pairs.iterations renders the CTs with the ct2mri stage" in err and "\n" not in err
+    assert not (tmp_path / "no_ct2mri").exists()
 
 
 def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir, tmp_path, capsys):
+    from medgen.engines.synthct import FrozenTranslator
+    from medgen.errors import MedgenError
+
     model = tmp_path / "model"
     args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1,2:2", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu",
@@ -447,6 +498,8 @@ def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir
     liver = [float(r[3]) for r in rows if r[2] == "liver"]  # the liver-level loss against the pseudo-labels' level
     assert liver and min(liver) >= 0 and max(liver) > 0  # (0 only without the level or without a liver in the CTs)
     assert load_translator(model, "ct2mri").net[0].in_channels == 3  # the CT and its 2 classes
+    with pytest.raises(MedgenError, match="reads the CT's label map too"):  # no synthetic pairs from it
+        FrozenTranslator(str(model / "ct2mri"), [-175, 250], torch.device("cpu"), "ct2mri")
     ct = sorted((phantom_dir / "ct").glob("*.nii.gz"))[0]
     labels = phantom_dir / "labels" / ct.name
     out = tmp_path / "smri.nii.gz"
