@@ -44,6 +44,9 @@ UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their l
 RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys changed); each judged as a translator
     "mri_ct_pairs_quarter": ("mri_ct_pairs", "translator_pairs", ["pairs.prob=0.25"]),  # a quarter of the CT samples
     # rendered by ct2mri, not half
+    "mri_ct_pairs_gain": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5"]),  # each rendered structure
+    # at its own random gain in [0.4, 2.5]: the renderings' spleen and kidneys are about as bright as their liver,
+    # a real T2's twice as bright (shipped_eval's ct2mri_contrast), and that should not be learnt as HU
 }
 
 

@@ -385,8 +385,22 @@ def test_synthct_synthetic_pairs_replace_a_ct_samples_painted_input_by_its_rende
     assert torch.equal(batch[Keys.MRI], x)  # the batch itself untouched
     out = run(0.0)  # the painted copies: |0.9 - 0.2| and |0.6 + 0.4|
     assert out["pairs"] == 0 and out["l1"] == pytest.approx((0.7 + 1.0) / 2) and not rendered
-    with pytest.raises(MedgenError, match=r"pairs.prob must lie in \[0, 1\]"):
-        setup(SynthCTConfig(pairs=SynthCTPairsConfig("runs/smri", 1.5)), torch.device("cpu"))
+    seen = []  # organ_gain: each structure of the rendering (generation labels) scaled by its own gain above -1
+    net.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach().clone()))
+    gen = torch.zeros(3, 1, 4, 4, dtype=torch.int16)
+    gen[:, :, :2] = 5  # two structures per sample: label 5 above, 0 below
+    torch.manual_seed(0)
+    synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), SynthCTLossConfig(1.0, 0.0), torch.device("cpu"),
+                 renderer=renderer, pairs_prob=1.0, organ_gain=4.0)(None, {**batch, Keys.GEN: gen})
+    gains = (seen[0][:2] + 1) / (0.5 - ct[:2] + 1)  # the rendered CTs' intensities above -1, relative to the rendering
+    for g in gains:
+        top, bottom = g[0, :2], g[0, 2:]
+        assert torch.allclose(top, top[0, 0]) and torch.allclose(bottom, bottom[0, 0])  # one gain per structure
+        assert 0.25 - 1e-5 <= float(top[0, 0]) <= 4 + 1e-5 and not torch.isclose(top[0, 0], bottom[0, 0])
+    assert torch.equal(seen[0][2], x[2])  # the MRI as it was
+    for bad in (SynthCTPairsConfig("runs/smri", 1.5), SynthCTPairsConfig("runs/smri", 0.5, 0.5)):
+        with pytest.raises(MedgenError, match=r"pairs.prob must lie in \[0, 1\] and pairs.organ_gain be >= 1"):
+            setup(SynthCTConfig(pairs=bad), torch.device("cpu"))
 
 
 def test_the_frozen_segmenter_reads_a_3d_translator_slice_by_slice():

@@ -218,7 +218,7 @@ class RandLabelToImage(RandomizableTransform):
 class RandLabelToImaged(RandomizableTransform, MapTransform):
     """Dict wrapper of :class:`RandLabelToImage`: with probability ``prob`` the image at ``image_key`` is
     replaced by a random-contrast image painted from ``gen_key`` (its texture taken from the real image);
-    ``gen_key`` is always removed, so batches hold only image and label.
+    ``gen_key`` is then removed, so batches hold only image and label (``keep_gen``: kept, for a step that reads it).
 
     >>> t = RandLabelToImaged("image", "gen", prob=1.0); _ = t.set_random_state(0)
     >>> gen = torch.zeros(1, 32, 32, dtype=torch.int16); gen[0, 8:24, 8:24] = 6
@@ -227,10 +227,10 @@ class RandLabelToImaged(RandomizableTransform, MapTransform):
     (['image'], (1, 32, 32), True)
     """
 
-    def __init__(self, image_key: Hashable, gen_key: Hashable, prob: float = 0.8, **kwargs):
+    def __init__(self, image_key: Hashable, gen_key: Hashable, prob: float = 0.8, keep_gen: bool = False, **kwargs):
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, [image_key])
-        self.gen_key = gen_key
+        self.gen_key, self.keep_gen = gen_key, keep_gen
         self.painter = RandLabelToImage(**kwargs)
 
     def set_random_state(self, seed=None, state=None):
@@ -240,7 +240,7 @@ class RandLabelToImaged(RandomizableTransform, MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        gen = d.pop(self.gen_key)
+        gen = d[self.gen_key] if self.keep_gen else d.pop(self.gen_key)
         self.randomize(None)
         if self._do_transform:
             key = self.keys[0]

@@ -320,6 +320,7 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                                                translator_sets + [f"train.init={out / translator}",
                                                                   f"pairs.ct2mri={out / 'ct2mri'}",
                                                                   f"pairs.prob={cfg.pairs.prob}",
+                                                                  f"pairs.organ_gain={cfg.pairs.organ_gain}",
                                                                   f"train.iterations={cfg.pairs.iterations}"])
                     model.translator = translator = "translator_pairs"
             else:

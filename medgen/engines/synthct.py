@@ -13,13 +13,15 @@ no CT to match; with ``loss.lambda_structure`` > 0 those same outputs keep their
 (``1 - LNCC(G(x), x)``, the local squared correlation, blind to the contrast's sign); with ``loss.lambda_liver`` > 0
 the output's mean inside the target MRIs' liver is pulled to the CTs' liver level (:func:`liver_level`). With
 ``pairs.ct2mri`` (a CT -> MRI translator, frozen) ``pairs.prob`` of the CT samples take the CT rendered in the MRIs'
-contrast by it as their input instead of the painted copy: synthetic pairs, under the same L1 to the real CT.
+contrast by it as their input instead of the painted copy: synthetic pairs, under the same L1 to the real CT (with
+``pairs.organ_gain`` > 1 each structure of the rendering scaled by its own random gain, :func:`structure_gains`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import statistics
 from collections.abc import Mapping
 
@@ -104,12 +106,13 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
                  segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None,
                  ema: AveragedModel | None = None, disc: torch.nn.Module | None = None,
                  opt_d: torch.optim.Optimizer | None = None, level: float | None = None,
-                 renderer: torch.nn.Module | None = None, pairs_prob: float = 0.0):
+                 renderer: torch.nn.Module | None = None, pairs_prob: float = 0.0, organ_gain: float = 1.0):
     """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure", "liver", "pairs"[, "gan", "loss_d"]}``
     (``ema``: a weight average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of
     ``loss_cfg.lambda_gan``; ``level``: the CTs' liver level, which the output's mean inside the target MRIs' liver
     is pulled to with ``loss_cfg.lambda_liver``; ``renderer``: a CT -> MRI function whose rendering of the CT replaces
-    the painted input of each CT sample with chance ``pairs_prob``; "pairs": how many did)."""
+    the painted input of each CT sample with chance ``pairs_prob``, each of its structures (the batch's generation labels)
+    scaled by a gain from :func:`structure_gains` with ``organ_gain`` > 1; "pairs": how many did)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
     lncc = functools.cache(lambda dims: LocalNormalizedCrossCorrelationLoss(dims, loss_cfg.structure_kernel))
@@ -132,8 +135,12 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             pick = (has_ct > 0) & (torch.rand(len(x), device=device) < pairs_prob)
             if bool(pick.any()):
                 with torch.no_grad(), autocast(device, amp):
-                    x = x.clone()
-                    x[pick] = renderer(ct[pick]).to(x.dtype)
+                    rendering = renderer(ct[pick]).float()
+                if organ_gain > 1:
+                    gain = structure_gains(batch[Keys.GEN].to(device)[pick], organ_gain)
+                    rendering = ((rendering + 1) * gain - 1).clamp(-1, 1)  # the gain on the intensity above -1
+                x = x.clone()
+                x[pick] = rendering.to(x.dtype)
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
             fake = net(x)
@@ -178,6 +185,19 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
     return step
 
 
+def structure_gains(gen: torch.Tensor, organ_gain: float) -> torch.Tensor:
+    """Per voxel of ``gen`` (``(N, 1, *spatial)`` generation labels), its structure's gain: one random gain per sample
+    and label value, log-uniform in [1 / organ_gain, organ_gain].
+
+    >>> g = structure_gains(torch.tensor([[[0, 2, 2]]]), 3.0)
+    >>> bool(g[0, 0, 1] == g[0, 0, 2]), bool((g >= 1 / 3 - 1e-6).all() and (g <= 3 + 1e-6).all())
+    (True, True)
+    """
+    gen = gen.long().clamp_min(0)
+    table = torch.exp((torch.rand(len(gen), int(gen.max()) + 1, device=gen.device) * 2 - 1) * math.log(organ_gain))
+    return table.gather(1, gen.flatten(1)).view(gen.shape)
+
+
 def liver_level(volumes: list[dict]) -> float | None:
     """The liver level of ``volumes`` (preprocessed, in the networks' units): the median over them of the mean
     intensity inside each one's liver (label class 1); None when no volume has a liver.
@@ -194,27 +214,32 @@ HAS_CT = "has_ct"  # batch key: 1 for a painted CT (its real CT is the L1 target
 
 
 class flagged(torch.utils.data.Dataset):
-    """A sample stream with ``has_ct`` set to ``value`` in every sample."""
+    """A sample stream with ``has_ct`` set to ``value`` in every sample (``gen``: and generation labels of zeros where
+    a sample has none, so that it batches with samples that keep theirs)."""
 
-    def __init__(self, samples, value: float):
-        self.samples, self.value = samples, value
+    def __init__(self, samples, value: float, gen: bool = False):
+        self.samples, self.value, self.gen = samples, value, gen
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, n: int) -> dict:
-        return {**self.samples[n], HAS_CT: torch.tensor([self.value])}
+        sample = {**self.samples[n], HAS_CT: torch.tensor([self.value])}
+        if self.gen:  # one plain int16 tensor in every sample
+            gen = sample.get(Keys.GEN, torch.zeros(sample[Keys.LABEL].shape))
+            sample[Keys.GEN] = (gen.as_tensor() if hasattr(gen, "as_tensor") else torch.as_tensor(gen)).to(torch.int16)
+        return sample
 
 
-def target_mris(cfg, spatial) -> tuple[torch.utils.data.Dataset, list[dict]]:
+def target_mris(cfg, spatial, gen: bool = False) -> tuple[torch.utils.data.Dataset, list[dict]]:
     """Patches of the real MRIs of ``cfg.target`` with their pseudo-labels (the MRI under the image key and, a copy,
-    the generator's input key; ``has_ct`` 0), and the cached MRI volumes."""
+    the generator's input key; ``has_ct`` 0; ``gen``: generation labels of zeros), and the cached MRI volumes."""
     pairs = image_label_pairs(cfg.target.images, cfg.target.labels or "")
     data = dataclasses.replace(cfg.data, modality=cfg.target.modality)
     volumes = labelled_volumes(pairs, data, cfg.preprocess, label_map={1: 1})
     transform = Compose([*(spatial.transforms if spatial else []), CopyItemsd(Keys.IMAGE, names=[Keys.MRI])])
     patches = labelled_patches(volumes, data, cfg.spatial_dims, cfg.train.seed * 2 + 2, transform)
-    return flagged(patches, 0.0), volumes
+    return flagged(patches, 0.0, gen), volumes
 
 
 def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
@@ -226,21 +251,23 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if cfg.loss.lambda_liver > 0 and not mris:
         raise MedgenError(cfg.data.images, "loss.lambda_liver pulls the target MRIs' liver to the CTs' level: set "
                                            "target.images and target.ratio > 0")
-    if not 0 <= cfg.pairs.prob <= 1:
-        raise MedgenError(cfg.pairs.ct2mri, f"pairs.prob must lie in [0, 1], not {cfg.pairs.prob}")
+    if not 0 <= cfg.pairs.prob <= 1 or cfg.pairs.organ_gain < 1:
+        raise MedgenError(cfg.pairs.ct2mri, f"pairs.prob must lie in [0, 1] and pairs.organ_gain be >= 1, not "
+                                            f"{cfg.pairs.prob} and {cfg.pairs.organ_gain}")
     if cfg.segmenter and cfg.loss.lambda_seg > 0 and not cfg.loss.seg_painted and not mris:
         raise MedgenError(cfg.data.images, "loss.seg_painted=false puts the segmentation loss on the target MRIs alone: "
                                            "set target.images and target.ratio > 0")
     pairs = image_label_pairs(cfg.data.images, cfg.data.labels)
+    gains = bool(cfg.pairs.ct2mri) and cfg.pairs.organ_gain > 1  # the rendered structures' gains need their labels
     options = dataclasses.asdict(cfg.synthseg)
     classes, prob = options.pop("classes"), options.pop("prob")
     volumes = labelled_volumes(pairs, cfg.data, cfg.preprocess, gen_classes=classes)
     spatial = intensity_augmentation(False, None, cfg.spatial_dims if cfg.spatial else None)
     transform = Compose([*(spatial.transforms if spatial else []), CopyItemsd(Keys.IMAGE, names=[Keys.MRI]),
-                         RandLabelToImaged(Keys.MRI, Keys.GEN, prob=prob, **options)])
+                         RandLabelToImaged(Keys.MRI, Keys.GEN, prob=prob, keep_gen=gains, **options)])
     samples = labelled_patches(volumes, cfg.data, cfg.spatial_dims, cfg.train.seed * 2 + 1, transform)
     if mris:
-        samples = MixedSamples(flagged(samples, 1.0), target_mris(cfg, spatial)[0], cfg.target.ratio,
+        samples = MixedSamples(flagged(samples, 1.0, gains), target_mris(cfg, spatial, gains)[0], cfg.target.ratio,
                                cfg.train.seed * 2 + 3)
     make_loader = loader_factory(samples, cfg.train, device)
     nets = {k: v.to(device) for k, v in build_nets(cfg, prefers_channels_last(device, cfg.train.amp)).items()}
@@ -259,7 +286,7 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     renderer = None if not cfg.pairs.ct2mri else FrozenTranslator(cfg.pairs.ct2mri, cfg.preprocess.ct_window, device,
                                                                    "ct2mri").to(device)
     step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d, level, renderer,
-                        cfg.pairs.prob)
+                        cfg.pairs.prob, cfg.pairs.organ_gain)
     norm = norm_artifact([], [cfg.preprocess.ct_window])
     to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {}),
                **({"D": disc, "opt_d": opt_d} if disc is not None else {})}

@@ -61,6 +61,7 @@ class PairsConfig:
 
     iterations: int = 0  # its training steps (0: no such stage)
     prob: float = 0.5  # the fraction of CT samples rendered (synthct's pairs.prob)
+    organ_gain: float = 1.0  # each rendered structure's random gain range (synthct's pairs.organ_gain; 1: off)
 
 
 @dataclass

@@ -56,6 +56,10 @@ class SynthCTPairsConfig:
     # texture and contrast from inputs that look like the MRIs it is to translate (None: painted CTs alone)
     ct2mri: str | None = None
     prob: float = 0.5  # fraction of the CT samples whose input is that rendering instead of the painted copy
+    # each structure of a rendering (its generation labels: the labelled organs and the body's intensity classes)
+    # scaled by its own random gain, log-uniform in [1 / organ_gain, organ_gain] (1: off): the MRIs' organ contrast,
+    # which a rendering may miss (a T2 spleen is twice as bright as its liver), is not learnt as HU
+    organ_gain: float = 1.0
 
 
 @dataclass
