@@ -449,15 +449,16 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     args = ["fit", "mri-ct", "--ct", str(phantom_dir / "ct"), "--ct-labels", str(phantom_dir / "labels"),
             "--label-map", "1:1", "--mri", str(phantom_dir / "mri"), "--out", str(model), "--set", "device=cpu"]
     assert main(args + [a for k, v in TRANS.items() for stage in ("translator", "ct2mri")
-                        for a in ("--set", f"{stage}.{k}={v}")] + ["--set", "pairs.iterations=2"]) == 0
+                        for a in ("--set", f"{stage}.{k}={v}")]
+                + ["--set", "pairs.iterations=3", "--set", "pairs.prob=1", "--set", "pairs.organ_gain=2"]) == 0
     assert "medgen translate" in capsys.readouterr().out
     route, translator, segmenter, _ = read_model(model)
     assert json.loads((model / "model.json").read_text())["ct2mri"] == "ct2mri"
     pairs = load_config(model / "translator_pairs" / "config.yaml")  # the translator trained on with synthetic pairs
-    assert (pairs.pairs.ct2mri, pairs.pairs.prob, pairs.train.init, pairs.train.iterations) == (
-        str(model / "ct2mri"), 0.5, str(model / "translator"), 2)
+    assert (pairs.pairs.ct2mri, pairs.pairs.prob, pairs.pairs.organ_gain, pairs.train.init, pairs.train.iterations) == (
+        str(model / "ct2mri"), 1.0, 2.0, str(model / "translator"), 3)
     rows = [line.split(",") for line in (model / "translator_pairs" / "metrics.csv").read_text().splitlines()[1:]]
-    assert sum(float(r[3]) for r in rows if r[2] == "pairs") > 0  # some CT samples were rendered
+    assert sum(float(r[3]) for r in rows if r[2] == "pairs") > 0  # CT samples were rendered (every one: prob 1)
     assert (pairs.segmenter, pairs.target.images) == (str(shipped_dir("ct-liver")), str(model / "pseudo" / "dataset.json"))
     back = load_config(model / "ct2mri" / "config.yaml")  # CT -> MRI: cycled through the fit's own translator
     assert (back.task, back.translator, back.target.images) == ("synthmri", str(model / "translator"),
