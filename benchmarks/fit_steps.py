@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from translation_record import MRI_CT_3D
 
-EARLIER = ["--set", "translator.loss.seg_painted=true", "--set", "translator.loss.lambda_seg=1"]  # fit mri-ct's preset
+EARLIER = ["--set", "translator.loss.seg_painted=true", "--set", "translator.loss.lambda_seg=1", "--set",
+           "pairs.iterations=0"]  # fit mri-ct's preset
 # before the sixth stop (the segmentation loss on every sample): the fits measured with it keep it when rerun
 CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu and --out); each fit's translator judged
     "frozen": ["mri-liver", "--segmenter", "ct-liver"],  # the preset: half the translator's samples the 7 MRIs
@@ -24,7 +25,7 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
                             "translator.loss.lambda_seg=0.5", "--set", "ct2mri.config=''"],
     "mri_ct_seg_mri_quarter": ["mri-ct", "--set", "translator.loss.seg_painted=false", "--set",
                                "translator.loss.lambda_seg=0.25", "--set", "ct2mri.config=''"],
-    "mri_ct_preset": ["mri-ct", "--set", "ct2mri.generator.name=pointwise"],  # the preset as a user runs it, every
+    "mri_ct_preset": ["mri-ct", "--set", "ct2mri.generator.name=pointwise", "--set", "pairs.iterations=0"],  # the preset as a user runs it, every
     # stage in its wall time, with the ct2mri generator it had then (the ResNet's stage: CT2MRI_SOURCES smri_local)
     "mri_ct_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "ct2mri.config=''"],  # its translator
     # again from another seed (a fit is deterministic on a CPU: the same seed gives the same figures): run-to-run spread
@@ -37,9 +38,12 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     # preset's translator with a PatchGAN on its MRI outputs (mri_ct_gan had it on the earlier preset)
     "mri_ct_gan_quarter": ["mri-ct", "--set", "translator.loss.lambda_gan=0.25", "--set", "ct2mri.config=''"],  # the
     # same PatchGAN at a quarter weight: realism without losing the anatomy?
-    "mri_ct_preset_now": ["mri-ct"],  # `fit mri-ct --preset cpu` as it ships (the ResNet ct2mri stage), timed end to end
-    "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500"]}  # then its translator trained on with synthetic pairs:
-# the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500 steps from translator/'s weights
+    "mri_ct_preset_now": ["mri-ct", "--set", "pairs.iterations=0"],  # `fit mri-ct --preset cpu` as it shipped before
+    # synthetic pairs (the ResNet ct2mri stage), timed end to end
+    "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500", "--set", "pairs.organ_gain=1"],  # then its translator trained on with synthetic pairs:
+    # the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500 steps from translator/'s weights
+    "mri_ct_pairs_seed1": ["mri-ct", "--set", "translator.train.seed=1"]}  # the preset as it ships now (synthetic
+# pairs, each rendered structure at a random gain), timed end to end, its translator from another seed: the spread
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys changed); each judged as a translator
     "mri_ct_pairs_quarter": ("mri_ct_pairs", "translator_pairs", ["pairs.prob=0.25"]),  # a quarter of the CT samples

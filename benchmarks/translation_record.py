@@ -32,7 +32,9 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_preset_now": "`fit mri-ct --preset cpu` as it ships now (ResNet ct2mri stage; the same seed)",
     "mri_ct_pairs": "the same, then 1500 steps more with synthetic pairs (`pairs.iterations=1500`: CTs rendered by ct2mri)",
     "mri_ct_pairs_quarter": "those 1500 steps again with a quarter of the CT samples rendered (`pairs.prob=0.25`)",
-    "mri_ct_pairs_gain": "those 1500 steps again, each rendered structure at a random gain (`pairs.organ_gain=2.5`)"}
+    "mri_ct_pairs_gain": "those 1500 steps again, each rendered structure at a random gain (`pairs.organ_gain=2.5`): the "
+                         "preset's translator now",
+    "mri_ct_pairs_seed1": "`fit mri-ct --preset cpu` as it ships now (synthetic pairs, organ gains), seed 1"}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
 

@@ -14,8 +14,9 @@ checkpoints), resumable one by one with ``--resume``:
    the fit's MRIs pseudo-labelled by the shipped ``mri-liver`` (``pseudo/``; the translator's ``target.ratio``);
 2b. ``ct2mri/`` (a preset's ``ct2mri`` stage, ``fit mri-ct``'s): the CT -> MRI translator, a PatchGAN against the
    fit's MRIs and a cycle through the frozen ``translator/``;
-2c. ``translator_pairs/`` (``pairs.iterations`` > 0): ``translator/`` trained on from its weights, some CT samples'
-   inputs now the CT rendered by ``ct2mri/`` (synthetic pairs); it is then the model's translator;
+2c. ``translator_pairs/`` (``pairs.iterations`` > 0, a ct2mri stage that reads the CT alone): ``translator/`` trained
+   on from its weights, some CT samples' inputs now the CT rendered by ``ct2mri/`` (synthetic pairs, each rendered
+   structure at a random gain); it is then the model's translator;
 3. ``qc/``: the pipeline run on the training MRIs (liver volume, flags), a label-free check of the result.
 
 ``model.json`` is written last: a model directory without it is unfinished (``--resume`` completes it).
@@ -315,7 +316,10 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                                             data + [f"translator={out / translator}", f"target.images={listing}",
                                                     f"target.labels={listing}"] + _common_sets(cfg) + cfg.ct2mri.set)
                 model.ct2mri = "ct2mri"
-                if cfg.pairs.iterations > 0:  # the translator again, on synthetic pairs too: the CTs as ct2mri renders them
+                if cfg.pairs.iterations > 0 and load_config(out / "ct2mri" / CONFIG_FILE).label_input:
+                    print("[medgen fit] translator_pairs: ct2mri/ reads the CTs' labels (label_input), so it renders no "
+                          "synthetic pairs; skipped", flush=True)
+                elif cfg.pairs.iterations > 0:  # the translator again, on synthetic pairs too: the CTs as ct2mri renders them
                     _, times["pairs"] = _stage("translator_pairs", cfg.translator.config, out / "translator_pairs",
                                                translator_sets + [f"train.init={out / translator}",
                                                                   f"pairs.ct2mri={out / 'ct2mri'}",

@@ -57,7 +57,8 @@ class AdaptConfig:
 class PairsConfig:
     """Route synthct after a ct2mri stage: the translator trained again from its weights (``translator_pairs/``: its
     config and overrides, then these), a CT sample's input now and then the CT rendered in the MRIs' contrast by
-    ``ct2mri/``, its target the CT (synthct's ``pairs``). That stage is then the model's translator."""
+    ``ct2mri/``, its target the CT (synthct's ``pairs``). That stage is then the model's translator. Without a ct2mri
+    stage, or with one that reads the CTs' labels (``label_input``), there is nothing to render with: no such stage."""
 
     iterations: int = 0  # its training steps (0: no such stage)
     prob: float = 0.5  # the fraction of CT samples rendered (synthct's pairs.prob)
@@ -95,9 +96,6 @@ def load_fit_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     if cfg.amp not in AMP_MODES or cfg.device not in ("auto", "cpu", "cuda"):
         raise MedgenError(path, f"amp must be one of {', '.join(AMP_MODES)} and device auto, cpu or cuda, not "
                                 f"{cfg.amp!r} / {cfg.device!r}")
-    if cfg.pairs.iterations > 0 and not cfg.ct2mri.config:
-        raise MedgenError(path, "pairs.iterations renders the CTs with the ct2mri stage: this preset has none "
-                                "(set ct2mri.config, or pairs.iterations=0)")
     return cfg
 
 
