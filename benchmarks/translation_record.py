@@ -29,12 +29,15 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_liver_hu_seed1": "the same, seed 1",
     "mri_ct_gan_preset": "the preset with `translator.loss.lambda_gan=1` (PatchGAN on its MRI outputs)",
     "mri_ct_gan_quarter": "the same at `lambda_gan=0.25`",
-    "mri_ct_preset_now": "`fit mri-ct --preset cpu` as it ships now (ResNet ct2mri stage; the same seed)",
+    "mri_ct_preset_now": "`fit mri-ct --preset cpu` as it shipped before synthetic pairs (ResNet ct2mri stage; the same "
+                         "seed)",
     "mri_ct_pairs": "the same, then 1500 steps more with synthetic pairs (`pairs.iterations=1500`: CTs rendered by ct2mri)",
     "mri_ct_pairs_quarter": "those 1500 steps again with a quarter of the CT samples rendered (`pairs.prob=0.25`)",
     "mri_ct_pairs_gain": "those 1500 steps again, each rendered structure at a random gain (`pairs.organ_gain=2.5`): the "
                          "preset's translator now",
     "mri_ct_pairs_seed1": "`fit mri-ct --preset cpu` as it ships now (synthetic pairs, organ gains), seed 1"}
+SEED1 = {"mri_ct_pairs_gain": "mri_ct_pairs_seed1", "mri_ct_preset_now": "mri_ct_seed1",  # preset -> its seed-1 run
+         "mri_ct_seg_mri_quarter": "mri_ct_seed1"}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
 
@@ -51,7 +54,8 @@ def first_pop(translation: dict) -> dict:
 def offsets(r: dict, pop: dict) -> str:
     """A translator's organ HU minus the real CTs' (``pop``), in words: "liver -11, spleen -14, ..."."""
     short = {"liver": "liver", "spleen": "spleen", "right_kidney": "R kidney", "left_kidney": "L kidney"}
-    return ", ".join(f"{short[o]} {r['organs'][o]['median'] - pop[o]['median']:+.0f}" for o in ORGANS if o in r["organs"])
+    return ", ".join(f"{short[o]} {round(r['organs'][o]['median'] - pop[o]['median']):+d}" for o in ORGANS
+                     if o in r["organs"])
 
 
 def translation_record(translation: dict) -> dict:
@@ -72,8 +76,8 @@ def translation_record(translation: dict) -> dict:
             rows.append([TRANSLATOR_NAMES.get(step, step) if method == "translator" else f"baseline: {method}",
                          t.get("trained_on", "") if method == "translator" else "",
                          round(r[method]["dice"], 3), round(r["held_out_dice"][method], 3), *cells(r[method])])
-    preset = next((k for k in ("mri_ct_preset_now", "mri_ct_seg_mri_quarter", "mri_ct", "frozen") if k in translation),
-                  None)  # the preset's
+    preset = next((k for k in ("mri_ct_pairs_gain", "mri_ct_preset_now", "mri_ct_seg_mri_quarter", "mri_ct", "frozen")
+                   if k in translation), None)  # the preset's (mri_ct_pairs_gain: its translator since the ninth stop)
     if preset:
         t = translation[preset]
         r, floor = t["translator"], t.get("real_vs_real", {}).get("fid", float("nan"))
@@ -86,8 +90,9 @@ def translation_record(translation: dict) -> dict:
                             f"{judged(r)['fid']:.2f} ({judged(t['real_vs_real'])['fid']:.2f}; "
                             f"{judged(t['histmatch'])['fid']:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
-        if preset in ("mri_ct_preset_now", "mri_ct_seg_mri_quarter") and "mri_ct_seed1" in translation:  # the spread
-            r = translation["mri_ct_seed1"]["translator"]
+        other = SEED1.get(preset)  # the same preset from another seed: the spread
+        if other in translation:
+            r = translation[other]["translator"]
             summary.append(["`fit mri-ct`, seed 1: Dice; organ HU minus real CTs'",
                             f"{r['dice']:.3f}; {offsets(r, first_pop(translation))}"])
     pop = first_pop(translation)

@@ -488,11 +488,6 @@ def test_fit_mri_ct_then_translate_with_the_model(phantom_dir, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("medgen: error:") and "fit mri-ct" in err and "\n" not in err
     assert not (tmp_path / "no_ct").exists()
-    assert main(args[:-4] + ["--out", str(tmp_path / "no_ct2mri"), "--set", "ct2mri.config=''", "--set",
-                             "pairs.iterations=5"]) == 2  # synthetic pairs need the ct2mri stage
-    err = capsys.readouterr().err.strip()
-    assert "pairs.iterations renders the CTs with the ct2mri stage" in err and "\n" not in err
-    assert not (tmp_path / "no_ct2mri").exists()
 
 
 def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir, tmp_path, capsys):
@@ -507,6 +502,8 @@ def test_fit_mri_ct_with_label_input_translates_a_ct_with_its_labels(phantom_dir
     assert main(args + [a for k, v in TRANS.items() for stage in ("translator", "ct2mri")
                         for a in ("--set", f"{stage}.{k}={v}")]
                 + ["--set", "ct2mri.data.pos_prob=1", "--set", "ct2mri.train.batch_size=4"]) == 0  # CTs on labels
+    assert "translator_pairs: ct2mri/ reads the CTs' labels (label_input)" in capsys.readouterr().out  # no pairs
+    assert read_model(model)[1] == str(model / "translator") and not (model / "translator_pairs").exists()
     back = load_config(model / "ct2mri" / "config.yaml")
     assert back.label_input and back.data.label_map == {1: 1, 2: 2} and back.loss.lambda_liver == 1
     rows = [line.split(",") for line in (model / "ct2mri" / "metrics.csv").read_text().splitlines()[1:]]
@@ -592,7 +589,8 @@ def test_fit_mri_ct_trains_a_3d_translator_through_the_2d_segmenter(phantom_dir,
     assert main(args + [a for k, v in sets.items() for a in ("--set", f"translator.{k}={v}")]) == 0
     cfg = load_config(model / "translator" / "config.yaml")
     assert cfg.spatial_dims == 3 and cfg.target.ratio == 0.5 and cfg.segmenter  # MRIs mixed in, through ct-liver
-    assert json.loads((model / "model.json").read_text())["ct2mri"] is None
+    written = json.loads((model / "model.json").read_text())  # no ct2mri stage: nothing renders synthetic pairs
+    assert (written["ct2mri"], written["translator"]) == (None, "translator") and not (model / "translator_pairs").exists()
     mri = sorted((phantom_dir / "mri").glob("*.nii.gz"))[0]
     assert main(["translate", str(model), str(mri), str(tmp_path / "sct.nii.gz")]) == 0
     assert load_image(tmp_path / "sct.nii.gz")[0].shape == load_image(mri)[0].shape
