@@ -51,6 +51,8 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     "mri_ct_pairs_gain": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5"]),  # each rendered structure
     # at its own random gain in [0.4, 2.5]: the renderings' spleen and kidneys are about as bright as their liver,
     # a real T2's twice as bright (shipped_eval's ct2mri_contrast), and that should not be learnt as HU
+    "mri_ct_pairs_gain_all": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "pairs.prob=1"]),  # every
+    # CT sample rendered (none painted): more realism, or less robustness?
 }
 
 
