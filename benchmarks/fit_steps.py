@@ -40,8 +40,9 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     # same PatchGAN at a quarter weight: realism without losing the anatomy?
     "mri_ct_preset_now": ["mri-ct", "--set", "pairs.iterations=0"],  # `fit mri-ct --preset cpu` as it shipped before
     # synthetic pairs (the ResNet ct2mri stage), timed end to end
-    "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500", "--set", "pairs.organ_gain=1"],  # then its translator trained on with synthetic pairs:
-    # the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500 steps from translator/'s weights
+    "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500", "--set", "pairs.organ_gain=1"],  # then its translator
+    # trained on with synthetic pairs: the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500
+    # steps from translator/'s weights
     "mri_ct_pairs_seed1": ["mri-ct", "--set", "translator.train.seed=1"]}  # the preset as it ships now (synthetic
 # pairs, each rendered structure at a random gain), timed end to end, its translator from another seed: the spread
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels

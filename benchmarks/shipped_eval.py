@@ -60,8 +60,11 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``mri_ct_preset_now``: ``fit mri-ct --preset cpu`` as it ships, every stage (the ResNet ct2mri stage) in one timed run.
 - ``mri_ct_pairs``: the same with ``--set pairs.iterations=1500``: its translator trained on from its weights with
   synthetic pairs too (half the CT samples' inputs the CT as the ct2mri stage renders it).
-- ``RETRAINS`` steps (``fit_steps.py``), e.g. ``mri_ct_pairs_quarter``: a fit's stage trained again with other keys
-  (``medgen train FIT/STAGE/config.yaml --set KEY=VALUE``), judged as a translator in ``translation``.
+- ``mri_ct_pairs_seed1``: ``fit mri-ct --preset cpu`` as it ships now (synthetic pairs, organ gains), its translator
+  from seed 1, timed end to end.
+- ``RETRAINS`` steps (``fit_steps.py``: ``mri_ct_pairs_quarter``, ``_gain``, ``_gain_all``): a fit's stage trained
+  again with other keys (``medgen train FIT/STAGE/config.yaml --set KEY=VALUE``), judged as a translator in
+  ``translation``.
 - ``ct_judge``: a second CT segmenter for realism (``JUDGE_SETS``), which no translator is trained through.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).

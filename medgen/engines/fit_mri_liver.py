@@ -317,9 +317,9 @@ def fit_mri_liver(ct: str | None, ct_labels: str | None, label_map: dict[int, in
                                                     f"target.labels={listing}"] + _common_sets(cfg) + cfg.ct2mri.set)
                 model.ct2mri = "ct2mri"
                 if cfg.pairs.iterations > 0 and load_config(out / "ct2mri" / CONFIG_FILE).label_input:
-                    print("[medgen fit] translator_pairs: ct2mri/ reads the CTs' labels (label_input), so it renders no "
-                          "synthetic pairs; skipped", flush=True)
-                elif cfg.pairs.iterations > 0:  # the translator again, on synthetic pairs too: the CTs as ct2mri renders them
+                    print("[medgen fit] translator_pairs: ct2mri/ reads the CTs' labels (label_input), so it renders "
+                          "no synthetic pairs; skipped", flush=True)
+                elif cfg.pairs.iterations > 0:  # the translator again, on synthetic pairs too (CTs as ct2mri renders them)
                     _, times["pairs"] = _stage("translator_pairs", cfg.translator.config, out / "translator_pairs",
                                                translator_sets + [f"train.init={out / translator}",
                                                                   f"pairs.ct2mri={out / 'ct2mri'}",

@@ -111,8 +111,8 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
     (``ema``: a weight average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of
     ``loss_cfg.lambda_gan``; ``level``: the CTs' liver level, which the output's mean inside the target MRIs' liver
     is pulled to with ``loss_cfg.lambda_liver``; ``renderer``: a CT -> MRI function whose rendering of the CT replaces
-    the painted input of each CT sample with chance ``pairs_prob``, each of its structures (the batch's generation labels)
-    scaled by a gain from :func:`structure_gains` with ``organ_gain`` > 1; "pairs": how many did)."""
+    the painted input of each CT sample with chance ``pairs_prob``, each of its structures (the batch's generation
+    labels) scaled by a gain from :func:`structure_gains` with ``organ_gain`` > 1; "pairs": how many did)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
     lncc = functools.cache(lambda dims: LocalNormalizedCrossCorrelationLoss(dims, loss_cfg.structure_kernel))
