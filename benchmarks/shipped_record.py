@@ -13,6 +13,8 @@ from translation_record import MRI_CT_3D_WORDS
 ROOT = Path(__file__).resolve().parents[1]
 ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
 GIN_AUG = "augment.gin=0.5"  # half the patches through random shallow convolutions (GIN+IPA): non-monotonic contrast
+PRIOR_AUG = ["augment.synthseg.prob=0.5", "augment.synthseg.contrast=prior"]  # half the patches: each labelled
+# structure (and each intensity class of the unlabelled body) of the image moved by its own offset in [-0.25, 0.25]
 BASELINE_WORDS = "baseline: that recipe on the 25 real CTs themselves, no translation"
 CT2MRI_SOURCES = {  # the synthetic MRIs of CT2MRI_SEGMENTERS: source -> (the CT_FITS step whose ct2mri stage makes
     # them, and the keys that stage's config.yaml is trained again with, if any; label_input: made with translate --labels)
@@ -49,7 +51,13 @@ CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what 
                                                   "convolutional generator that sees 25 voxels (50 mm) around each "
                                                   "voxel, no labels (ResNet, 3 blocks, no downsampling, 16 filters): "
                                                   "the ct2mri generator now",
-                         "ct_gin")}
+                         "ct_gin"),
+    "ct2mri_local_prior": ("smri_local", [GIN_AUG, *PRIOR_AUG], "the same (`augment.gin=0.5`), half its patches each "
+                                                                "structure of the synthetic MRI shifted by its own "
+                                                                "random offset (`augment.synthseg.contrast=prior`, "
+                                                                "prob 0.5): the synthetic MRI's own texture, other "
+                                                                "organ contrasts (an iron-dark liver)", "ct_prior"),
+    "ct_prior": ("ct", [GIN_AUG, *PRIOR_AUG], BASELINE_WORDS, None)}
 
 
 def write_cards(results: dict) -> None:
