@@ -54,6 +54,8 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     # a real T2's twice as bright (shipped_eval's ct2mri_contrast), and that should not be learnt as HU
     "mri_ct_pairs_gain_all": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "pairs.prob=1"]),  # every
     # CT sample rendered (none painted): more realism, or less robustness?
+    "mri_ct_pairs_gan": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "loss.lambda_gan=1"]),  # the
+    # preset's pairs stage with a PatchGAN on its MRI outputs: texture from the GAN, the anatomy held by the pairs?
 }
 
 
