@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medgen.config import OptimConfig, TrainConfig
-from medgen.engines.common import TaskSetup, run_trainer
+from medgen.engines.common import TaskSetup, run_trainer, start_from
 from medgen.errors import MedgenError
 from medgen.models.run import latest_checkpoint
 
@@ -107,3 +107,18 @@ def test_a_finished_run_is_not_reused_once_an_input_file_changed(phantom_dir, tm
         train_or_reuse(config, run, sets)
     assert train_or_reuse(config, run, sets, replace=True) > 0 and run_finished(run, config, sets)
     assert train_or_reuse(config, run, sets) == 0  # and now reused
+
+
+def test_train_init_loads_the_generator_and_starts_a_missing_discriminator_from_scratch(tmp_path):
+    torch.manual_seed(0)
+    before = {"G": torch.nn.Linear(3, 2), "D": torch.nn.Linear(2, 1), "D_b": torch.nn.Linear(2, 1)}
+    ckpt = tmp_path / "checkpoint_10.pt"
+    torch.save({"G": before["G"].state_dict()}, ckpt)  # a run trained without a GAN: no discriminator saved
+    now = {"G": torch.nn.Linear(3, 2), "D": torch.nn.Linear(2, 1), "D_b": torch.nn.Linear(2, 1)}
+    fresh = {k: v.weight.detach().clone() for k, v in now.items()}
+    assert start_from(now, ckpt) == ckpt
+    assert torch.equal(now["G"].weight, before["G"].weight) and torch.equal(now["G"].bias, before["G"].bias)
+    assert torch.equal(now["D"].weight, fresh["D"]) and torch.equal(now["D_b"].weight, fresh["D_b"])
+    torch.save({"D": before["D"].state_dict()}, ckpt)  # the generator missing is still refused, by name
+    with pytest.raises(MedgenError, match="train.init: the checkpoint has no G weights"):
+        start_from(now, ckpt)

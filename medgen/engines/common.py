@@ -189,7 +189,8 @@ def start_from(to_save: Mapping, init: str | Path) -> Path:
     """Load into the networks of ``to_save`` (weight averages included) their weights from ``init``, a run
     directory (its latest checkpoint), a checkpoint file or a shipped model's name; returns the file read. A weight
     average the checkpoint lacks (``net_ema`` of a run without one, a shipped model) starts from the weights it
-    averages. Optimizers are left alone."""
+    averages; a discriminator it lacks (``D``, ``D_a``, ...: a run trained without a GAN) starts from scratch, as
+    it only judges the training. Optimizers are left alone."""
     path = Path(resolve_model(str(init)))
     if path.is_dir():
         found = latest_checkpoint(path)
@@ -202,10 +203,14 @@ def start_from(to_save: Mapping, init: str | Path) -> Path:
         base = name.removesuffix(EMA_SUFFIX)
         if name.endswith(EMA_SUFFIX) and name not in state and base in state and isinstance(net, AveragedModel):
             state[name] = {**{f"module.{k}": v for k, v in state[base].items()}, "n_averaged": net.n_averaged.clone()}
-    missing = [name for name in nets if name not in state]
+    fresh = [name for name in nets if name not in state and (name == "D" or name.startswith("D_"))]
+    missing = [name for name in nets if name not in state and name not in fresh]
     if missing:
         raise MedgenError(path, f"train.init: the checkpoint has no {', '.join(missing)} weights (another task's run?)")
     for name, net in nets.items():
+        if name in fresh:
+            print(f"[medgen] {name} starts from scratch: {path} has no discriminator", flush=True)
+            continue
         try:
             net.load_state_dict(state[name])
         except RuntimeError as exc:
