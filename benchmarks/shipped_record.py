@@ -57,6 +57,8 @@ CT2MRI_SEGMENTERS = {  # shipped_eval's segmenters of step ct2mri: key -> (what 
                                                                 "random offset (`augment.synthseg.contrast=prior`, "
                                                                 "prob 0.5): the synthetic MRI's own texture, other "
                                                                 "organ contrasts (an iron-dark liver)", "ct_prior"),
+    "ct2mri_local_prior_seed1": ("smri_local", [GIN_AUG, *PRIOR_AUG, "train.seed=1"], "the same, seed 1 (the "
+                                                                                    "spread)", "ct_prior"),
     "ct_prior": ("ct", [GIN_AUG, *PRIOR_AUG], BASELINE_WORDS, None)}
 
 
