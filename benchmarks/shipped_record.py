@@ -202,9 +202,12 @@ def record(results: dict) -> dict:
         base = base or results.get("zero_shot", {}).get("ct-liver direct", {})
         source = CT2MRI_SEGMENTERS[best][0]
         fit = " (earlier preset)" if CT2MRI_SOURCES[source][0] == "mri_ct" else ""
-        summary.append([f"Segmenter on ct2mri MRIs alone{fit}: Dice, 10 MRIs; held-out 15 19 20",
+        sets = results[best]["set"]
+        recipe = [kv.removeprefix("augment.") for kv in sets if kv not in PRIOR_AUG]
+        recipe += ["prior offsets"] if set(PRIOR_AUG) <= set(sets) else []
+        summary.append([f"Segmenter on ct2mri MRIs alone{fit}: Dice, 10 MRIs; held out",
                         f"{results[best]['mean_all_10']:.3f}; {results[best]['mean_held_out']:.3f} "
-                        f"({', '.join(results[best]['set']) or 'ct-liver recipe'}"
+                        f"({', '.join(recipe) or 'ct-liver recipe'}"
                         f"{', organ labels read' if 'label_input=true' in CT2MRI_SOURCES[source][1] else ''}; "
                         f"{words}: {base.get('mean_all_10', float('nan')):.3f})"])
     arch = results.get("architecture", {})
