@@ -33,8 +33,9 @@ the data (symbolic links), times the commands and scores the masks against the m
   ``medgen translate MODEL CTS SMRI --direction ct2mri`` (with ``--labels`` for a ``label_input`` stage) on the 25
   training CTs, a 2D segmenter trained on those synthetic MRIs and the CTs' liver labels alone
   (``segmenter_ct_liver_2d.yaml``, ct-liver's recipe, ``data.modality=mri``), then
-  ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with random organ intensities or
-  random-convolution contrast, beside that recipe on the real CTs (``shipped_record.CT2MRI_SEGMENTERS``;
+  ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs; the same with random organ intensities,
+  random-convolution contrast or each structure's own intensities moved (``augment.synthseg.contrast=prior``),
+  beside that recipe on the real CTs (``shipped_record.CT2MRI_SEGMENTERS``;
   ``--segmenters KEYS``: some of them). The organ contrast of each set of synthetic MRIs (spleen and kidneys over the
   liver, ``organ_contrast``) beside the real T2s'.
 - ``mri_ct_3d``: the same fit with a 3D translator (``translation_record.MRI_CT_3D``, trained through the 2D ct-liver
