@@ -58,6 +58,8 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     # preset's pairs stage with a PatchGAN on its MRI outputs: texture from the GAN, the anatomy held by the pairs?
     "mri_ct_pairs_long": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "train.iterations=3000"]),  # the
     # preset's pairs stage twice as long: has it converged at 1500 steps?
+    "mri_ct_pairs_6000": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "train.iterations=6000"]),  # and
+    # four times: does the FID keep falling with the pairs, and where does it stop?
 }
 
 
