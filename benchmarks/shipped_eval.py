@@ -63,8 +63,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   synthetic pairs too (half the CT samples' inputs the CT as the ct2mri stage renders it).
 - ``mri_ct_pairs_seed1``: ``fit mri-ct --preset cpu`` as it ships now (synthetic pairs, organ gains), its translator
   from seed 1, timed end to end.
-- ``RETRAINS`` steps (``fit_steps.py`` lists them, each with its keys): a fit's stage trained again with other keys (``medgen train FIT/STAGE/config.yaml --set KEY=VALUE``), judged as a translator in
-  ``translation``.
+- ``RETRAINS`` steps (``fit_steps.py`` lists them, each with its keys): a fit's stage trained again with other keys
+  (``medgen train FIT/STAGE/config.yaml --set KEY=VALUE``), judged as a translator in ``translation``.
 - ``ct_judge``: a second CT segmenter for realism (``JUDGE_SETS``), which no translator is trained through.
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
