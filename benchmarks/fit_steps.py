@@ -60,6 +60,9 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     # preset's pairs stage twice as long: has it converged at 1500 steps?
     "mri_ct_pairs_6000": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "train.iterations=6000"]),  # and
     # four times: does the FID keep falling with the pairs, and where does it stop?
+    "mri_ct_pairs_gan_pairs": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "loss.lambda_gan=1",
+                                                                    "loss.gan_on=pairs"]),  # the PatchGAN on the
+    # synthetic pairs' outputs (pix2pix-like), where their L1 holds the HU: a CT's edges and texture without the drift?
 }
 
 

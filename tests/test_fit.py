@@ -298,6 +298,38 @@ def test_synthct_discriminator_judges_the_mri_outputs_against_real_ct():
     assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters()))  # D learned
 
 
+def test_synthct_discriminator_on_the_pairs_judges_the_rendered_outputs_alone():
+    """loss.gan_on=pairs: D judges the outputs on the synthetic pairs' renderings (not the MRIs'); a batch without a
+    rendering adds no GAN term and leaves D as it was; gan_on=pairs without a renderer is refused by name."""
+    from medgen.engines.synthct import HAS_CT, setup, synthct_step
+    from medgen.errors import MedgenError
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTConfig, SynthCTDiscriminatorConfig, SynthCTLossConfig
+    from medgen.networks.generators import build_discriminator
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 1)
+    disc = build_discriminator(SynthCTDiscriminatorConfig(ndf=4, n_layers=1), 2)
+    seen = []
+    disc.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach().clone()))
+    loss_cfg = SynthCTLossConfig(1.0, 0.0, lambda_gan=2.0, gan_on="pairs")
+    step = synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), loss_cfg, torch.device("cpu"), disc=disc,
+                        opt_d=torch.optim.SGD(disc.parameters(), lr=0.1), renderer=lambda ct: -ct, pairs_prob=1.0)
+    x, ct = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    batch = {Keys.MRI: x, Keys.IMAGE: ct, Keys.LABEL: torch.zeros(4, 1, 16, 16), HAS_CT: torch.tensor([[1.], [1.], [0.], [0.]])}
+    out = step(None, batch)
+    rendered = net(-ct[:2]).detach()  # the CT samples' inputs replaced by their renderings
+    assert out["pairs"] == 2 and [len(t) for t in seen] == [2, 2, 2]
+    assert torch.allclose(seen[0], rendered) and torch.allclose(seen[1], ct[:2]) and torch.allclose(seen[2], rendered)
+    assert out["loss"] == pytest.approx(out["l1"] + 2.0 * out["gan"], rel=1e-5) and np.isfinite(out["loss_d"])
+    before = [p.detach().clone() for p in disc.parameters()]
+    out = step(None, {**batch, HAS_CT: torch.zeros(4, 1)})  # MRIs alone: nothing rendered, nothing judged
+    assert len(seen) == 3 and np.isnan(out["gan"]) and np.isnan(out["loss_d"]) and out["loss"] == out["l1"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
+    with pytest.raises(MedgenError, match="loss.gan_on must be mri, or pairs with pairs.ct2mri set, not 'pairs'"):
+        setup(SynthCTConfig(loss=SynthCTLossConfig(lambda_gan=1.0, gan_on="pairs")), torch.device("cpu"))
+
+
 def test_synthct_structure_loss_keeps_the_mris_edges_whatever_their_contrast():
     """lambda_structure: 1 - the local squared correlation of the output with its input, on the MRI samples alone
     (has_ct 0): 0 for an inverted, rescaled copy of the MRI, 1 for a flat output; the loss gains that term. (MONAI's

@@ -14,7 +14,8 @@ no CT to match; with ``loss.lambda_structure`` > 0 those same outputs keep their
 the output's mean inside the target MRIs' liver is pulled to the CTs' liver level (:func:`liver_level`). With
 ``pairs.ct2mri`` (a CT -> MRI translator, frozen) ``pairs.prob`` of the CT samples take the CT rendered in the MRIs'
 contrast by it as their input instead of the painted copy: synthetic pairs, under the same L1 to the real CT (with
-``pairs.organ_gain`` > 1 each structure of the rendering scaled by its own random gain, :func:`structure_gains`).
+``pairs.organ_gain`` > 1 each structure of the rendering scaled by its own random gain, :func:`structure_gains`);
+``loss.gan_on=pairs`` puts the PatchGAN on their outputs instead, where the L1 holds the HU (pix2pix-like).
 """
 
 from __future__ import annotations
@@ -163,20 +164,21 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
                 hu = (fake[inside].mean() - level).abs()
                 loss = loss + loss_cfg.lambda_liver * hu
         gan = loss_d = None
-        if disc is not None:
+        faked = fake[pick] if loss_cfg.gan_on == "pairs" else judged(fake, has_ct)  # what the discriminator judges
+        if disc is not None and len(faked):
             with autocast(device, amp):
-                gan = gan_loss(disc(judged(fake, has_ct)), True, "lsgan")
+                gan = gan_loss(disc(faked), True, "lsgan")
             loss = loss + loss_cfg.lambda_gan * gan.float()
         scaler.scale(loss).backward()
         average_gradients([net])
         scaler.step(opt)
         real = ct[has_ct == 1]
-        if disc is not None and len(real):  # the discriminator: real CT patches against this step's outputs
-            loss_d = patchgan_update(disc, opt_d, real, judged(fake, has_ct), device, amp, scaler)
+        if gan is not None and len(real):  # the discriminator: real CT patches against this step's judged outputs
+            loss_d = patchgan_update(disc, opt_d, real, faked, device, amp, scaler)
         scaler.update()
         if ema is not None:
             ema.update_parameters(net)
-        extra = {} if disc is None else {"gan": float(gan.detach()),
+        extra = {} if disc is None else {"gan": float("nan") if gan is None else float(gan.detach()),
                                          "loss_d": float("nan") if loss_d is None else float(loss_d.detach())}
         return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
                 "structure": float(structure.detach()), "liver": float(hu.detach()), "pairs": int(pick.sum()), **extra,
@@ -254,6 +256,9 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if not 0 <= cfg.pairs.prob <= 1 or cfg.pairs.organ_gain < 1:
         raise MedgenError(cfg.pairs.ct2mri, f"pairs.prob must lie in [0, 1] and pairs.organ_gain be >= 1, not "
                                             f"{cfg.pairs.prob} and {cfg.pairs.organ_gain}")
+    if cfg.loss.gan_on not in ("mri", "pairs") or (cfg.loss.gan_on == "pairs" and not cfg.pairs.ct2mri):
+        raise MedgenError(cfg.pairs.ct2mri, f"loss.gan_on must be mri, or pairs with pairs.ct2mri set, not "
+                                            f"{cfg.loss.gan_on!r}")
     if cfg.segmenter and cfg.loss.lambda_seg > 0 and not cfg.loss.seg_painted and not mris:
         raise MedgenError(cfg.data.images, "loss.seg_painted=false puts the segmentation loss on the target MRIs alone: "
                                            "set target.images and target.ratio > 0")

@@ -32,6 +32,9 @@ class SynthCTLossConfig:
     # LSGAN weight of a PatchGAN that tells real CT patches from the generator's output on the target MRIs (on
     # every sample without target MRIs): texture and contrast of a real CT where no CT is there to match (0: off)
     lambda_gan: float = 0.0
+    # what that PatchGAN judges: "mri", the outputs on the target MRIs (as above); "pairs", the outputs on the synthetic
+    # pairs' renderings (``pairs.ct2mri``), whose L1 to their own CT holds the HU while the GAN asks for a CT's texture
+    gan_on: str = "mri"
     # weight of a structure loss on those same outputs: 1 - the local squared correlation (MONAI's LNCC, blind to a
     # contrast's sign) of the generator's output with its input in ``structure_kernel``-voxel windows, so that the
     # synthetic CT keeps the MRI's edges where no CT is there to match (0: off)
