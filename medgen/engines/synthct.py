@@ -178,8 +178,8 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         scaler.update()
         if ema is not None:
             ema.update_parameters(net)
-        extra = {} if disc is None else {"gan": float("nan") if gan is None else float(gan.detach()),
-                                         "loss_d": float("nan") if loss_d is None else float(loss_d.detach())}
+        extra = {} if disc is None else {"gan": 0.0 if gan is None else float(gan.detach()),  # 0: nothing judged
+                                         "loss_d": 0.0 if loss_d is None else float(loss_d.detach())}
         return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
                 "structure": float(structure.detach()), "liver": float(hu.detach()), "pairs": int(pick.sum()), **extra,
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
