@@ -8,6 +8,7 @@ import torch
 
 import torch.nn.functional as F
 
+from medgen.models.cyclegan import GeneratorConfig
 from medgen.networks.generators import InstanceNorm, ResnetGenerator, build_discriminator, build_generator, channels_last
 
 
@@ -24,9 +25,29 @@ def test_reference_parameter_counts():
      ("unet", 3, (1, 1, 16, 16, 16))],
 )
 def test_generators_keep_shape_and_range(name, dims, shape):
-    g = build_generator(NS(name=name, ngf=8, n_blocks=2, n_downsampling=2, dropout=0.0, output="tanh"), dims)
+    g = build_generator(NS(name=name, ngf=8, n_blocks=2, n_downsampling=2, dropout=0.0, output="tanh", full_res=False,
+                           res_units=2), dims)
     y = g(torch.randn(shape))
     assert y.shape == shape and y.abs().max() <= 1
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_full_res_unet_keeps_a_level_at_the_inputs_resolution(dims):
+    """generator.full_res: MONAI's UNet starts with a stride-2 convolution; full_res adds a first level of ngf / 4
+    filters at stride 1, so a one-voxel detail reaches the output without passing through half resolution."""
+    def unet(full_res):
+        return build_generator(NS(name="unet", ngf=8, output="tanh", full_res=full_res, res_units=1), dims)
+
+    def first_conv(g):
+        return next(m for m in g.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+
+    plain, full = unet(False), unet(True)
+    assert set(first_conv(plain).stride) == {2} and first_conv(plain).out_channels == 8
+    assert set(first_conv(full).stride) == {1} and first_conv(full).out_channels == 2
+    x = torch.randn(1, 1, *[16] * dims)
+    assert full(x).shape == x.shape and full.multiple == plain.multiple == 8
+    with pytest.raises(ValueError, match="full_res and res_units are unet keys, not resnet's"):
+        GeneratorConfig(name="resnet", full_res=True)
 
 
 @pytest.mark.parametrize("dims", [2, 3])

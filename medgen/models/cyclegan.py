@@ -40,10 +40,16 @@ class GeneratorConfig:
     # of the range (bone above a CT window's top) push a tanh's logits without bound (measured: 30) and the
     # large activations bleed into the neighbourhood as a bright slab
     output: str = "tanh"
+    # unet: a first level at the input's resolution (ngf / 4 filters, stride 1); MONAI's UNet alone starts with a
+    # stride-2 convolution, so its output's finest detail comes through half resolution and a transposed convolution
+    full_res: bool = False
+    res_units: int = 2  # unet: residual units per level (MONAI's num_res_units; 1 keeps a full_res UNet's cost)
 
     def __post_init__(self) -> None:
         if self.output not in ("tanh", "linear") or (self.output == "linear" and self.name != "unet"):
             raise ValueError("output", f"must be tanh, or linear with name: unet, not {self.output!r}")
+        if (self.full_res or self.res_units != 2) and self.name != "unet":
+            raise ValueError("full_res", f"full_res and res_units are unet keys, not {self.name}'s")
 
 
 @dataclass

@@ -107,13 +107,18 @@ class ResnetGenerator(nn.Module):
 
 
 class _UNetGenerator(nn.Module):
+    """MONAI's UNet (``depth`` levels of ``ngf * 2**i`` filters, stride 2 between them) + tanh. Its first convolution
+    has stride 2, so the output's finest detail passes through half resolution; ``full_res`` puts a level of ``ngf // 4``
+    filters at the input's resolution (stride 1) before them, so that it does not."""
+
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, ngf: int, depth: int = 4,
-                 tanh: bool = True):
+                 tanh: bool = True, full_res: bool = False, res_units: int = 2):
         super().__init__()
         self.tanh = tanh
-        channels = tuple(ngf * 2**i for i in range(depth))
-        self.unet = UNet(spatial_dims, in_channels, out_channels, channels=channels, strides=(2,) * (depth - 1),
-                         num_res_units=2, norm="INSTANCE")
+        channels = ((max(1, ngf // 4),) if full_res else ()) + tuple(ngf * 2**i for i in range(depth))
+        strides = ((1,) if full_res else ()) + (2,) * (depth - 1)
+        self.unet = UNet(spatial_dims, in_channels, out_channels, channels=channels, strides=strides,
+                         num_res_units=res_units, norm="INSTANCE")
         self.multiple = 2 ** (depth - 1)
         init_weights(self)
 
@@ -164,7 +169,8 @@ def build_generator(cfg, spatial_dims: int, in_channels: int = 1, out_channels: 
                               cfg.dropout)
         return net.to(memory_format=channels_last(spatial_dims)) if channels_last_layout else net
     if cfg.name == "unet":
-        return _UNetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, tanh=cfg.output == "tanh")
+        return _UNetGenerator(spatial_dims, in_channels, out_channels, cfg.ngf, tanh=cfg.output == "tanh",
+                              full_res=cfg.full_res, res_units=cfg.res_units)
     if cfg.name == "pointwise":
         return PointwiseGenerator(spatial_dims, in_channels, out_channels, cfg.ngf)
     raise ValueError(f"unknown generator {cfg.name!r} (resnet | unet | pointwise)")
