@@ -70,6 +70,17 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
 }
 
 
+def trained_on(step: str, cts: int, mris: int) -> str:
+    """What the fit of a CT_FITS or RETRAINS step trained on, out of ``cts`` CTs and ``mris`` MRIs, as a column says it.
+
+    >>> trained_on("mri_ct_unlabelled", 25, 7), trained_on("frozen_ct_only", 25, 7)
+    ('25 CTs (no labels), 7 MRIs', '25 CTs, 0 MRIs')
+    """
+    fit = fit_of(step)
+    return (f"{cts} CTs{' (no labels)' if fit in UNLABELLED_FITS else ''}, "
+            f"{0 if 'translator.target.ratio=0' in CT_FITS[fit] else mris} MRIs")
+
+
 def fit_of(step: str) -> str:
     """The CT_FITS step whose fit a step's translator comes from (itself, or the fit a RETRAINS step trains again)."""
     return RETRAINS[step][0] if step in RETRAINS else step

@@ -99,7 +99,7 @@ from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 from shipped_record import CT2MRI_SEGMENTERS, CT2MRI_SOURCES, record, write_cards
-from fit_steps import CT_FITS, RETRAINS, UNLABELLED_FITS, fit_of
+from fit_steps import CT_FITS, RETRAINS, UNLABELLED_FITS, trained_on
 from translation_record import translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            for m in ("translator", "identity", "histmatch")},
                     "ct_population": report["ct_population"]}
         for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
-            fit = fit_of(step)
-            t["trained_on"] = (f"{len(TRAIN_CTS)} CTs{' (no labels)' if fit in UNLABELLED_FITS else ''}, "
-                               f"{0 if 'translator.target.ratio=0' in CT_FITS[fit] else len(TRAIN)} MRIs")
+            t["trained_on"] = trained_on(step, len(TRAIN_CTS), len(TRAIN))
         if results.get("translation"):
             write_record("translation_real", translation_record(results["translation"]))
     qc_rows = [r for summary in sorted(work.glob("masks_*/summary.json"))  # every pipeline's masks: several qualities

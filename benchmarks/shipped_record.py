@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from fit_steps import trained_on
+from real_liver import TRAIN
 from shipped_models import TRAIN_CTS
 from translation_record import MRI_CT_3D_WORDS
 
@@ -99,16 +101,17 @@ def write_cards(results: dict) -> None:
 def record(results: dict) -> dict:
     """The result record of this run (``docs/results/shipped_models.json``, rendered into docs/results.md)."""
     rows = []
+    shipped, cts = f"shipped ({len(TRAIN_CTS)} CTs)", f"{len(TRAIN_CTS)} CTs"  # the "trained on" column
     z = results.get("zero_shot", {})
     names = {"mri-liver": "`medgen pipeline mri-liver` (the shipped mri-liver, zero-shot)",
              "ct-liver direct": "baseline: `ct-liver` on the MRI (its range into the CT window)",
              "ct-liver histmatch": "baseline: `ct-liver` on the MRI histogram-matched to a CT"}
     for key, label in names.items():
         if key in z:
-            rows.append([label, z[key]["mean_all_10"], z[key]["mean_held_out"], ""])
+            rows.append([label, shipped, z[key]["mean_all_10"], z[key]["mean_held_out"], ""])
     if "zero_shot_tta" in results:
         r = results["zero_shot_tta"]
-        rows.append([f"the same with test-time contrast augmentation (gammas {r['gammas']})", r["mean_all_10"],
+        rows.append([f"the same with test-time contrast augmentation (gammas {r['gammas']})", shipped, r["mean_all_10"],
                      r["mean_held_out"], ""])
     for key, label in (("fit_mri_paint", "`medgen fit mri-liver --mri` (7 MRIs, no CT; the preset) + `pipeline --model`"),
                        ("fit_mri", "the same fit with `--set adapt.paint=false` (the MRIs alone, unpainted)"),
@@ -155,24 +158,26 @@ def record(results: dict) -> dict:
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
             if r.get("stage_minutes"):  # each stage's training time (first to last logged iteration)
                 wall += " (training: " + ", ".join(f"{k} {v} min" for k, v in r["stage_minutes"].items()) + ")"
-            rows.append([label, r["mean_all_10"], r["mean_held_out"], wall])
+            mine = f"{shipped} + {len(TRAIN)} MRIs" if key.startswith("fit_mri") else trained_on(key, len(TRAIN_CTS),
+                                                                                                    len(TRAIN))
+            rows.append([label, mine, r["mean_all_10"], r["mean_held_out"], wall])
     for key, (source, _, label, _) in CT2MRI_SEGMENTERS.items():
         if key in results:
             r = results[key]
             stage = r.get("stage_wall_s")
             other = f"ct2mri stage {stage / 60:.1f} min; " if stage and source != "ct" else ""
-            rows.append([label, r["mean_all_10"], r["mean_held_out"],
+            rows.append([label, cts if source == "ct" else f"ct2mri MRIs of {cts}", r["mean_all_10"], r["mean_held_out"],
                          other + (f"segmenter trained {r['seg_wall_s'] / 60:.1f} min" if r.get("seg_wall_s") else "")])
     for name, r in results.get("architecture", {}).items():
-        rows.append([f"architecture: `{name}` training run, {r['network']}",
+        rows.append([f"architecture: `{name}` training run, {r['network']}", cts,
                      r["mean_all_10"], r["mean_held_out"],
                      f"dome {r['mean_top']:.3f}, lowest slices {r['mean_bottom']:.3f}; trained {r['train_minutes']} min"])
     for key, r in results.get("ct", {}).items():
         rows.append([f"`medgen segment {key}`" + (" --modality ct" if key == "mri-liver" else "")
-                     + f" on held-out CTs ({', '.join(r['dice'])})", "", "", f"CT liver Dice {r['mean']:.3f}"])
+                     + f" on held-out CTs ({', '.join(r['dice'])})", shipped, "", "", f"CT liver Dice {r['mean']:.3f}"])
     if "speed" in results:
         sp = results["speed"]
-        rows.append(["`medgen segment mri-liver IN OUT --modality mri`, a new process (load included)", "", "",
+        rows.append(["`medgen segment mri-liver IN OUT --modality mri`, a new process (load included)", shipped, "", "",
                      f"{sp['median_s']:.1f} s (median of 3) on {'x'.join(map(str, sp['shape']))}"])
     summary = []
     if "mri-liver" in z:
@@ -246,5 +251,6 @@ def record(results: dict) -> dict:
     return {"title": "Shipped models on the development set", "notes": notes, "summary": summary, "command": "python benchmarks/shipped_eval.py",
             "data": {"ct_count_for_training": len(TRAIN_CTS), **results["data"]},
             "machine": f"{os.cpu_count()} CPU cores, no GPU",
-            "table": {"columns": ["what", "liver Dice, all 10 MRIs", "MRIs 15 19 20", "other"], "rows": rows},
+            "table": {"columns": ["what", "trained on", "liver Dice, all 10 MRIs", "MRIs 15 19 20", "other"],
+                      "rows": rows},
             "per_case": {k: v for k, v in results.items() if k != "data"}}
