@@ -67,6 +67,9 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     "mri_ct_pairs_gan_pairs": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "loss.lambda_gan=1",
                                                                     "loss.gan_on=pairs"]),  # the PatchGAN on the
     # synthetic pairs' outputs (pix2pix-like), where their L1 holds the HU: a CT's edges and texture without the drift?
+    "mri_ct_pairs_6000_all": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "pairs.prob=1",
+                                                                   "train.iterations=6000"]),  # every CT sample
+    # rendered, 6000 steps: how far down does the FID go on the pairs alone, and at what cost?
 }
 
 
