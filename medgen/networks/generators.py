@@ -107,9 +107,9 @@ class ResnetGenerator(nn.Module):
 
 
 class _UNetGenerator(nn.Module):
-    """MONAI's UNet (``depth`` levels of ``ngf * 2**i`` filters, stride 2 between them) + tanh. Its first convolution
-    has stride 2, so the output's finest detail passes through half resolution; ``full_res`` puts a level of ``ngf // 4``
-    filters at the input's resolution (stride 1) before them, so that it does not."""
+    """MONAI's UNet (``depth`` levels of ``ngf * 2**i`` filters, stride 2 between them), then tanh if ``tanh``. Its
+    first convolution has stride 2, so the output's finest detail passes through half resolution; ``full_res`` puts a
+    level of ``ngf // 4`` filters at the input's resolution (stride 1) before them, so that it does not."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, ngf: int, depth: int = 4,
                  tanh: bool = True, full_res: bool = False, res_units: int = 2):
