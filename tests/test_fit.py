@@ -328,6 +328,8 @@ def test_synthct_discriminator_on_the_pairs_judges_the_rendered_outputs_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
     with pytest.raises(MedgenError, match="loss.gan_on must be mri, or pairs with pairs.ct2mri set, not 'pairs'"):
         setup(SynthCTConfig(loss=SynthCTLossConfig(lambda_gan=1.0, gan_on="pairs")), torch.device("cpu"))
+    with pytest.raises(ValueError, match="must be mri or pairs, not 'both'"):
+        SynthCTLossConfig(gan_on="both")
 
 
 def test_synthct_structure_loss_keeps_the_mris_edges_whatever_their_contrast():

@@ -62,6 +62,16 @@ def patchgan_update(disc: torch.nn.Module, opt_d: torch.optim.Optimizer, real: t
     return loss_d
 
 
+def logged(loss: torch.Tensor | None) -> float:
+    """A loss as a step reports it: 0 when the step had nothing to compute it on (``None``), never NaN, which the
+    trainer stops on as divergence.
+
+    >>> logged(None), logged(torch.tensor(0.5))
+    (0.0, 0.5)
+    """
+    return 0.0 if loss is None else float(loss.detach())
+
+
 def weight_average(net: torch.nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``net``'s weights (updated by the step after each optimizer step,
     checkpointed as ``NAME_ema`` and used by inference); None when ``decay`` is 0."""

@@ -38,8 +38,8 @@ from medgen.data.mixing import MixedSamples
 from medgen.data.patches import labelled_patches
 from medgen.data.synthseg import RandLabelToImaged
 from medgen.data.volumes import labelled_volumes
-from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, patchgan_update,
-                                   set_requires_grad, weight_average)
+from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, logged,
+                                   patchgan_update, set_requires_grad, weight_average)
 from medgen.errors import MedgenError
 from medgen.inference.segment import RunSegmenter
 from medgen.inference.translate import load_translator
@@ -163,9 +163,10 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             if bool(inside.any()):
                 hu = (fake[inside].mean() - level).abs()
                 loss = loss + loss_cfg.lambda_liver * hu
-        gan = loss_d = None
-        faked = fake[pick] if loss_cfg.gan_on == "pairs" else judged(fake, has_ct)  # what the discriminator judges
-        if disc is not None and len(faked):
+        gan = loss_d = faked = None
+        if disc is not None:  # what the discriminator judges
+            faked = fake[pick] if loss_cfg.gan_on == "pairs" else judged(fake, has_ct)
+        if faked is not None and len(faked):
             with autocast(device, amp):
                 gan = gan_loss(disc(faked), True, "lsgan")
             loss = loss + loss_cfg.lambda_gan * gan.float()
@@ -178,8 +179,7 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
         scaler.update()
         if ema is not None:
             ema.update_parameters(net)
-        extra = {} if disc is None else {"gan": 0.0 if gan is None else float(gan.detach()),  # 0: nothing judged
-                                         "loss_d": 0.0 if loss_d is None else float(loss_d.detach())}
+        extra = {} if disc is None else {"gan": logged(gan), "loss_d": logged(loss_d)}  # 0: nothing judged
         return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
                 "structure": float(structure.detach()), "liver": float(hu.detach()), "pairs": int(pick.sum()), **extra,
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
@@ -256,7 +256,7 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if not 0 <= cfg.pairs.prob <= 1 or cfg.pairs.organ_gain < 1:
         raise MedgenError(cfg.pairs.ct2mri, f"pairs.prob must lie in [0, 1] and pairs.organ_gain be >= 1, not "
                                             f"{cfg.pairs.prob} and {cfg.pairs.organ_gain}")
-    if cfg.loss.gan_on not in ("mri", "pairs") or (cfg.loss.gan_on == "pairs" and not cfg.pairs.ct2mri):
+    if cfg.loss.gan_on == "pairs" and not cfg.pairs.ct2mri:
         raise MedgenError(cfg.pairs.ct2mri, f"loss.gan_on must be mri, or pairs with pairs.ct2mri set, not "
                                             f"{cfg.loss.gan_on!r}")
     if cfg.segmenter and cfg.loss.lambda_seg > 0 and not cfg.loss.seg_painted and not mris:

@@ -23,8 +23,8 @@ from medgen.data.datalist import image_label_pairs
 from medgen.data.mixing import MixedSamples
 from medgen.data.patches import labelled_patches
 from medgen.data.volumes import labelled_volumes
-from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, patchgan_update,
-                                   set_requires_grad, weight_average)
+from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, logged,
+                                   patchgan_update, set_requires_grad, weight_average)
 from medgen.engines.synthct import HAS_CT, FrozenTranslator, flagged, liver_level, target_mris
 from medgen.errors import MedgenError
 from medgen.keys import Keys
@@ -77,7 +77,7 @@ def synthmri_step(net: torch.nn.Module, disc: torch.nn.Module, back: torch.nn.Mo
             ema.update_parameters(net)
         return {"loss": loss.item(), "gan": float(gan.detach()), "cycle": float(cycle.detach()),
                 "liver": float(liver.detach()),
-                "loss_d": float("nan") if loss_d is None else float(loss_d.detach()),
+                "loss_d": logged(loss_d),  # 0 when the batch had no MRI for the discriminator
                 "visuals": {Keys.CT: ct[:1].detach(), Keys.FAKE_MRI: fake[:1].detach().float(),
                             **({Keys.MRI: real[:1].detach()} if len(real) else {})}}
 

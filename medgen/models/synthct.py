@@ -44,6 +44,10 @@ class SynthCTLossConfig:
     # over the CTs of their liver's mean, in the CT window's units): the liver's HU anchored where no CT is there (0: off)
     lambda_liver: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.gan_on not in ("mri", "pairs"):
+            raise ValueError("gan_on", f"must be mri or pairs, not {self.gan_on!r}")
+
 
 @dataclass
 class SynthCTDiscriminatorConfig:
