@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from fit_steps import trained_on
+from fit_steps import CT_FITS, trained_on
 from real_liver import TRAIN
 from shipped_models import TRAIN_CTS
 from translation_record import MRI_CT_3D_WORDS
@@ -158,8 +158,8 @@ def record(results: dict) -> dict:
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"
             if r.get("stage_minutes"):  # each stage's training time (first to last logged iteration)
                 wall += " (training: " + ", ".join(f"{k} {v} min" for k, v in r["stage_minutes"].items()) + ")"
-            mine = f"{shipped} + {len(TRAIN)} MRIs" if key.startswith("fit_mri") else trained_on(key, len(TRAIN_CTS),
-                                                                                                    len(TRAIN))
+            mine = (trained_on(key, len(TRAIN_CTS), len(TRAIN)) if key in CT_FITS  # else fit mri-liver --mri
+                    else f"{shipped} + {len(TRAIN)} MRIs")
             rows.append([label, mine, r["mean_all_10"], r["mean_held_out"], wall])
     for key, (source, _, label, _) in CT2MRI_SEGMENTERS.items():
         if key in results:
