@@ -388,7 +388,9 @@ def test_synthct_liver_loss_pulls_the_mris_liver_to_the_cts_level():
 
 def test_synthct_synthetic_pairs_replace_a_ct_samples_painted_input_by_its_rendering():
     """pairs: with chance pairs_prob a CT sample's input is the renderer's output on its real CT (not its painted copy),
-    under the same L1 to that CT; the MRI samples are never rendered; a probability outside [0, 1] is refused."""
+    under the same L1 to that CT; the MRI samples are never rendered; organ gains on every structure, or on the
+    labelled organs alone; a probability outside [0, 1] and an unknown gain_on are refused."""
+    from medgen.data.synthseg import BODY_FIRST
     from medgen.engines.synthct import HAS_CT, setup, synthct_step
     from medgen.errors import MedgenError
     from medgen.keys import Keys
@@ -432,6 +434,16 @@ def test_synthct_synthetic_pairs_replace_a_ct_samples_painted_input_by_its_rende
         assert torch.allclose(top, top[0, 0]) and torch.allclose(bottom, bottom[0, 0])  # one gain per structure
         assert 0.25 - 1e-5 <= float(top[0, 0]) <= 4 + 1e-5 and not torch.isclose(top[0, 0], bottom[0, 0])
     assert torch.equal(seen[0][2], x[2])  # the MRI as it was
+    gen[:, :, 2:] = BODY_FIRST  # the lower half a body intensity class: organs_only leaves it at gain 1
+    seen.clear()
+    synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), SynthCTLossConfig(1.0, 0.0), torch.device("cpu"),
+                 renderer=renderer, pairs_prob=1.0, organ_gain=4.0, organs_only=True)(None, {**batch, Keys.GEN: gen})
+    gains = (seen[0][:2] + 1) / (0.5 - ct[:2] + 1)
+    for g in gains:
+        assert torch.allclose(g[0, 2:], torch.ones(())) and torch.allclose(g[0, :2], g[0, 0, 0])
+        assert not torch.isclose(g[0, 0, 0], torch.ones(()))
+    with pytest.raises(ValueError, match="must be all or organs, not 'body'"):
+        SynthCTPairsConfig("runs/smri", gain_on="body")
     for bad in (SynthCTPairsConfig("runs/smri", 1.5), SynthCTPairsConfig("runs/smri", 0.5, 0.5)):
         with pytest.raises(MedgenError, match=r"pairs.prob must lie in \[0, 1\] and pairs.organ_gain be >= 1"):
             setup(SynthCTConfig(pairs=bad), torch.device("cpu"))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from medgen.data.augment import RandGINd, intensity_augmentation
-from medgen.data.synthseg import RandLabelToImage, RandLabelToImaged, body_mask, generation_labels, kmeans_1d
+from medgen.data.synthseg import (BODY_FIRST, RandLabelToImage, RandLabelToImaged, body_mask, generation_labels,
+                                  kmeans_1d)
 from medgen.data.volumes import labelled_volumes
 from medgen.inference.segment import RunSegmenter
 from medgen.io import ref_from_affine
@@ -51,9 +52,12 @@ def test_generation_labels_keep_structures_and_split_the_rest():
     body = body_mask(image)
     assert (gen[~body] == 0).all()
     free = body & (labels == 0)
-    assert set(np.unique(gen[free]).tolist()) <= {7, 8, 9}
+    assert set(np.unique(gen[free]).tolist()) <= {BODY_FIRST, BODY_FIRST + 1, BODY_FIRST + 2}
     # bone (the brightest unlabelled tissue) and fat (the darkest) land in different classes
-    assert gen[20, 20, 0] == 9 and gen[20, 6, 0] == 7
+    assert gen[20, 20, 0] == BODY_FIRST + 2 and gen[20, 6, 0] == BODY_FIRST
+    # a label map that reaches BODY_FIRST: the body classes come after its largest label
+    high = np.where(labels == 6, BODY_FIRST + 5, 0)
+    assert generation_labels(image, high, classes=3)[20, 6, 0] == BODY_FIRST + 6
     assert kmeans_1d(np.array([1.0, 1.2, 5.0, 5.2, 9.0]), 3).round(1).tolist() == [1.1, 5.1, 9.0]
 
 
@@ -159,7 +163,7 @@ def test_labelled_volumes_cache_generation_labels(phantom_dir):
     assert v[Keys.GEN].shape == v[Keys.LABEL].shape
     raw = v[Keys.GEN][0]
     assert torch.equal(v[Keys.LABEL][0] > 0, raw == 1)  # label_map {1: 1}: the liver keeps its value in GEN
-    assert int(raw.max()) >= 11  # phantom structures 1..10 kept, intensity classes after them
+    assert int(raw.max()) == BODY_FIRST + 1  # phantom structures 1..10 kept, the 2 intensity classes from BODY_FIRST
 
 
 @pytest.mark.parametrize("dims", [2, 3])

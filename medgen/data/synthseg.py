@@ -26,6 +26,9 @@ from scipy import ndimage as ndi
 from medgen.transforms import largest_component
 
 CONTRASTS = ("random", "prior")
+# the darkest body class's value in generation labels: the same in every volume and above the organ labels of the
+# usual label maps (BTCV 1..13, TotalSegmentator 1..117), so that a step can tell a labelled organ from a body class
+BODY_FIRST = 1000
 
 
 def smooth_field(rng: np.random.RandomState, spatial: Sequence[int], grid: int = 4, low: float = -1.0,
@@ -101,8 +104,8 @@ def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
 
 def generation_labels(image: np.ndarray, labels: np.ndarray, classes: int = 4, first: int | None = None) -> np.ndarray:
     """The label map the generator paints: every labelled structure keeps its value, unlabelled body voxels
-    get ``classes`` intensity classes (numbered from ``first``, by default after the largest label), outside the
-    body is 0.
+    get ``classes`` intensity classes (numbered from ``first``, by default :data:`BODY_FIRST`, or after the largest
+    label where a label reaches it), outside the body is 0.
 
     Args:
         image: the labelled image (any modality), ``(X, Y, Z)``.
@@ -119,7 +122,7 @@ def generation_labels(image: np.ndarray, labels: np.ndarray, classes: int = 4, f
         values = image[free]
         centres = kmeans_1d(values[:: max(1, values.size // 200_000)], classes)
         cls = np.argmin(np.abs(values[:, None] - centres[None].astype(np.float32)), axis=1)
-        out[free] = (int(labels.max()) + 1 if first is None else first) + cls
+        out[free] = (max(BODY_FIRST, int(labels.max()) + 1) if first is None else first) + cls
     return out.astype(np.int16)
 
 

@@ -14,7 +14,8 @@ no CT to match; with ``loss.lambda_structure`` > 0 those same outputs keep their
 the output's mean inside the target MRIs' liver is pulled to the CTs' liver level (:func:`liver_level`). With
 ``pairs.ct2mri`` (a CT -> MRI translator, frozen) ``pairs.prob`` of the CT samples take the CT rendered in the MRIs'
 contrast by it as their input instead of the painted copy: synthetic pairs, under the same L1 to the real CT (with
-``pairs.organ_gain`` > 1 each structure of the rendering scaled by its own random gain, :func:`structure_gains`);
+``pairs.organ_gain`` > 1 each structure of the rendering scaled by its own random gain, :func:`structure_gains`;
+``pairs.gain_on=organs``: the labelled organs alone);
 ``loss.gan_on=pairs`` puts the PatchGAN on their outputs instead, where the L1 holds the HU (pix2pix-like).
 """
 
@@ -36,7 +37,7 @@ from medgen.data.augment import intensity_augmentation
 from medgen.data.datalist import image_label_pairs
 from medgen.data.mixing import MixedSamples
 from medgen.data.patches import labelled_patches
-from medgen.data.synthseg import RandLabelToImaged
+from medgen.data.synthseg import BODY_FIRST, RandLabelToImaged
 from medgen.data.volumes import labelled_volumes
 from medgen.engines.common import (TaskSetup, average_gradients, gan_loss, loader_factory, logged,
                                    patchgan_update, set_requires_grad, weight_average)
@@ -107,13 +108,15 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
                  segmenter: FrozenSegmenter | None = None, amp: str = "none", scaler=None,
                  ema: AveragedModel | None = None, disc: torch.nn.Module | None = None,
                  opt_d: torch.optim.Optimizer | None = None, level: float | None = None,
-                 renderer: torch.nn.Module | None = None, pairs_prob: float = 0.0, organ_gain: float = 1.0):
+                 renderer: torch.nn.Module | None = None, pairs_prob: float = 0.0, organ_gain: float = 1.0,
+                 organs_only: bool = False):
     """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure", "liver", "pairs"[, "gan", "loss_d"]}``
     (``ema``: a weight average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of
     ``loss_cfg.lambda_gan``; ``level``: the CTs' liver level, which the output's mean inside the target MRIs' liver
     is pulled to with ``loss_cfg.lambda_liver``; ``renderer``: a CT -> MRI function whose rendering of the CT replaces
     the painted input of each CT sample with chance ``pairs_prob``, each of its structures (the batch's generation
-    labels) scaled by a gain from :func:`structure_gains` with ``organ_gain`` > 1; "pairs": how many did)."""
+    labels) scaled by a gain from :func:`structure_gains` with ``organ_gain`` > 1, the labelled organs' alone with
+    ``organs_only``; "pairs": how many did)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
     lncc = functools.cache(lambda dims: LocalNormalizedCrossCorrelationLoss(dims, loss_cfg.structure_kernel))
@@ -138,7 +141,7 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
                 with torch.no_grad(), autocast(device, amp):
                     rendering = renderer(ct[pick]).float()
                 if organ_gain > 1:
-                    gain = structure_gains(batch[Keys.GEN].to(device)[pick], organ_gain)
+                    gain = structure_gains(batch[Keys.GEN].to(device)[pick], organ_gain, organs_only)
                     rendering = ((rendering + 1) * gain - 1).clamp(-1, 1)  # the gain on the intensity above -1
                 x = x.clone()
                 x[pick] = rendering.to(x.dtype)
@@ -187,16 +190,22 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
     return step
 
 
-def structure_gains(gen: torch.Tensor, organ_gain: float) -> torch.Tensor:
+def structure_gains(gen: torch.Tensor, organ_gain: float, organs_only: bool = False) -> torch.Tensor:
     """Per voxel of ``gen`` (``(N, 1, *spatial)`` generation labels), its structure's gain: one random gain per sample
-    and label value, log-uniform in [1 / organ_gain, organ_gain].
+    and label value, log-uniform in [1 / organ_gain, organ_gain]; ``organs_only``: 1 outside the labelled organs
+    (the body's intensity classes, numbered from :data:`~medgen.data.synthseg.BODY_FIRST`, and the background).
 
     >>> g = structure_gains(torch.tensor([[[0, 2, 2]]]), 3.0)
     >>> bool(g[0, 0, 1] == g[0, 0, 2]), bool((g >= 1 / 3 - 1e-6).all() and (g <= 3 + 1e-6).all())
     (True, True)
+    >>> structure_gains(torch.tensor([[[0, BODY_FIRST, BODY_FIRST + 1]]]), 3.0, organs_only=True).tolist()
+    [[[1.0, 1.0, 1.0]]]
     """
     gen = gen.long().clamp_min(0)
     table = torch.exp((torch.rand(len(gen), int(gen.max()) + 1, device=gen.device) * 2 - 1) * math.log(organ_gain))
+    if organs_only:
+        table[:, 0] = 1.0
+        table[:, BODY_FIRST:] = 1.0
     return table.gather(1, gen.flatten(1)).view(gen.shape)
 
 
@@ -291,7 +300,7 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     renderer = None if not cfg.pairs.ct2mri else FrozenTranslator(cfg.pairs.ct2mri, cfg.preprocess.ct_window, device,
                                                                    "ct2mri").to(device)
     step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d, level, renderer,
-                        cfg.pairs.prob, cfg.pairs.organ_gain)
+                        cfg.pairs.prob, cfg.pairs.organ_gain, cfg.pairs.gain_on == "organs")
     norm = norm_artifact([], [cfg.preprocess.ct_window])
     to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {}),
                **({"D": disc, "opt_d": opt_d} if disc is not None else {})}

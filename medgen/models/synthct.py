@@ -67,6 +67,13 @@ class SynthCTPairsConfig:
     # scaled by its own random gain, log-uniform in [1 / organ_gain, organ_gain] (1: off): the MRIs' organ contrast,
     # which a rendering may miss (a T2 spleen is twice as bright as its liver), is not learnt as HU
     organ_gain: float = 1.0
+    # which structures get those gains: all (the labelled organs and the body's intensity classes); organs (the
+    # labelled ones alone: the rendering's fat, muscle and bone keep the contrast learnt from the MRIs)
+    gain_on: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.gain_on not in ("all", "organs"):
+            raise ValueError("gain_on", f"must be all or organs, not {self.gain_on!r}")
 
 
 @dataclass
