@@ -69,7 +69,8 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``mri_ct_unlabelled``: the same fit without ``--ct-labels`` (ct-liver's masks of the 25 CTs are their labels; no
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
-  (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT).
+  (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT); a
+  step named beside it whose report predates the common field of view's FID is judged again.
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
   ``VARIANTS``) zero-shot through ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs, with Dice at the
   liver's two ends (``dome``: its top 15 % of slices, ``lowest``: its bottom 15 %) and each run's training time.
@@ -337,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         for step in [*CT_FITS, *RETRAINS]:
             model, out = work / (step if step in RETRAINS else f"fit_{step}"), work / f"translation_{step}.json"
             report = json.loads(out.read_text()) if out.is_file() else None
-            if ((model / "model.json").is_file() or run_finished(model)) and (  # not judged yet, or before the judge
-                    not report or len(report["summary"]["translator"].get("by_features", {})) < len(judges)):
+            scores = (report or {}).get("summary", {}).get("translator", {}).get("by_features", {})
+            if ((model / "model.json").is_file() or run_finished(model)) and (  # not judged yet, or before the judge,
+                    len(scores) < len(judges) or (  # or named and judged before the common field of view's figures
+                        step in steps and not all("fid_fov" in v for v in scores.values()))):
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
                        "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
                        str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out),

@@ -115,8 +115,11 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
         assert list(r["by_features"]) == ["ct-liver", "mri-liver"]
         assert (r["fid"], r["kid"]) == (r["by_features"]["ct-liver"]["fid"], r["by_features"]["ct-liver"]["kid"])
         assert r["fid"] >= 0.0 and np.isfinite(r["kid"]) and r["by_features"]["mri-liver"]["fid"] != r["fid"]
+        assert r["by_features"]["ct-liver"]["fid_fov"] >= 0.0 and np.isfinite(r["by_features"]["mri-liver"]["kid_fov"])
         assert f"{method}: " in printed and "(mri-liver)" in printed.split(f"{method}: ", 1)[1].splitlines()[0]
     assert report["summary"]["identity"]["fid"] > report["summary"]["real_vs_real"]["fid"]  # a raw MRI is no CT
+    fov = report["realism"]["fov_mm"]  # the common field: a multiple of 16 voxels of 2 mm, inside the 384 mm slices
+    assert fov % 32 == 0 and 32 <= fov <= 384 and f"{fov:.0f} mm square" in report["realism"]["slices"]
     pictures = sorted((tmp_path / "report_qc").glob("*.png"))
     assert len(pictures) == cases and pictures[0].stat().st_size > 2000
     page = (tmp_path / "report.html").read_text()
@@ -162,3 +165,19 @@ def test_unpaired_evaluation_refuses_features_that_are_no_segmenter_run(cyclegan
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("medgen: error:") and str(cyclegan_run) in err[0]
     assert not out.exists() and not (tmp_path / "report_qc").exists()
+
+
+def test_realism_in_the_common_field_of_view_ignores_where_each_scan_ends():
+    """Two slice sets with the same content inside a centred square and scans that end in different places: the
+    whole slices' FID sees the edges, the common field of view's does not (the same features, FID 0)."""
+    from medgen.evaluation.synthesis import DeepFeatures
+    from medgen.evaluation.translation import realism, scanned_field
+
+    g = torch.Generator().manual_seed(0)
+    content = 60 + 40 * torch.randn(6, 1, 64, 64, generator=g)
+    wide, narrow = content.clone(), content.clone()
+    narrow[..., :, :12] = narrow[..., :, 52:] = float("nan")  # a scan 40 voxels wide: NaN beyond it
+    side = scanned_field(wide, narrow)
+    assert side == 32  # 40 voxels scanned around the centre -> the largest multiple of 16 inside
+    r = realism(DeepFeatures("ct-liver", torch.device("cpu")), narrow, wide, side)
+    assert r["fid_fov"] == pytest.approx(0.0, abs=1e-4) and r["fid"] > 10 * max(r["fid_fov"], 1e-4)

@@ -99,7 +99,7 @@ FEATURE_LEVELS, FEATURE_SPACING_MM, FEATURE_SIZE = 12, 2.0, 192
 def organ_slices(hu: np.ndarray, organ: np.ndarray, ref, levels: int = FEATURE_LEVELS,
                  spacing: float = FEATURE_SPACING_MM, size: int = FEATURE_SIZE) -> torch.Tensor:
     """``(N, 1, size, size)`` axial slices in HU at ``levels`` heights spread over the organ mask (RAS, resampled
-    in-plane to ``spacing`` mm, centred, padded with air): the same anatomy on the same grid whatever the scan.
+    in-plane to ``spacing`` mm, centred, NaN beyond the scan): the same anatomy on the same grid whatever the scan.
 
     >>> ref = ref_from_affine(np.diag([1.0, 1.0, 5.0, 1.0]), (64, 64, 10)); organ = np.zeros((64, 64, 10), bool)
     >>> organ[20:40, 20:40, 2:6] = True
@@ -116,17 +116,44 @@ def organ_slices(hu: np.ndarray, organ: np.ndarray, ref, levels: int = FEATURE_L
     x = torch.from_numpy(np.ascontiguousarray(hu[:, :, ks].transpose(2, 0, 1)))[:, None]
     x = F.interpolate(x, size=[max(1, round(n * v / spacing)) for n, v in zip(hu.shape[:2], vox[:2])],
                       mode="bilinear", align_corners=False)
-    out = torch.full((len(ks), 1, size, size), AIR_HU)
+    out = torch.full((len(ks), 1, size, size), float("nan"))
     src = [slice(max(0, (n - size) // 2), max(0, (n - size) // 2) + min(n, size)) for n in x.shape[2:]]
     dst = [slice(max(0, (size - n) // 2), max(0, (size - n) // 2) + min(n, size)) for n in x.shape[2:]]
     out[:, :, dst[0], dst[1]] = x[:, :, src[0], src[1]]
     return out
 
 
-def realism(features: DeepFeatures, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-    """FID (MONAI) and KID of two slice sets, on the segmenter's deepest features."""
-    f_fake, f_real = features(fake), features(real)
-    return {"fid": float(FIDMetric()(f_fake, f_real)), "kid": kid(f_fake, f_real)}
+def scanned_field(*sets: torch.Tensor, multiple: int = 16) -> int:
+    """The side, in voxels and a multiple of ``multiple`` (the feature networks' stride), of the largest centred square
+    scanned in every slice of ``sets`` (:func:`organ_slices`'s, NaN beyond the scan): one field of view for all.
+
+    >>> a = torch.full((1, 1, 64, 64), float("nan")); a[..., 8:56, 10:54] = 0.0  # 48 x 44 voxels scanned
+    >>> scanned_field(a, torch.zeros(2, 1, 64, 64)), scanned_field(torch.zeros(1, 1, 64, 64))
+    (32, 64)
+    """
+    outside = torch.cat([s.isnan().flatten(0, 1) for s in sets]).any(0)
+    c = outside.shape[-1] // 2
+    i, j = torch.nonzero(outside, as_tuple=True)  # a square [c - h, c + h) holds voxel i once h >= max(c - i, i - c + 1)
+    reach = torch.maximum(torch.maximum(c - i, i - c + 1), torch.maximum(c - j, j - c + 1))
+    half = int(reach.min()) - 1 if len(reach) else c
+    return 2 * half // multiple * multiple
+
+
+def realism(features: DeepFeatures, fake: torch.Tensor, real: torch.Tensor, side: int | None = None) -> dict[str, float]:
+    """FID (MONAI) and KID of two slice sets on the segmenter's deepest features: the whole slices (air beyond the
+    scan), and with ``side`` (``fid_fov``, ``kid_fov``) their centred ``side`` x ``side`` squares, where every scan was
+    scanned: a scanner's field of view, which no translator changes, out of the comparison."""
+    out = {}
+    for key, crop in (("", None), ("_fov", side)):
+        if key and not crop:
+            continue
+        a, b = (torch.nan_to_num(x, nan=AIR_HU) for x in (fake, real))
+        if crop:
+            c = a.shape[-1] // 2
+            a, b = (x[..., c - crop // 2:c + crop // 2, c - crop // 2:c + crop // 2] for x in (a, b))
+        f_fake, f_real = features(a), features(b)
+        out.update({f"fid{key}": float(FIDMetric()(f_fake, f_real)), f"kid{key}": kid(f_fake, f_real)})
+    return out
 
 
 def histogram_matched(mri: np.ndarray, reference_ct: np.ndarray) -> np.ndarray:
@@ -195,14 +222,18 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
         summary[method] = {"dice": float(np.mean([r["dice"] for r in mine])), "organs": organs}
     if nets:
         reals = torch.cat(ct_slices[0::2]), torch.cat(ct_slices[1::2])
-        for method, fake in [*((m, torch.cat(fake_slices[m])) for m in methods), ("real_vs_real", reals[1])]:
-            scores = {name: realism(net, fake, reals[0]) for name, net in nets.items()}
+        sets = [*((m, torch.cat(fake_slices[m])) for m in methods), ("real_vs_real", reals[1])]
+        side = scanned_field(reals[0], *(x for _, x in sets))
+        for method, fake in sets:
+            scores = {name: realism(net, fake, reals[0], side) for name, net in nets.items()}
             summary.setdefault(method, {}).update(**scores[judges[0]], by_features=scores)
     report = {"translator": str(run), "segmenter": segmenter, "ct_population": population, "summary": summary,
               "realism": {"slices": f"{FEATURE_LEVELS} axial levels over the liver, {FEATURE_SPACING_MM} mm in-plane, "
                                     f"{FEATURE_SIZE}^2; features: the deepest layer of {', '.join(nets)} (fid, kid: "
                                     f"{judges[0]}'s); reference: the even-numbered real CTs, real_vs_real: the "
-                                    "odd-numbered ones"} if nets else None,
+                                    f"odd-numbered ones; fid_fov, kid_fov: the centred {side * FEATURE_SPACING_MM:.0f} "
+                                    "mm square scanned in every slice (the whole slices' figures see each scan's field "
+                                    "of view)", "fov_mm": side * FEATURE_SPACING_MM} if nets else None,
               "cases": rows}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     write_unpaired_html(report, path.with_suffix(".html"), qc_dir)
@@ -228,6 +259,8 @@ def write_unpaired_html(report: dict, path: Path, qc_dir: Path) -> Path:
         row = {"method": method, "ct segmenter liver Dice": r.get("dice", "")}
         for name, v in r.get("by_features", {}).items():
             row.update({f"FID ({name})": v["fid"], f"KID ({name})": v["kid"]})
+            if "fid_fov" in v:
+                row.update({f"FID, common field of view ({name})": v["fid_fov"]})
         for name, _, _ in ORGANS:
             o = r.get("organs", {}).get(name)
             row[f"{name} median HU (|diff|)"] = f"{o['median']:.0f} ({o['abs_diff']:.0f})" if o else ""
