@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                     **report["summary"], "held_out_dice": {m: mean({r["case"]: r["dice"] for r in report["cases"]
                                                                     if r["method"] == m}, HELD_OUT)
                                                            for m in ("translator", "identity", "histmatch")},
-                    "ct_population": report["ct_population"]}
+                    "ct_population": report["ct_population"], "fov_mm": (report.get("realism") or {}).get("fov_mm")}
         for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
             t["trained_on"] = trained_on(step, len(TRAIN_CTS), len(TRAIN))
         if results.get("translation"):

@@ -74,15 +74,18 @@ def offsets(r: dict, pop: dict) -> str:
 def translation_record(translation: dict) -> dict:
     """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
     def cells(r: dict) -> list:
-        j = judged(r)
+        j, mine = judged(r), r.get("by_features", {}).get("ct-liver", {})
         return [f"{r['fid']:.2f}" if "fid" in r else "-", f"{r['kid']:.3f}" if "kid" in r else "-",
-                f"{j['fid']:.2f}" if j else "-", f"{j['kid']:.3f}" if j else "-", *(
+                f"{j['fid']:.2f}" if j else "-", f"{j['kid']:.3f}" if j else "-",
+                f"{mine['fid_fov']:.2f}" if "fid_fov" in mine else "-",
+                f"{j['fid_fov']:.2f}" if j and "fid_fov" in j else "-", *(
             f"{r['organs'][o]['median']:.0f} ({r['organs'][o]['abs_diff']:.0f}; {r['organs'][o]['iqr_overlap']:.2f})"
             if o in r.get("organs", {}) else "-" for o in ORGANS)]
 
     rows, summary = [], []
     # the baselines are the same in every report: one row each, from the newest report the judge scored
-    base = next((t for t in reversed(translation.values()) if judged(t["histmatch"])), next(iter(translation.values())))
+    base = next((t for t in reversed(translation.values()) if "fid_fov" in (judged(t["histmatch"]) or {})),
+                next((t for t in reversed(translation.values()) if judged(t["histmatch"])), next(iter(translation.values()))))
     for i, (step, t) in enumerate(translation.items()):
         for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:
             r = t if method == "translator" else base
@@ -102,6 +105,13 @@ def translation_record(translation: dict) -> dict:
             summary.append([f"{who} synthetic CT: FID on the judge's features (real vs real; histmatch)",
                             f"{judged(r)['fid']:.2f} ({judged(t['real_vs_real'])['fid']:.2f}; "
                             f"{judged(t['histmatch'])['fid']:.2f})"])
+        fov = [(name, f(r), f(t.get("real_vs_real", {})), f(t["histmatch"])) for name, f in (
+            ("FID", lambda x: x.get("by_features", {}).get("ct-liver", {}).get("fid_fov")),
+            ("judge's FID", lambda x: (judged(x) or {}).get("fid_fov")))]
+        for name, mine, floor_fov, hm in fov:
+            if None not in (mine, floor_fov, hm):
+                summary.append([f"{who} synthetic CT, common field of view: {name} (real vs real; histmatch)",
+                                f"{mine:.2f} ({floor_fov:.2f}; {hm:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
         other = SEED1.get(preset)  # the same preset from another seed: the spread
         if other in translation:
@@ -109,8 +119,9 @@ def translation_record(translation: dict) -> dict:
             summary.append(["`fit mri-ct`, seed 1: Dice; organ HU minus real CTs'",
                             f"{r['dice']:.3f}; {offsets(r, first_pop(translation))}"])
     pop = first_pop(translation)
+    field = f"{base['fov_mm']:.0f} mm" if base.get("fov_mm") else "its side in each report"
     if "real_vs_real" in base:
-        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", "", *cells(base["real_vs_real"])[:4],
+        rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", "", *cells(base["real_vs_real"])[:6],
                      *(f"{pop[o]['median']:.0f} (IQR {pop[o]['iqr'][0]:.0f} to {pop[o]['iqr'][1]:.0f})" for o in ORGANS)])
     return {"title": "Translators judged on real MRIs, no paired CT", "summary": summary,
             "command": f"python benchmarks/shipped_eval.py --only {','.join(translation)},ct_judge,translation",
@@ -124,8 +135,12 @@ def translation_record(translation: dict) -> dict:
                       "layer, against the 15 even-numbered BTCV CTs; real vs real: the 15 odd-numbered ones. Every "
                       "translator is trained through ct-liver, which shapes its features: the judge (ct-liver's "
                       "recipe, another seed, liver, spleen and kidneys; shipped_eval.py --only ct_judge) is a "
-                      "segmenter no translator is trained through; '-': judged before it existed"],
+                      "segmenter no translator is trained through; '-': judged before it existed",
+                      "FID, common field of view: the same slices cropped to the centred square scanned in every slice "
+                      f"of the run ({field}), on each segmenter's features. The whole slices' figures also see where each "
+                      "scan ends: the 10 MRIs share one field of view, the CTs' differ (air beyond the scan); '-': "
+                      "judged before this figure existed"],
             "table": {"columns": ["method", "trained on", "ct-liver Dice, 10 MRIs", "MRIs 15 19 20", "FID", "KID", "FID (judge)",
-                                  "KID (judge)",
+                                  "KID (judge)", "FID, common field of view", "FID (judge), common field of view",
                                   "liver HU (abs. diff; IQR overlap)", "spleen", "right kidney", "left kidney"],
                       "rows": rows}}
