@@ -70,7 +70,7 @@ the data (symbolic links), times the commands and scores the masks against the m
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
   (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT); a
-  step named beside it whose report predates the common field of view's FID is judged again.
+  report that predates the judge or the common field of view's FID is judged again while its translator is kept.
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
   ``VARIANTS``) zero-shot through ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs, with Dice at the
   liver's two ends (``dome``: its top 15 % of slices, ``lowest``: its bottom 15 %) and each run's training time.
@@ -339,9 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             model, out = work / (step if step in RETRAINS else f"fit_{step}"), work / f"translation_{step}.json"
             report = json.loads(out.read_text()) if out.is_file() else None
             scores = (report or {}).get("summary", {}).get("translator", {}).get("by_features", {})
-            if ((model / "model.json").is_file() or run_finished(model)) and (  # not judged yet, or before the judge,
-                    len(scores) < len(judges) or (  # or named and judged before the common field of view's figures
-                        step in steps and not all("fid_fov" in v for v in scores.values()))):
+            if ((model / "model.json").is_file() or run_finished(model)) and (  # not judged yet, or before the judge
+                    len(scores) < len(judges) or not all("fid_fov" in v for v in scores.values())):  # or the common field
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
                        "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
                        str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out),
