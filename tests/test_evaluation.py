@@ -135,9 +135,10 @@ def test_realism_of_identical_slices_is_zero():
     features = DeepFeatures("ct-liver", resolve_device("cpu"))
     x = torch.linspace(-200, 300, 96 * 96).reshape(1, 1, 96, 96).repeat(40, 1, 1, 1)
     x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 30
-    same = realism(features, x, x)
+    r = realism(features, {"same": x, "inverted": -x}, x)
+    same = r["same"]
     assert same["fid"] == pytest.approx(0.0, abs=1e-3) and same["kid"] == pytest.approx(0.0, abs=1e-3)
-    assert realism(features, x, -x)["fid"] > 1.0  # contrast inverted: far from the real slices
+    assert r["inverted"]["fid"] > 1.0  # contrast inverted: far from the real slices
 
 
 def test_unpaired_evaluation_refuses_labels_on_another_grid_writing_nothing(cyclegan_run, phantom_dir, tmp_path,
@@ -179,5 +180,5 @@ def test_realism_in_the_common_field_of_view_ignores_where_each_scan_ends():
     narrow[..., :, :12] = narrow[..., :, 52:] = float("nan")  # a scan 40 voxels wide: NaN beyond it
     side = scanned_field(wide, narrow)
     assert side == 32  # 40 voxels scanned around the centre -> the largest multiple of 16 inside
-    r = realism(DeepFeatures("ct-liver", torch.device("cpu")), narrow, wide, side)
+    r = realism(DeepFeatures("ct-liver", torch.device("cpu")), {"narrow": narrow}, wide, side)["narrow"]
     assert r["fid_fov"] == pytest.approx(0.0, abs=1e-4) and r["fid"] > 10 * max(r["fid_fov"], 1e-4)

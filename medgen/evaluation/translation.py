@@ -139,20 +139,23 @@ def scanned_field(*sets: torch.Tensor, multiple: int = 16) -> int:
     return 2 * half // multiple * multiple
 
 
-def realism(features: DeepFeatures, fake: torch.Tensor, real: torch.Tensor, side: int | None = None) -> dict[str, float]:
-    """FID (MONAI) and KID of two slice sets on the segmenter's deepest features: the whole slices (air beyond the
-    scan), and with ``side`` (``fid_fov``, ``kid_fov``) their centred ``side`` x ``side`` squares, where every scan was
-    scanned: a scanner's field of view, which no translator changes, out of the comparison."""
+def realism(features: DeepFeatures, fakes: dict[str, torch.Tensor], real: torch.Tensor,
+            side: int | None = None) -> dict[str, dict[str, float]]:
+    """Per slice set of ``fakes``, FID (MONAI) and KID against ``real`` on the segmenter's deepest features: on the
+    whole slices (air beyond the scan), and with ``side`` (``fid_fov``, ``kid_fov``) on their centred ``side`` x
+    ``side`` squares, where every scan was scanned: a scanner's field of view, which no translator changes, out of the
+    comparison. The real slices' features are computed once for all the sets."""
+    def views(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, c, h = torch.nan_to_num(x, nan=AIR_HU), x.shape[-1] // 2, (side or 0) // 2
+        return {"": x, **({"_fov": x[..., c - h:c + h, c - h:c + h]} if side else {})}
+
+    reference = {key: features(x) for key, x in views(real).items()}
     out = {}
-    for key, crop in (("", None), ("_fov", side)):
-        if key and not crop:
-            continue
-        a, b = (torch.nan_to_num(x, nan=AIR_HU) for x in (fake, real))
-        if crop:
-            c = a.shape[-1] // 2
-            a, b = (x[..., c - crop // 2:c + crop // 2, c - crop // 2:c + crop // 2] for x in (a, b))
-        f_fake, f_real = features(a), features(b)
-        out.update({f"fid{key}": float(FIDMetric()(f_fake, f_real)), f"kid{key}": kid(f_fake, f_real)})
+    for name, fake in fakes.items():
+        out[name] = {}
+        for key, x in views(fake).items():
+            f = features(x)
+            out[name].update({f"fid{key}": float(FIDMetric()(f, reference[key])), f"kid{key}": kid(f, reference[key])})
     return out
 
 
@@ -222,11 +225,12 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
         summary[method] = {"dice": float(np.mean([r["dice"] for r in mine])), "organs": organs}
     if nets:
         reals = torch.cat(ct_slices[0::2]), torch.cat(ct_slices[1::2])
-        sets = [*((m, torch.cat(fake_slices[m])) for m in methods), ("real_vs_real", reals[1])]
-        side = scanned_field(reals[0], *(x for _, x in sets))
-        for method, fake in sets:
-            scores = {name: realism(net, fake, reals[0], side) for name, net in nets.items()}
-            summary.setdefault(method, {}).update(**scores[judges[0]], by_features=scores)
+        sets = {**{m: torch.cat(fake_slices[m]) for m in methods}, "real_vs_real": reals[1]}
+        side = scanned_field(reals[0], *sets.values())
+        scores = {name: realism(net, sets, reals[0], side) for name, net in nets.items()}
+        for method in sets:
+            mine = {name: by_set[method] for name, by_set in scores.items()}
+            summary.setdefault(method, {}).update(**mine[judges[0]], by_features=mine)
     report = {"translator": str(run), "segmenter": segmenter, "ct_population": population, "summary": summary,
               "realism": {"slices": f"{FEATURE_LEVELS} axial levels over the liver, {FEATURE_SPACING_MM} mm in-plane, "
                                     f"{FEATURE_SIZE}^2; features: the deepest layer of {', '.join(nets)} (fid, kid: "
