@@ -56,9 +56,19 @@ SEED1 = {"mri_ct_pairs_gain": "mri_ct_pairs_seed1", "mri_ct_preset_now": "mri_ct
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
 
+REALISM_COLUMNS = ((False, "fid"), (False, "kid"), (True, "fid"), (True, "kid"), (False, "fid_fov"), (True, "fid_fov"))
+
+
 def judged(r: dict) -> dict | None:
     """FID and KID on the judge's features (no translator is trained through it), or None before it was trained."""
     return next((v for k, v in r.get("by_features", {}).items() if k.endswith(JUDGE)), None)
+
+
+def figure(r: dict, judge: bool, key: str) -> float | None:
+    """One realism figure of a report's method (``key``: fid, kid, fid_fov, kid_fov) on ct-liver's features (reports
+    from before ``by_features`` hold them at the top) or on the judge's; None where it was not measured."""
+    scores = judged(r) if judge else r.get("by_features", {}).get("ct-liver", r)
+    return (scores or {}).get(key)
 
 
 def first_pop(translation: dict) -> dict:
@@ -76,18 +86,16 @@ def offsets(r: dict, pop: dict) -> str:
 def translation_record(translation: dict) -> dict:
     """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
     def cells(r: dict) -> list:
-        j, mine = judged(r), r.get("by_features", {}).get("ct-liver", {})
-        return [f"{r['fid']:.2f}" if "fid" in r else "-", f"{r['kid']:.3f}" if "kid" in r else "-",
-                f"{j['fid']:.2f}" if j else "-", f"{j['kid']:.3f}" if j else "-",
-                f"{mine['fid_fov']:.2f}" if "fid_fov" in mine else "-",
-                f"{j['fid_fov']:.2f}" if j and "fid_fov" in j else "-", *(
+        realism = [figure(r, judge, key) for judge, key in REALISM_COLUMNS]
+        return [*("-" if v is None else f"{v:.{3 if key.startswith('kid') else 2}f}"
+                  for v, (_, key) in zip(realism, REALISM_COLUMNS)), *(
             f"{r['organs'][o]['median']:.0f} ({r['organs'][o]['abs_diff']:.0f}; {r['organs'][o]['iqr_overlap']:.2f})"
             if o in r.get("organs", {}) else "-" for o in ORGANS)]
 
     rows, summary = [], []
     # the baselines are the same in every report: one row each, from the newest report the judge scored
-    base = next((t for t in reversed(translation.values()) if "fid_fov" in (judged(t["histmatch"]) or {})),
-                next((t for t in reversed(translation.values()) if judged(t["histmatch"])), next(iter(translation.values()))))
+    base = max(reversed(list(translation.values())), key=lambda t: [  # the newest with the most figures
+        figure(t["histmatch"], judge, key) is not None for judge, key in ((True, "fid"), (True, "fid_fov"))])
     for i, (step, t) in enumerate(translation.items()):
         for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:
             r = t if method == "translator" else base
@@ -98,22 +106,17 @@ def translation_record(translation: dict) -> dict:
                    if k in translation), None)  # the preset's (mri_ct_pairs_gain: its translator since the ninth stop)
     if preset:
         t = translation[preset]
-        r, floor = t["translator"], t.get("real_vs_real", {}).get("fid", float("nan"))
+        r = t["translator"]
         who = "`fit mri-ct`" if preset.startswith("mri_ct") else "frozen route's"
-        summary.append([f"{who} synthetic CT, 10 MRIs: ct-liver Dice; FID (real vs real; histmatch)",
-                        f"{r['dice']:.3f}; {r.get('fid', float('nan')):.2f} ({floor:.2f}; "
-                        f"{t['histmatch'].get('fid', float('nan')):.2f})"])
-        if judged(r) and judged(t["histmatch"]) and judged(t.get("real_vs_real", {})):
-            summary.append([f"{who} synthetic CT: FID on the judge's features (real vs real; histmatch)",
-                            f"{judged(r)['fid']:.2f} ({judged(t['real_vs_real'])['fid']:.2f}; "
-                            f"{judged(t['histmatch'])['fid']:.2f})"])
-        fov = [(name, f(r), f(t.get("real_vs_real", {})), f(t["histmatch"])) for name, f in (
-            ("FID", lambda x: x.get("by_features", {}).get("ct-liver", {}).get("fid_fov")),
-            ("judge's FID", lambda x: (judged(x) or {}).get("fid_fov")))]
-        for name, mine, floor_fov, hm in fov:
-            if None not in (mine, floor_fov, hm):
-                summary.append([f"{who} synthetic CT, common field of view: {name} (real vs real; histmatch)",
-                                f"{mine:.2f} ({floor_fov:.2f}; {hm:.2f})"])
+        for judge, key, what in ((False, "fid", ", 10 MRIs: ct-liver Dice; FID"),
+                                 (True, "fid", ": FID on the judge's features"),
+                                 (False, "fid_fov", ", common field of view: FID"),
+                                 (True, "fid_fov", ", common field of view: judge's FID")):
+            mine, floor, hm = (figure(x, judge, key) for x in (r, t.get("real_vs_real", {}), t["histmatch"]))
+            if None not in (mine, floor, hm):  # each beside real vs real and histmatch
+                dice = f"{r['dice']:.3f}; " if "Dice" in what else ""
+                summary.append([f"{who} synthetic CT{what} (real vs real; histmatch)",
+                                f"{dice}{mine:.2f} ({floor:.2f}; {hm:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
         other = SEED1.get(preset)  # the same preset from another seed: the spread
         if other in translation:
