@@ -115,7 +115,10 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
         assert list(r["by_features"]) == ["ct-liver", "mri-liver"]
         assert (r["fid"], r["kid"]) == (r["by_features"]["ct-liver"]["fid"], r["by_features"]["ct-liver"]["kid"])
         assert r["fid"] >= 0.0 and np.isfinite(r["kid"]) and r["by_features"]["mri-liver"]["fid"] != r["fid"]
-        assert r["by_features"]["ct-liver"]["fid_fov"] >= 0.0 and np.isfinite(r["by_features"]["mri-liver"]["kid_fov"])
+        # the common field's figures: the whole slices' where it spans them (384 mm), others where it does not
+        fov_fid = r["by_features"]["ct-liver"]["fid_fov"]
+        assert (fov_fid == r["fid"]) == (report["realism"]["fov_mm"] == 384)
+        assert np.isfinite(r["by_features"]["mri-liver"]["kid_fov"])
         assert f"{method}: " in printed and "(mri-liver)" in printed.split(f"{method}: ", 1)[1].splitlines()[0]
     assert report["summary"]["identity"]["fid"] > report["summary"]["real_vs_real"]["fid"]  # a raw MRI is no CT
     fov = report["realism"]["fov_mm"]  # the common field: a multiple of 16 voxels of 2 mm, inside the 384 mm slices
