@@ -79,7 +79,21 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     "mri_ct_pairs_gan_quarter": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=2.5", "loss.lambda_gan=0.25"]),
     # the preset's pairs stage with its PatchGAN at a quarter weight: at weight 1 the common field's FID was the best
     # yet (0.23 / 0.16) but the spleen 39 HU off; does a lighter GAN keep the HU and part of the realism?
+    "mri_ct_pairs_gan_hold": ("mri_ct_pairs", "translator_pairs", [
+        "pairs.organ_gain=2.5", "loss.lambda_gan=1", "train.init={work}/mri_ct_pairs_gain",
+        "loss.hold={work}/mri_ct_pairs_gain", "loss.lambda_hold=10", "loss.hold_sigma=2"]),  # the preset's translator
+    # trained on with the PatchGAN at full weight, its MRI outputs held to the preset's own below 4 mm (a Gaussian of
+    # 2 voxels): the GAN's texture (common field FID 0.23 / 0.16) without its drift in the organs' HU?
 }
+
+
+def retrains_used(sets: list[str]) -> list[str]:
+    """The RETRAINS steps whose runs a step's keys name (``{work}/STEP``: shipped_eval's work folder).
+
+    >>> retrains_used(["loss.lambda_gan=1", "train.init={work}/mri_ct_pairs_gain"])
+    ['mri_ct_pairs_gain']
+    """
+    return [kv.split("{work}/", 1)[1] for kv in sets if "{work}/" in kv]
 
 
 def trained_on(step: str, cts: int, mris: int) -> str:

@@ -100,7 +100,7 @@ from results_doc import write_record
 from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_matched, link_cases, medgen
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 from shipped_record import CT2MRI_SEGMENTERS, CT2MRI_SOURCES, record, write_cards
-from fit_steps import CT_FITS, RETRAINS, UNLABELLED_FITS, trained_on
+from fit_steps import CT_FITS, RETRAINS, UNLABELLED_FITS, retrains_used, trained_on
 from translation_record import translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         if step in steps and not run_finished(work / step):
             if not (work / f"fit_{fit}" / "model.json").is_file():
                 raise SystemExit(f"shipped_eval: {step} trains step {fit}'s {stage} again (--only {fit} first)")
+            for other in retrains_used(sets):  # a key naming another RETRAINS step's run: that run first
+                if not run_finished(work / other):
+                    raise SystemExit(f"shipped_eval: {step} starts from step {other}'s run (--only {other} first)")
             medgen("train", str(work / f"fit_{fit}" / stage / "config.yaml"), "--out", str(work / step),
-                   *[a for kv in sets for a in ("--set", kv)], log=log)
+                   *[a for kv in sets for a in ("--set", kv.format(work=work))], log=log)
     if "ct2mri" in steps:  # fit mri-ct's CT -> MRI translators: segmenters trained on their MRIs of the 25 CTs alone
         cts, labels = ct_train_folders()
         keys = args.segmenters.split(",") if args.segmenters else list(CT2MRI_SEGMENTERS)

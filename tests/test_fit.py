@@ -386,6 +386,38 @@ def test_synthct_liver_loss_pulls_the_mris_liver_to_the_cts_level():
         setup(SynthCTConfig(loss=SynthCTLossConfig(lambda_liver=1.0)), torch.device("cpu"))
 
 
+def test_synthct_hold_keeps_the_mris_outputs_near_a_frozen_translators_at_the_coarse_scale():
+    """lambda_hold: the L1 between the target MRIs' outputs and the holder's, both blurred (hold_sigma voxels): a
+    constant offset counts whole, a checkerboard (texture) barely; the painted CTs' outputs never; refused without a
+    holder run and without target MRIs."""
+    from medgen.engines.synthct import HAS_CT, setup, synthct_step
+    from medgen.errors import MedgenError
+    from medgen.keys import Keys
+    from medgen.models.synthct import SynthCTConfig, SynthCTLossConfig
+
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0), net.bias.fill_(0.0)  # the output is the input
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 0.8 - 0.4  # +-0.4, mean 0
+    x = torch.stack([torch.full((1, 16, 16), 0.9), 0.1 + checker[None]])  # a painted CT, an MRI with texture
+    batch = {Keys.MRI: x, Keys.IMAGE: torch.zeros(2, 1, 16, 16), Keys.LABEL: torch.zeros(2, 1, 16, 16),
+             HAS_CT: torch.tensor([[1.0], [0.0]])}
+
+    def run(holder):
+        loss = SynthCTLossConfig(1.0, 0.0, lambda_hold=2.0, hold="runs/t", hold_sigma=2.0)
+        return synthct_step(net, torch.optim.SGD(net.parameters(), lr=0.0), loss, torch.device("cpu"),
+                            holder=holder)(None, batch)
+
+    out = run(lambda mri: torch.full_like(mri, -0.2))  # a flat holder 0.3 below the MRI output's mean
+    assert out["hold"] == pytest.approx(0.3, abs=0.02)  # the checkerboard blurred away; the painted CT's 0.9 unseen
+    assert out["loss"] == pytest.approx(out["l1"] + 2.0 * out["hold"], rel=1e-5)
+    assert run(lambda mri: torch.full_like(mri, 0.1))["hold"] < 0.02  # the same coarse image: texture is free
+    with pytest.raises(ValueError, match="hold"):
+        SynthCTLossConfig(lambda_hold=1.0)
+    with pytest.raises(MedgenError, match="lambda_hold"):
+        setup(SynthCTConfig(loss=SynthCTLossConfig(lambda_hold=1.0, hold="runs/t")), torch.device("cpu"))
+
+
 def test_synthct_synthetic_pairs_replace_a_ct_samples_painted_input_by_its_rendering():
     """pairs: with chance pairs_prob a CT sample's input is the renderer's output on its real CT (not its painted copy),
     under the same L1 to that CT; the MRI samples are never rendered; organ gains on every structure, or on the

@@ -16,7 +16,9 @@ the output's mean inside the target MRIs' liver is pulled to the CTs' liver leve
 contrast by it as their input instead of the painted copy: synthetic pairs, under the same L1 to the real CT (with
 ``pairs.organ_gain`` > 1 each structure of the rendering scaled by its own random gain, :func:`structure_gains`;
 ``pairs.gain_on=organs``: the labelled organs alone);
-``loss.gan_on=pairs`` puts the PatchGAN on their outputs instead, where the L1 holds the HU (pix2pix-like).
+``loss.gan_on=pairs`` puts the PatchGAN on their outputs instead, where the L1 holds the HU (pix2pix-like). With
+``loss.lambda_hold`` > 0 the target MRIs' outputs are held to a frozen translator's (``loss.hold``) after both are
+blurred (``loss.hold_sigma`` voxels): its HU and organs kept at the coarse scale, the texture above it free.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss, LocalNormalizedCrossCorrelationLoss
+from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.transforms import Compose, CopyItemsd
 from torch.optim.swa_utils import AveragedModel
 
@@ -109,17 +112,22 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
                  ema: AveragedModel | None = None, disc: torch.nn.Module | None = None,
                  opt_d: torch.optim.Optimizer | None = None, level: float | None = None,
                  renderer: torch.nn.Module | None = None, pairs_prob: float = 0.0, organ_gain: float = 1.0,
-                 organs_only: bool = False):
-    """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure", "liver", "pairs"[, "gan", "loss_d"]}``
+                 organs_only: bool = False, holder: torch.nn.Module | None = None):
+    """Training step ``(engine, batch) -> {"loss", "l1", "seg", "structure", "liver", "hold", "pairs"[, "gan",
+    "loss_d"]}``
     (``ema``: a weight average of ``net``, updated after each step; ``disc``/``opt_d``: the discriminator of
     ``loss_cfg.lambda_gan``; ``level``: the CTs' liver level, which the output's mean inside the target MRIs' liver
     is pulled to with ``loss_cfg.lambda_liver``; ``renderer``: a CT -> MRI function whose rendering of the CT replaces
     the painted input of each CT sample with chance ``pairs_prob``, each of its structures (the batch's generation
     labels) scaled by a gain from :func:`structure_gains` with ``organ_gain`` > 1, the labelled organs' alone with
-    ``organs_only``; "pairs": how many did)."""
+    ``organs_only``; "pairs": how many did; ``holder``: the frozen translator of ``loss_cfg.lambda_hold``)."""
     scaler = scaler or grad_scaler(device, "none")
     dice = DiceLoss()
     lncc = functools.cache(lambda dims: LocalNormalizedCrossCorrelationLoss(dims, loss_cfg.structure_kernel))
+    kernel = gaussian_1d(torch.tensor(loss_cfg.hold_sigma), normalize=True).to(device)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:  # a Gaussian on every spatial axis, the edges replicated
+        return separable_filtering(x, [kernel] * (x.dim() - 2), mode="replicate")
 
     def judged(fake: torch.Tensor, has_ct: torch.Tensor) -> torch.Tensor:
         """What the discriminator and the structure loss judge: the target MRIs' samples, or every one without them."""
@@ -166,6 +174,12 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             if bool(inside.any()):
                 hu = (fake[inside].mean() - level).abs()
                 loss = loss + loss_cfg.lambda_liver * hu
+        held = torch.zeros(())
+        if holder is not None and bool((has_ct == 0).any()):  # the target MRIs' outputs, coarse scale, to the holder's
+            with torch.no_grad(), autocast(device, amp):
+                anchor = holder(x[has_ct == 0])
+            held = (blur(fake[has_ct == 0]) - blur(anchor.float())).abs().mean()
+            loss = loss + loss_cfg.lambda_hold * held
         gan = loss_d = faked = None
         if disc is not None:  # what the discriminator judges
             faked = fake[pick] if loss_cfg.gan_on == "pairs" else judged(fake, has_ct)
@@ -184,7 +198,8 @@ def synthct_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_cfg, dev
             ema.update_parameters(net)
         extra = {} if disc is None else {"gan": logged(gan), "loss_d": logged(loss_d)}  # 0: nothing judged
         return {"loss": loss.item(), "l1": l1.item(), "seg": float(seg.detach()),
-                "structure": float(structure.detach()), "liver": float(hu.detach()), "pairs": int(pick.sum()), **extra,
+                "structure": float(structure.detach()), "liver": float(hu.detach()), "hold": float(held.detach()),
+                "pairs": int(pick.sum()), **extra,
                 "visuals": {Keys.MRI: x[:1].detach(), Keys.FAKE_CT: fake[:1].detach(), Keys.CT: ct[:1].detach()}}
 
     return step
@@ -268,6 +283,9 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
     if cfg.loss.gan_on == "pairs" and not cfg.pairs.ct2mri:
         raise MedgenError(cfg.pairs.ct2mri, f"loss.gan_on must be mri, or pairs with pairs.ct2mri set, not "
                                             f"{cfg.loss.gan_on!r}")
+    if cfg.loss.lambda_hold > 0 and not mris:
+        raise MedgenError(cfg.loss.hold, "loss.lambda_hold holds the target MRIs' outputs to this translator's: set "
+                                         "target.images and target.ratio > 0")
     if cfg.segmenter and cfg.loss.lambda_seg > 0 and not cfg.loss.seg_painted and not mris:
         raise MedgenError(cfg.data.images, "loss.seg_painted=false puts the segmentation loss on the target MRIs alone: "
                                            "set target.images and target.ratio > 0")
@@ -299,8 +317,10 @@ def setup(cfg: SynthCTConfig, device: torch.device) -> TaskSetup:
         raise MedgenError(cfg.data.labels, "loss.lambda_liver: no CT has a liver (class 1) in its labels")
     renderer = None if not cfg.pairs.ct2mri else FrozenTranslator(cfg.pairs.ct2mri, cfg.preprocess.ct_window, device,
                                                                    "ct2mri").to(device)
+    holder = None if cfg.loss.lambda_hold <= 0 else FrozenTranslator(cfg.loss.hold, cfg.preprocess.ct_window, device
+                                                                      ).to(device)
     step = synthct_step(net, opt, cfg.loss, device, frozen, cfg.train.amp, scaler, ema, disc, opt_d, level, renderer,
-                        cfg.pairs.prob, cfg.pairs.organ_gain, cfg.pairs.gain_on == "organs")
+                        cfg.pairs.prob, cfg.pairs.organ_gain, cfg.pairs.gain_on == "organs", holder)
     norm = norm_artifact([], [cfg.preprocess.ct_window])
     to_save = {"G": net, "opt": opt, "scaler": scaler, **({"G" + EMA_SUFFIX: ema} if ema is not None else {}),
                **({"D": disc, "opt_d": opt_d} if disc is not None else {})}

@@ -43,10 +43,19 @@ class SynthCTLossConfig:
     # weight of |the output's mean inside the target MRIs' (pseudo-labelled) liver - the CTs' liver level| (the median
     # over the CTs of their liver's mean, in the CT window's units): the liver's HU anchored where no CT is there (0: off)
     lambda_liver: float = 0.0
+    # weight of the L1 between the target MRIs' outputs and a frozen translator's (``hold``: a medgen mri2ct translator
+    # run), both blurred by a Gaussian of ``hold_sigma`` voxels: that translator's HU and organs held at the coarse
+    # scale, the finer texture (a PatchGAN's) left free (0: off)
+    lambda_hold: float = 0.0
+    hold: str | None = None
+    hold_sigma: float = 2.0
 
     def __post_init__(self) -> None:
         if self.gan_on not in ("mri", "pairs"):
             raise ValueError("gan_on", f"must be mri or pairs, not {self.gan_on!r}")
+        if self.lambda_hold > 0 and not (self.hold and self.hold_sigma > 0):
+            raise ValueError("hold", "lambda_hold > 0 holds the outputs to a translator: set loss.hold to its run "
+                                     f"and loss.hold_sigma > 0 (not {self.hold!r}, {self.hold_sigma})")
 
 
 @dataclass
