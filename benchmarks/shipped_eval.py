@@ -71,6 +71,8 @@ the data (symbolic links), times the commands and scores the masks against the m
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
   (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT); a
   report that predates the judge or the common field of view's FID is judged again while its translator is kept.
+  The preset's translators (``BOOTSTRAP_STEPS``, both seeds) get 95 % intervals of their FIDs and of their FID minus
+  histmatch's over ``BOOTSTRAP`` resamples of the MRIs and CTs (``--bootstrap``): the FID floor's verdict.
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
   ``VARIANTS``) zero-shot through ``medgen pipeline mri-liver --segmenter RUN`` on the 10 MRIs, with Dice at the
   liver's two ends (``dome``: its top 15 % of slices, ``lowest``: its bottom 15 %) and each run's training time.
@@ -112,6 +114,8 @@ CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic 
 # A second judge of realism, chosen before measuring with it: ct-liver's recipe on the same 25 CTs, another seed, the
 # four organs whose HU are judged (BTCV liver 6, spleen 1, kidneys 2 3). No translator is ever trained through it
 # (they are trained through ct-liver, whose own features then judge the outputs made for them).
+BOOTSTRAP, BOOTSTRAP_STEPS = 200, ("mri_ct_pairs_gain", "mri_ct_pairs_seed1")  # the preset's translator, both seeds:
+# 95 % intervals of their FIDs over 200 resamples of the MRIs and CTs (the FID floor's verdict with its uncertainty)
 JUDGE_SETS = ["data.label_map={6: 1, 1: 2, 2: 3, 3: 4}", "train.seed=1", "train.iterations=3000"]
 
 
@@ -342,19 +346,22 @@ def main(argv: list[str] | None = None) -> int:
             model, out = work / (step if step in RETRAINS else f"fit_{step}"), work / f"translation_{step}.json"
             report = json.loads(out.read_text()) if out.is_file() else None
             scores = (report or {}).get("summary", {}).get("translator", {}).get("by_features", {})
+            boot = ["--bootstrap", str(BOOTSTRAP)] if step in BOOTSTRAP_STEPS else []
             if ((model / "model.json").is_file() or run_finished(model)) and (  # not judged yet, or before the judge
-                    len(scores) < len(judges) or not all("fid_fov" in v for v in scores.values())):  # or the common field
+                    len(scores) < len(judges) or not all("fid_fov" in v for v in scores.values())  # or the common field
+                    or (boot and not all("fid_delta_ci" in v for v in scores.values()))):  # or the intervals
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
                        "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
                        str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out),
-                       *[a for j in judges for a in ("--features", j)], log=log)
+                       *[a for j in judges for a in ("--features", j)], *boot, log=log)
                 report = json.loads(out.read_text())
             if report:
                 results.setdefault("translation", {})[step] = {
                     **report["summary"], "held_out_dice": {m: mean({r["case"]: r["dice"] for r in report["cases"]
                                                                     if r["method"] == m}, HELD_OUT)
                                                            for m in ("translator", "identity", "histmatch")},
-                    "ct_population": report["ct_population"], "fov_mm": (report.get("realism") or {}).get("fov_mm")}
+                    "ct_population": report["ct_population"], "fov_mm": (report.get("realism") or {}).get("fov_mm"),
+                    "bootstrap": (report.get("realism") or {}).get("bootstrap", 0)}
         for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
             t["trained_on"] = trained_on(step, len(TRAIN_CTS), len(TRAIN))
         if results.get("translation"):

@@ -85,6 +85,17 @@ def offsets(r: dict, pop: dict) -> str:
                      if o in r["organs"])
 
 
+def delta_intervals(r: dict) -> str:
+    """A translator's FID minus histmatch's as 95 % intervals, on whole slices and in the common field of view, on
+    ct-liver's features and the judge's: "whole slices [+0.01, +0.26]; [...]; common field of view ..."."""
+    def cell(judge: bool, key: str) -> str:
+        scores = judged(r) if judge else r.get("by_features", {}).get("ct-liver", {})
+        lo, hi = scores[f"{key}_delta_ci"]["histmatch"]
+        return f"[{lo:+.2f}, {hi:+.2f}]"
+    return "; ".join(f"{what} {cell(False, key)}; {cell(True, key)}"
+                     for key, what in (("fid", "whole slices"), ("fid_fov", "common field of view")))
+
+
 def translation_record(translation: dict) -> dict:
     """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
     def cells(r: dict) -> list:
@@ -120,6 +131,9 @@ def translation_record(translation: dict) -> dict:
                 summary.append([f"{who} synthetic CT{what} (real vs real; histmatch)",
                                 f"{dice}{mine:.2f} ({floor:.2f}; {hm:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
+        if (judged(r) or {}).get("fid_delta_ci", {}).get("histmatch"):  # the floor's verdict with its uncertainty
+            summary.append([f"{who} synthetic CT: FID minus histmatch's, 95 % interval over {t.get('bootstrap')} "
+                            "resamples of the MRIs and CTs (ct-liver; judge)", delta_intervals(r)])
         other = SEED1.get(preset)  # the same preset from another seed: the spread
         if other in translation:
             r = translation[other]["translator"]

@@ -139,11 +139,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not (args.mri_labels and args.ct_labels):
             raise MedgenError(None, "--unpaired needs --mri-labels (organ masks of the MRIs) and --ct-labels")
         report = translation.evaluate_unpaired(args.run, args.mri, args.mri_labels, args.ct, args.ct_labels,
-                                               args.segmenter, args.device, args.out, args.features)
+                                               args.segmenter, args.device, args.out, args.features, args.bootstrap)
         for method, r in report["summary"].items():
-            realism = "; ".join(f"FID {v['fid']:.2f}, KID {v['kid']:.4f}" + (
-                f", common field of view FID {v['fid_fov']:.2f}" if "fid_fov" in v else "") + f" ({name})"
-                for name, v in r.get("by_features", {}).items())
+            realism = "; ".join(f"FID {v['fid']:.2f}" + (" [{:.2f}, {:.2f}]".format(*v["fid_ci"]) if "fid_ci" in v else "")
+                                + f", KID {v['kid']:.4f}" + (f", common field of view FID {v['fid_fov']:.2f}" if "fid_fov"
+                                                             in v else "") + f" ({name})"
+                                for name, v in r.get("by_features", {}).items())
             if "dice" not in r:  # real_vs_real: the realism floor
                 print(f"{method}: {realism}")
                 continue

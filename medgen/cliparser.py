@@ -269,6 +269,8 @@ def _evaluation_commands(add: Callable) -> None:
     e.add_argument("--segmenter", default="ct-liver", help="--unpaired: the frozen CT segmenter (default ct-liver)")
     e.add_argument("--features", action="append", metavar="SEG", help="--unpaired: a medgen segmenter run whose "
                    "deepest features score FID/KID (repeatable; default --segmenter; the first gives fid and kid)")
+    e.add_argument("--bootstrap", type=_positive, default=0, metavar="N", help="--unpaired: 95%% intervals of the FIDs over "
+                   "N resamples of the MRIs and CTs, and of each method's FID minus the others' (default 0: off)")
     _add_device(e)
     e.add_argument("--out", help="report path without extension (default RUN/translation_eval; --unpaired: a .json)")
     e = ev.add_parser("synthesis", help="FID/KID, MS-SSIM diversity, label plausibility of a synthesizer")

@@ -93,7 +93,7 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
     out = tmp_path / "report.json"
     assert main(["evaluate", "translation", "--unpaired", "--run", str(cyclegan_run), "--mri", str(phantom_dir / "mri"),
                  "--mri-labels", str(chaos), "--ct", str(phantom_dir / "ct"), "--ct-labels", str(btcv),
-                 "--out", str(out), "--features", "ct-liver", "--features", "mri-liver"]) == 0
+                 "--out", str(out), "--features", "ct-liver", "--features", "mri-liver", "--bootstrap", "4"]) == 0
     report = json.loads(out.read_text())
     cases = len(list((phantom_dir / "mri").glob("*.nii.gz")))
     methods = ["histmatch", "identity", "translator"]
@@ -121,6 +121,13 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
         assert np.isfinite(r["by_features"]["mri-liver"]["kid_fov"])
         assert f"{method}: " in printed and "(mri-liver)" in printed.split(f"{method}: ", 1)[1].splitlines()[0]
     assert report["summary"]["identity"]["fid"] > report["summary"]["real_vs_real"]["fid"]  # a raw MRI is no CT
+    # the bootstrap: an interval per FID; differences between the methods on the same MRIs, not to real vs real
+    for method in methods:
+        r = report["summary"][method]["by_features"]["mri-liver"]
+        assert r["fid_ci"][0] <= r["fid_ci"][1] and r["fid_fov_ci"][0] <= r["fid_fov_ci"][1]
+        assert sorted(r["fid_delta_ci"]) == sorted(set(methods) - {method})
+    assert report["summary"]["real_vs_real"]["by_features"]["ct-liver"]["fid_delta_ci"] == {}
+    assert report["realism"]["bootstrap"] == 4 and "FID, 95 % interval (ct-liver)" in (tmp_path / "report.html").read_text()
     fov = report["realism"]["fov_mm"]  # the common field: a multiple of 16 voxels of 2 mm, inside the 384 mm slices
     assert fov % 32 == 0 and 32 <= fov <= 384 and f"{fov:.0f} mm square" in report["realism"]["slices"]
     pictures = sorted((tmp_path / "report_qc").glob("*.png"))
@@ -142,6 +149,28 @@ def test_realism_of_identical_slices_is_zero():
     same = r["same"]
     assert same["fid"] == pytest.approx(0.0, abs=1e-3) and same["kid"] == pytest.approx(0.0, abs=1e-3)
     assert r["inverted"]["fid"] > 1.0  # contrast inverted: far from the real slices
+
+
+def test_bootstrap_fid_resamples_cases_and_pairs_the_sets_on_the_same_cases():
+    """Cases that are all alike give the same FID in every resample (the interval is the FID); two sets on the same
+    cases are resampled together (their difference's interval is exactly 0 for equal features); a set on other cases
+    gets no difference."""
+    from monai.metrics import FIDMetric
+
+    from medgen.evaluation.translation import bootstrap_fid
+
+    g = torch.Generator().manual_seed(0)
+    case = torch.randn(3, 8, generator=g)  # one case: three slices of 8 features
+    alike = case.repeat(4, 1)  # four identical cases
+    ref = (torch.randn(3, 8, generator=g) + 1).repeat(5, 1)
+    varied = torch.randn(12, 8, generator=g)
+    groups = {"alike": np.repeat(np.arange(4), 3), "twin": np.repeat(np.arange(4), 3), "other": np.repeat(np.arange(6), 2),
+              "real": np.repeat(np.arange(5), 3)}
+    out = bootstrap_fid({"alike": alike, "twin": alike.clone(), "other": varied}, ref, groups, draws=20)
+    fid = float(FIDMetric()(alike, ref))
+    assert out["alike"][0] == pytest.approx([fid, fid], rel=1e-4)
+    assert out["alike"][1] == {"twin": [0.0, 0.0]} and out["twin"][1] == {"alike": [0.0, 0.0]}
+    assert out["other"][1] == {} and out["other"][0][0] < out["other"][0][1]  # its 6 cases differ: the FID varies
 
 
 def test_unpaired_evaluation_refuses_labels_on_another_grid_writing_nothing(cyclegan_run, phantom_dir, tmp_path,

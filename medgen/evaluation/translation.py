@@ -139,24 +139,60 @@ def scanned_field(*sets: torch.Tensor, multiple: int = 16) -> int:
     return 2 * half // multiple * multiple
 
 
-def realism(features: DeepFeatures, fakes: dict[str, torch.Tensor], real: torch.Tensor,
-            side: int | None = None) -> dict[str, dict[str, float]]:
+def realism(features: DeepFeatures, fakes: dict[str, torch.Tensor], real: torch.Tensor, side: int | None = None,
+            groups: dict[str, np.ndarray] | None = None, draws: int = 0, seed: int = 0) -> dict[str, dict]:
     """Per slice set of ``fakes``, FID (MONAI) and KID against ``real`` on the segmenter's deepest features: on the
     whole slices (air beyond the scan), and with ``side`` (``fid_fov``, ``kid_fov``) on their centred ``side`` x
     ``side`` squares, where every scan was scanned: a scanner's field of view, which no translator changes, out of the
-    comparison. The real slices' features are computed once for all the sets."""
+    comparison. The real slices' features are computed once for all the sets.
+
+    With ``groups`` (each slice's case, per set name and under ``"real"`` for ``real``) and ``draws`` > 0, the FIDs'
+    uncertainty over the cases (:func:`bootstrap_fid`): ``fid_ci`` (``fid_fov_ci``), a 95 % interval, and
+    ``fid_delta_ci`` (``fid_fov_delta_ci``), per other set resampled with it, the interval of FID(set) - FID(other)."""
     def views(x: torch.Tensor) -> dict[str, torch.Tensor]:
         x, c, h = torch.nan_to_num(x, nan=AIR_HU), x.shape[-1] // 2, (side or 0) // 2
         return {"": x, **({"_fov": x[..., c - h:c + h, c - h:c + h]} if side else {})}
 
     reference = {key: features(x) for key, x in views(real).items()}
-    out = {}
-    for name, fake in fakes.items():
-        out[name] = {}
-        for key, x in views(fake).items():
-            f = features(x)
-            out[name].update({f"fid{key}": float(FIDMetric()(f, reference[key])), f"kid{key}": kid(f, reference[key])})
+    feats = {name: {key: features(x) for key, x in views(fake).items()} for name, fake in fakes.items()}
+    out = {name: {k: v for key, f in by_view.items()
+                  for k, v in ((f"fid{key}", float(FIDMetric()(f, reference[key]))), (f"kid{key}", kid(f, reference[key])))}
+           for name, by_view in feats.items()}
+    if groups and draws > 0:
+        for key in reference:
+            intervals = bootstrap_fid({n: f[key] for n, f in feats.items()}, reference[key], groups, draws, seed)
+            for name, (ci, delta) in intervals.items():
+                out[name].update({f"fid{key}_ci": ci, f"fid{key}_delta_ci": delta})
     return out
+
+
+def case_resample(cases: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The slice indices of a bootstrap resample of the cases (each slice's case in ``cases``), drawn with replacement.
+
+    >>> case_resample(np.array([0, 0, 1]), np.random.default_rng(0)).tolist() in ([0, 1, 0, 1], [0, 1, 2], [2, 0, 1], [2, 2])
+    True
+    """
+    ids = np.unique(cases)
+    return np.concatenate([np.flatnonzero(cases == c) for c in rng.choice(ids, len(ids))])
+
+
+def bootstrap_fid(feats: dict[str, torch.Tensor], reference: torch.Tensor, groups: dict[str, np.ndarray],
+                  draws: int, seed: int = 0) -> dict[str, tuple[list[float], dict[str, list[float]]]]:
+    """Per set of ``feats`` (features per slice), the 2.5 and 97.5 percentiles of its FID against ``reference`` over
+    ``draws`` resamples of the cases (:func:`case_resample`; the reference's cases, ``groups["real"]``, resampled in
+    each draw too), and of FID(set) - FID(other) for each other set with the same cases (the methods on the same
+    MRIs: resampled together, a paired comparison)."""
+    rng = np.random.default_rng(seed)
+    same = {n: [m for m in feats if m != n and np.array_equal(groups[m], groups[n])] for n in feats}
+    fids = {n: [] for n in feats}
+    for _ in range(draws):
+        ref = reference[case_resample(groups["real"], rng)]
+        picks: dict[bytes, np.ndarray] = {}  # one resample per grouping: sets on the same cases share it
+        for name, f in feats.items():
+            pick = picks.setdefault(groups[name].tobytes(), case_resample(groups[name], rng))
+            fids[name].append(float(FIDMetric()(f[pick], ref)))
+    pct = lambda v: [float(q) for q in np.percentile(v, (2.5, 97.5))]  # noqa: E731
+    return {n: (pct(fids[n]), {m: pct(np.subtract(fids[n], fids[m])) for m in same[n]}) for n in feats}
 
 
 def histogram_matched(mri: np.ndarray, reference_ct: np.ndarray) -> np.ndarray:
@@ -170,7 +206,7 @@ def histogram_matched(mri: np.ndarray, reference_ct: np.ndarray) -> np.ndarray:
 
 def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, ct: str | Path,
                       ct_labels: str | Path, segmenter: str = "ct-liver", device: str = "auto",
-                      out: str | Path | None = None, features: list[str] | None = None) -> dict:
+                      out: str | Path | None = None, features: list[str] | None = None, bootstrap: int = 0) -> dict:
     """``medgen evaluate translation --unpaired``: a translator judged on real MRIs with no paired CT, beside the
     identity and histogram-matching baselines in the same run.
 
@@ -181,6 +217,8 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
       against the even-numbered real CTs' on the deepest features of each of ``features`` (default: the segmenter),
       beside the odd-numbered real CTs' (real vs real), under ``by_features``; ``fid`` and ``kid``: the first's. A
       translator trained through the segmenter shapes that segmenter's features: judge it with another one too.
+      With ``bootstrap`` > 0, 95 % intervals of the FIDs over that many resamples of the MRIs and real CTs
+      (:func:`bootstrap_fid`), and of each FID's difference to the other methods' on the same MRIs.
 
     Writes ``OUT`` (.json), ``OUT.html`` and per case ``OUT_qc/CASE.png``: MRI | synthetic CT | a real CT at the
     same relative level of the liver (upper and lower), the organs outlined.
@@ -226,8 +264,11 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
     if nets:
         reals = torch.cat(ct_slices[0::2]), torch.cat(ct_slices[1::2])
         sets = {**{m: torch.cat(fake_slices[m]) for m in methods}, "real_vs_real": reals[1]}
+        case_of = lambda parts: np.repeat(np.arange(len(parts)), [len(p) for p in parts])  # noqa: E731
+        groups = {**{m: case_of(fake_slices[m]) for m in methods}, "real_vs_real": case_of(ct_slices[1::2]),
+                  "real": case_of(ct_slices[0::2])}
         side = scanned_field(reals[0], *sets.values())
-        scores = {name: realism(net, sets, reals[0], side) for name, net in nets.items()}
+        scores = {name: realism(net, sets, reals[0], side, groups, bootstrap) for name, net in nets.items()}
         for method in sets:
             mine = {name: by_set[method] for name, by_set in scores.items()}
             summary.setdefault(method, {}).update(**mine[judges[0]], by_features=mine)
@@ -237,7 +278,9 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
                                     f"{judges[0]}'s); reference: the even-numbered real CTs, real_vs_real: the "
                                     f"odd-numbered ones; fid_fov, kid_fov: the centred {side * FEATURE_SPACING_MM:.0f} "
                                     "mm square scanned in every slice (the whole slices' figures see each scan's field "
-                                    "of view)", "fov_mm": side * FEATURE_SPACING_MM} if nets else None,
+                                    "of view); fid_ci, fid_delta_ci: 95 % intervals over resamples of the MRIs and "
+                                    "real CTs", "fov_mm": side * FEATURE_SPACING_MM, "bootstrap": bootstrap}
+              if nets else None,
               "cases": rows}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     write_unpaired_html(report, path.with_suffix(".html"), qc_dir)
@@ -265,6 +308,9 @@ def write_unpaired_html(report: dict, path: Path, qc_dir: Path) -> Path:
             row.update({f"FID ({name})": v["fid"], f"KID ({name})": v["kid"]})
             if "fid_fov" in v:
                 row.update({f"FID, common field of view ({name})": v["fid_fov"]})
+            for key, label in (("fid_ci", "FID"), ("fid_fov_ci", "FID, common field of view")):
+                if key in v:
+                    row[f"{label}, 95 % interval ({name})"] = "{:.2f} to {:.2f}".format(*v[key])
         for name, _, _ in ORGANS:
             o = r.get("organs", {}).get(name)
             row[f"{name} median HU (|diff|)"] = f"{o['median']:.0f} ({o['abs_diff']:.0f})" if o else ""
