@@ -63,7 +63,7 @@ def main() -> int:
         (fc, ff), (hc, hf) = split(fake, sigma), split(hm, sigma)
         sets[f"synthetic CT coarse + histmatch fine, sigma {sigma:g}"] = (fc + hf).masked_fill(outside, float("nan"))
         sets[f"histmatch coarse + synthetic CT fine, sigma {sigma:g}"] = (hc + ff).masked_fill(outside, float("nan"))
-    side = scanned_field(real, *sets.values())
+    side = scanned_field(real, torch.cat(ct_slices[1::2]), *sets.values())  # the evaluation's field (real vs real's too)
     judges = {"ct-liver": "ct-liver", "judge": str(work / JUDGE)}
     scores = {name: realism(DeepFeatures(path, torch.device("cpu")), sets, real, side) for name, path in judges.items()}
     rows = [[name, *(f"{scores[j][name][k]:.2f}" for k in ("fid", "fid_fov") for j in judges)] for name in sets]
