@@ -84,6 +84,8 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
         "loss.hold={work}/mri_ct_pairs_gain", "loss.lambda_hold=10", "loss.hold_sigma=2"]),  # the preset's translator
     # trained on with the PatchGAN at full weight, its MRI outputs held to the preset's own below 4 mm (a Gaussian of
     # 2 voxels): the GAN's texture (common field FID 0.23 / 0.16) without its drift in the organs' HU?
+    "mri_ct_pairs_gain4": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=4"]),  # the preset's pairs stage with
+    # gains in [0.25, 4], not [0.4, 2.5]: MRI 15's iron-dark liver and spleen (held out, the weakest case) inside the range?
 }
 
 
