@@ -114,7 +114,8 @@ CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic 
 # A second judge of realism, chosen before measuring with it: ct-liver's recipe on the same 25 CTs, another seed, the
 # four organs whose HU are judged (BTCV liver 6, spleen 1, kidneys 2 3). No translator is ever trained through it
 # (they are trained through ct-liver, whose own features then judge the outputs made for them).
-BOOTSTRAP, BOOTSTRAP_STEPS = 200, ("mri_ct_pairs_gain", "mri_ct_pairs_seed1")  # the preset's translator, both seeds:
+BOOTSTRAP, BOOTSTRAP_STEPS = 200, ("mri_ct_pairs_gain", "mri_ct_pairs_seed1", "mri_ct_pairs_gain4", "mri_ct_gain4_seed1")
+# the preset's translator and its candidate with wider gains, both seeds:
 # 95 % intervals of their FIDs over 200 resamples of the MRIs and CTs (the FID floor's verdict with its uncertainty)
 JUDGE_SETS = ["data.label_map={6: 1, 1: 2, 2: 3, 3: 4}", "train.seed=1", "train.iterations=3000"]
 
