@@ -43,10 +43,12 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_pairs": ["mri-ct", "--set", "pairs.iterations=1500", "--set", "pairs.organ_gain=1"],  # then its translator
     # trained on with synthetic pairs: the CTs as its ct2mri stage renders them -> the CTs (half the CT samples), 1500
     # steps from translator/'s weights
-    "mri_ct_pairs_seed1": ["mri-ct", "--set", "translator.train.seed=1"],  # the preset as it ships now (synthetic
-    # pairs, each rendered structure at a random gain), timed end to end, its translator from another seed: the spread
+    "mri_ct_pairs_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "pairs.organ_gain=2.5"],  # the
+    # preset as it shipped then (synthetic pairs, each rendered structure at a random gain in [0.4, 2.5]; pinned since
+    # the preset's gains are 4), timed end to end, its translator from another seed: the spread
     "mri_ct_full_res": ["mri-ct", "--set", "translator.generator.full_res=true", "--set",
-                        "translator.generator.res_units=1"],  # the preset with a UNet level at the input's resolution
+                        "translator.generator.res_units=1", "--set", "pairs.organ_gain=2.5"],  # the preset then with
+    # a UNet level at the input's resolution
     # (MONAI's UNet starts at stride 2: a synthetic CT as smooth as half resolution, even on its own synthetic pairs),
     # one residual unit per level to keep the cost; timed end to end
     "mri_ct_gain4_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "pairs.organ_gain=4"]}  # the preset

@@ -34,8 +34,8 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_pairs": "the same, then 1500 steps more with synthetic pairs (`pairs.iterations=1500`: CTs rendered by ct2mri)",
     "mri_ct_pairs_quarter": "those 1500 steps again with a quarter of the CT samples rendered (`pairs.prob=0.25`)",
     "mri_ct_pairs_gain": "those 1500 steps again, each rendered structure at a random gain (`pairs.organ_gain=2.5`): the "
-                         "preset's translator now",
-    "mri_ct_pairs_seed1": "`fit mri-ct --preset cpu` as it ships now (synthetic pairs, organ gains), seed 1",
+                         "preset's translator from the ninth to the thirteenth stop",
+    "mri_ct_pairs_seed1": "`fit mri-ct --preset cpu` with synthetic pairs and gains in [0.4, 2.5], seed 1",
     "mri_ct_pairs_gain_all": "the preset's pairs stage with every CT sample rendered (`pairs.prob=1`), seed 0",
     "mri_ct_pairs_gan": "the preset's pairs stage with a PatchGAN on its MRI outputs (`loss.lambda_gan=1`), seed 0",
     "mri_ct_pairs_long": "the preset's pairs stage twice as long (3000 steps), seed 0",
@@ -53,9 +53,10 @@ TRANSLATOR_NAMES = {  # as the translation table names them
                                 "(`loss.lambda_gan=0.25`), seed 0",
     "mri_ct_pairs_gan_hold": "the preset's translator trained on with a PatchGAN on its MRI outputs, held to its own "
                              "below 4 mm (`loss.lambda_gan=1`, `loss.hold`, `lambda_hold=10`, `hold_sigma=2`), seed 0",
-    "mri_ct_pairs_gain4": "the preset's pairs stage with wider gains, in [0.25, 4] (`pairs.organ_gain=4`), seed 0",
-    "mri_ct_gain4_seed1": "`fit mri-ct --preset cpu` with those gains (`pairs.organ_gain=4`), seed 1"}
-SEED1 = {"mri_ct_pairs_gain": "mri_ct_pairs_seed1", "mri_ct_preset_now": "mri_ct_seed1",  # preset -> its seed-1 run
+    "mri_ct_pairs_gain4": "the same with wider gains, in [0.25, 4] (`pairs.organ_gain=4`): the preset's translator now, "
+                          "seed 0",
+    "mri_ct_gain4_seed1": "`fit mri-ct --preset cpu` as it ships now (gains in [0.25, 4]), seed 1"}
+SEED1 = {"mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1", "mri_ct_preset_now": "mri_ct_seed1",  # preset -> its seed-1 run
          "mri_ct_seg_mri_quarter": "mri_ct_seed1"}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
@@ -117,8 +118,8 @@ def translation_record(translation: dict) -> dict:
             rows.append([TRANSLATOR_NAMES.get(step, step) if method == "translator" else f"baseline: {method}",
                          t.get("trained_on", "") if method == "translator" else "",
                          round(r[method]["dice"], 3), round(r["held_out_dice"][method], 3), *cells(r[method])])
-    preset = next((k for k in ("mri_ct_pairs_gain", "mri_ct_preset_now", "mri_ct_seg_mri_quarter", "mri_ct", "frozen")
-                   if k in translation), None)  # the preset's (mri_ct_pairs_gain: its translator since the ninth stop)
+    preset = next((k for k in ("mri_ct_pairs_gain4", "mri_ct_pairs_gain", "mri_ct_preset_now", "mri_ct_seg_mri_quarter",
+                               "mri_ct", "frozen") if k in translation), None)  # the preset's (since the 13th stop)
     if preset:
         t = translation[preset]
         r = t["translator"]
