@@ -71,7 +71,7 @@ def main() -> int:
         "title": "Where the synthetic CT's FID gap lies: coarse and fine scales swapped with histogram matching",
         "command": f"python benchmarks/realism_scales.py --step {args.step} --sigma {' '.join(map(str, args.sigma))}",
         "data": {"translator": f"{args.step}: {TRANSLATOR_NAMES.get(args.step, args.step)}",
-                 "mri": "10 CHAOS T2 MRIs", "reference": "the 15 even-numbered BTCV CTs",
+                 "mri": "10 CHAOS T2 MRIs", "ct_count": 30, "reference": "the 15 even-numbered BTCV CTs",
                  "fov_mm": side * 2.0},
         "notes": ["coarse: the slice blurred by a Gaussian of sigma voxels (2 mm each); fine: the slice minus its coarse "
                   "part; each mix keeps the scans' extent (NaN, air for the features, beyond it)",

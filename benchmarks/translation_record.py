@@ -88,15 +88,22 @@ def offsets(r: dict, pop: dict) -> str:
                      if o in r["organs"])
 
 
-def delta_intervals(r: dict) -> str:
-    """A translator's FID minus histmatch's as 95 % intervals, on whole slices and in the common field of view, on
-    ct-liver's features and the judge's: "whole slices [+0.01, +0.26]; [...]; common field of view ..."."""
-    def cell(judge: bool, key: str) -> str:
+def delta_intervals(r: dict, key: str) -> str:
+    """A translator's FID (``key``: fid, whole slices; fid_fov, the common field of view) minus histmatch's as 95 %
+    intervals on ct-liver's features and the judge's: "[+0.01, +0.24]; [+0.02, +0.25]"."""
+    def cell(judge: bool) -> str:
         scores = judged(r) if judge else r.get("by_features", {}).get("ct-liver", {})
         lo, hi = scores[f"{key}_delta_ci"]["histmatch"]
         return f"[{lo:+.2f}, {hi:+.2f}]"
-    return "; ".join(f"{what} {cell(False, key)}; {cell(True, key)}"
-                     for key, what in (("fid", "whole slices"), ("fid_fov", "common field of view")))
+    return f"{cell(False)}; {cell(True)}"
+
+
+def delta_rows(who: str, r: dict) -> list[list[str]]:
+    """Summary rows of a translator's FID minus histmatch's intervals, whole slices and common field (if measured)."""
+    if not (judged(r) or {}).get("fid_delta_ci", {}).get("histmatch"):
+        return []
+    return [[f"{who}: FID minus histmatch's, {what}, 95 % interval", delta_intervals(r, key)]
+            for key, what in (("fid", "whole slices"), ("fid_fov", "common field"))]
 
 
 def translation_record(translation: dict) -> dict:
@@ -134,18 +141,15 @@ def translation_record(translation: dict) -> dict:
                 summary.append([f"{who} synthetic CT{what} (real vs real; histmatch)",
                                 f"{dice}{mine:.2f} ({floor:.2f}; {hm:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
-        if (judged(r) or {}).get("fid_delta_ci", {}).get("histmatch"):  # the floor's verdict with its uncertainty
-            summary.append([f"{who} synthetic CT: FID minus histmatch's, 95 % interval over {t.get('bootstrap')} "
-                            "resamples of the MRIs and CTs (ct-liver; judge)", delta_intervals(r)])
+        summary += delta_rows(who, r)  # the floor's verdict with its uncertainty
         other = SEED1.get(preset)  # the same preset from another seed: the spread
         if other in translation:
             r = translation[other]["translator"]
             summary.append(["`fit mri-ct`, seed 1: Dice; organ HU minus real CTs'",
                             f"{r['dice']:.3f}; {offsets(r, first_pop(translation))}"])
-            if (judged(r) or {}).get("fid_delta_ci", {}).get("histmatch"):
-                summary.append(["`fit mri-ct`, seed 1: FID minus histmatch's, 95 % interval (ct-liver; judge)",
-                                delta_intervals(r)])
+            summary += delta_rows("`fit mri-ct`, seed 1", r)
     pop = first_pop(translation)
+    draws = translation[preset].get("bootstrap") if preset else None  # the preset's intervals' resamples
     field = f"{base['fov_mm']:.0f} mm" if base.get("fov_mm") else "its side in each report"
     if "real_vs_real" in base:
         rows.append(["real CTs against real CTs (odd vs even BTCV)", "", "", "", *cells(base["real_vs_real"])[:6],
@@ -167,9 +171,10 @@ def translation_record(translation: dict) -> dict:
                       f"of the run ({field}), on each segmenter's features. The whole slices' figures also see where each "
                       "scan ends: the 10 MRIs share one field of view, the CTs' differ (air beyond the scan); '-': "
                       "judged before this figure existed",
-                      "95 % intervals (the preset's translators, both seeds): percentiles over bootstrap resamples of "
-                      "the cases, the 10 MRIs and the 15 reference CTs drawn with replacement; FID minus histmatch's on "
-                      "the same resampled MRIs (paired). Above 0: further from the real CTs than histogram matching"],
+                      "95 % intervals (the preset's translators, both seeds; ct-liver's features; the judge's): "
+                      f"percentiles over {draws} bootstrap resamples of the cases, the 10 MRIs "
+                      "and the 15 reference CTs drawn with replacement; FID minus histmatch's on the same resampled MRIs "
+                      "(paired). Above 0: further from the real CTs than histogram matching"],
             "table": {"columns": ["method", "trained on", "ct-liver Dice, 10 MRIs", "MRIs 15 19 20", "FID", "KID", "FID (judge)",
                                   "KID (judge)", "FID, common field of view", "FID (judge), common field of view",
                                   "liver HU (abs. diff; IQR overlap)", "spleen", "right kidney", "left kidney"],
