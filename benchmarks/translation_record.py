@@ -55,7 +55,8 @@ TRANSLATOR_NAMES = {  # as the translation table names them
                              "below 4 mm (`loss.lambda_gan=1`, `loss.hold`, `lambda_hold=10`, `hold_sigma=2`), seed 0",
     "mri_ct_pairs_gain4": "the same with wider gains, in [0.25, 4] (`pairs.organ_gain=4`): the preset's translator now, "
                           "seed 0",
-    "mri_ct_gain4_seed1": "`fit mri-ct --preset cpu` as it ships now (gains in [0.25, 4]), seed 1"}
+    "mri_ct_gain4_seed1": "`fit mri-ct --preset cpu` as it ships now (gains in [0.25, 4]), seed 1",
+    "mri_ct_pairs_gain4_long": "the preset's pairs stage twice as long (3000 steps, gains in [0.25, 4]), seed 0"}
 SEED1 = {"mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1", "mri_ct_preset_now": "mri_ct_seed1",  # preset -> its seed-1 run
          "mri_ct_seg_mri_quarter": "mri_ct_seed1"}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
