@@ -1,4 +1,4 @@
-"""At which spatial scale a synthetic CT's FID gap to histogram matching lies: the preset's synthetic CTs and the
+"""At which spatial scale a synthetic CT's FID gap to histogram matching lies: a translator's synthetic CTs and the
 histogram-matched MRIs (the same liver-level slices as ``medgen evaluate translation --unpaired``) split by a Gaussian
 of ``--sigma`` voxels into a coarse part and the rest, and each half swapped between the two. FID on whole slices and
 in the common field of view, on ct-liver's features and the judge's (shipped_eval.py --only ct_judge), against the
@@ -19,8 +19,8 @@ from scipy import ndimage
 
 from medgen.data.datalist import image_label_pairs
 from medgen.evaluation.synthesis import DeepFeatures
-from medgen.evaluation.translation import (ORGANS, ct_population, histogram_matched, labelled_image, organ_slices,
-                                           realism, scanned_field)
+from medgen.evaluation.translation import (FEATURE_SPACING_MM, ORGANS, ct_population, histogram_matched, labelled_image,
+                                           organ_slices, realism, scanned_field)
 from medgen.inference.translate import load_translator
 
 from results_doc import write_record
@@ -72,7 +72,7 @@ def main() -> int:
         "command": f"python benchmarks/realism_scales.py --step {args.step} --sigma {' '.join(map(str, args.sigma))}",
         "data": {"translator": f"{args.step}: {TRANSLATOR_NAMES.get(args.step, args.step)}",
                  "mri": "10 CHAOS T2 MRIs", "ct_count": 30, "reference": "the 15 even-numbered BTCV CTs",
-                 "fov_mm": side * 2.0},
+                 "fov_mm": side * FEATURE_SPACING_MM},
         "notes": ["coarse: the slice blurred by a Gaussian of sigma voxels (2 mm each); fine: the slice minus its coarse "
                   "part; each mix keeps the scans' extent (NaN, air for the features, beyond it)",
                   "the same slices, features and FID as `medgen evaluate translation --unpaired` (whole slices, and "

@@ -103,7 +103,7 @@ from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_mat
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 from shipped_record import CT2MRI_SEGMENTERS, CT2MRI_SOURCES, record, write_cards
 from fit_steps import CT_FITS, RETRAINS, UNLABELLED_FITS, retrains_used, trained_on
-from translation_record import translation_record
+from translation_record import PRESETS, translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
@@ -114,9 +114,9 @@ CT2MRI_SEG_ITERATIONS = 3000  # the segmenter trained on fit mri-ct's synthetic 
 # A second judge of realism, chosen before measuring with it: ct-liver's recipe on the same 25 CTs, another seed, the
 # four organs whose HU are judged (BTCV liver 6, spleen 1, kidneys 2 3). No translator is ever trained through it
 # (they are trained through ct-liver, whose own features then judge the outputs made for them).
-BOOTSTRAP, BOOTSTRAP_STEPS = 200, ("mri_ct_pairs_gain", "mri_ct_pairs_seed1", "mri_ct_pairs_gain4", "mri_ct_gain4_seed1")
-# the preset's translator and its candidate with wider gains, both seeds:
-# 95 % intervals of their FIDs over 200 resamples of the MRIs and CTs (the FID floor's verdict with its uncertainty)
+BOOTSTRAP = 200  # the two newest presets' translators, both seeds (BOOTSTRAP_STEPS): 95 % intervals of their FIDs over
+# 200 resamples of the MRIs and CTs (the FID floor's verdict with its uncertainty)
+BOOTSTRAP_STEPS = {s for k in list(PRESETS)[:2] for s in (k, PRESETS[k])}
 JUDGE_SETS = ["data.label_map={6: 1, 1: 2, 2: 3, 3: 4}", "train.seed=1", "train.iterations=3000"]
 
 

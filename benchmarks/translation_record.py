@@ -57,8 +57,9 @@ TRANSLATOR_NAMES = {  # as the translation table names them
                           "seed 0",
     "mri_ct_gain4_seed1": "`fit mri-ct --preset cpu` as it ships now (gains in [0.25, 4]), seed 1",
     "mri_ct_pairs_gain4_long": "the preset's pairs stage twice as long (3000 steps, gains in [0.25, 4]), seed 0"}
-SEED1 = {"mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1", "mri_ct_preset_now": "mri_ct_seed1",  # preset -> its seed-1 run
-         "mri_ct_seg_mri_quarter": "mri_ct_seed1"}
+PRESETS = {  # the `fit mri-ct` preset's translator step -> its seed-1 run, newest first (the first measured is the preset)
+    "mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
+    "mri_ct_preset_now": "mri_ct_seed1", "mri_ct_seg_mri_quarter": "mri_ct_seed1", "mri_ct": None, "frozen": None}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
 
@@ -92,11 +93,8 @@ def offsets(r: dict, pop: dict) -> str:
 def delta_intervals(r: dict, key: str) -> str:
     """A translator's FID (``key``: fid, whole slices; fid_fov, the common field of view) minus histmatch's as 95 %
     intervals on ct-liver's features and the judge's: "[+0.01, +0.24]; [+0.02, +0.25]"."""
-    def cell(judge: bool) -> str:
-        scores = judged(r) if judge else r.get("by_features", {}).get("ct-liver", {})
-        lo, hi = scores[f"{key}_delta_ci"]["histmatch"]
-        return f"[{lo:+.2f}, {hi:+.2f}]"
-    return f"{cell(False)}; {cell(True)}"
+    return "; ".join("[{:+.2f}, {:+.2f}]".format(*figure(r, judge, f"{key}_delta_ci")["histmatch"])
+                     for judge in (False, True))
 
 
 def delta_rows(who: str, r: dict) -> list[list[str]]:
@@ -126,8 +124,7 @@ def translation_record(translation: dict) -> dict:
             rows.append([TRANSLATOR_NAMES.get(step, step) if method == "translator" else f"baseline: {method}",
                          t.get("trained_on", "") if method == "translator" else "",
                          round(r[method]["dice"], 3), round(r["held_out_dice"][method], 3), *cells(r[method])])
-    preset = next((k for k in ("mri_ct_pairs_gain4", "mri_ct_pairs_gain", "mri_ct_preset_now", "mri_ct_seg_mri_quarter",
-                               "mri_ct", "frozen") if k in translation), None)  # the preset's (since the 13th stop)
+    preset = next((k for k in PRESETS if k in translation), None)
     if preset:
         t = translation[preset]
         r = t["translator"]
@@ -143,7 +140,7 @@ def translation_record(translation: dict) -> dict:
                                 f"{dice}{mine:.2f} ({floor:.2f}; {hm:.2f})"])
         summary.append([f"{who} synthetic CT: organ HU minus the real CTs'", offsets(r, first_pop(translation))])
         summary += delta_rows(who, r)  # the floor's verdict with its uncertainty
-        other = SEED1.get(preset)  # the same preset from another seed: the spread
+        other = PRESETS[preset]  # the same preset from another seed: the spread
         if other in translation:
             r = translation[other]["translator"]
             summary.append(["`fit mri-ct`, seed 1: Dice; organ HU minus real CTs'",

@@ -126,6 +126,9 @@ def test_evaluate_translation_unpaired(cyclegan_run, phantom_dir, tmp_path, caps
         r = report["summary"][method]["by_features"]["mri-liver"]
         assert r["fid_ci"][0] <= r["fid_ci"][1] and r["fid_fov_ci"][0] <= r["fid_fov_ci"][1]
         assert sorted(r["fid_delta_ci"]) == sorted(set(methods) - {method})
+        for other in set(methods) - {method}:  # paired draws: A - B is -(B - A) in every draw, so the intervals mirror
+            lo, hi = report["summary"][other]["by_features"]["mri-liver"]["fid_delta_ci"][method]
+            assert r["fid_delta_ci"][other] == pytest.approx([-hi, -lo], abs=1e-9)
     assert report["summary"]["real_vs_real"]["by_features"]["ct-liver"]["fid_delta_ci"] == {}
     assert report["realism"]["bootstrap"] == 4 and "FID, 95 % interval (ct-liver)" in (tmp_path / "report.html").read_text()
     fov = report["realism"]["fov_mm"]  # the common field: a multiple of 16 voxels of 2 mm, inside the 384 mm slices
