@@ -1,6 +1,7 @@
-"""At which spatial scale a synthetic CT's FID gap to histogram matching lies: a translator's synthetic CTs and the
-histogram-matched MRIs (the same liver-level slices as ``medgen evaluate translation --unpaired``) split by a Gaussian
-of ``--sigma`` voxels into a coarse part and the rest, and each half swapped between the two. FID on whole slices and
+"""At which spatial scale, and where in the slice, a synthetic CT's FID gap to histogram matching lies: a translator's
+synthetic CTs and the histogram-matched MRIs (the same liver-level slices as ``medgen evaluate translation
+--unpaired``) split by a Gaussian of ``--sigma`` voxels into a coarse part and the rest, and each half swapped between
+the two; then split into the common field of view and the rest of each scan, and swapped. FID on whole slices and
 in the common field of view, on ct-liver's features and the judge's (shipped_eval.py --only ct_judge), against the
 even-numbered real CTs, as the evaluation scores them.
 
@@ -64,11 +65,17 @@ def main() -> int:
         sets[f"synthetic CT coarse + histmatch fine, sigma {sigma:g}"] = (fc + hf).masked_fill(outside, float("nan"))
         sets[f"histmatch coarse + synthetic CT fine, sigma {sigma:g}"] = (hc + ff).masked_fill(outside, float("nan"))
     side = scanned_field(real, torch.cat(ct_slices[1::2]), *sets.values())  # the evaluation's field (real vs real's too)
+    c, h = fake.shape[-1] // 2, side // 2
+    inner = torch.zeros(fake.shape, dtype=torch.bool)
+    inner[..., c - h:c + h, c - h:c + h] = True  # the common field of view; beyond it, the rest of each scan
+    sets["synthetic CT in the common field + histmatch beyond it"] = torch.where(inner, fake, hm)
+    sets["histmatch in the common field + synthetic CT beyond it"] = torch.where(inner, hm, fake)
     judges = {"ct-liver": "ct-liver", "judge": str(work / JUDGE)}
     scores = {name: realism(DeepFeatures(path, torch.device("cpu")), sets, real, side) for name, path in judges.items()}
     rows = [[name, *(f"{scores[j][name][k]:.2f}" for k in ("fid", "fid_fov") for j in judges)] for name in sets]
     write_record("realism_scales", {
-        "title": "Where the synthetic CT's FID gap lies: coarse and fine scales swapped with histogram matching",
+        "title": "Where the synthetic CT's FID gap lies: coarse and fine scales, and the common field and the rest, swapped "
+                 "with histogram matching",
         "command": f"python benchmarks/realism_scales.py --step {args.step} --sigma {' '.join(map(str, args.sigma))}",
         "data": {"translator": f"{args.step}: {TRANSLATOR_NAMES.get(args.step, args.step)}",
                  "mri": "10 CHAOS T2 MRIs", "ct_count": 30, "reference": "the 15 even-numbered BTCV CTs",
@@ -76,7 +83,9 @@ def main() -> int:
         "notes": ["coarse: the slice blurred by a Gaussian of sigma voxels (2 mm each); fine: the slice minus its coarse "
                   "part; each mix keeps the scans' extent (NaN, air for the features, beyond it)",
                   "the same slices, features and FID as `medgen evaluate translation --unpaired` (whole slices, and "
-                  "the centred square scanned in every slice)"],
+                  "the centred square scanned in every slice)",
+                  "in the common field + beyond it: one set's centred square (the common field of view) inside the "
+                  "other's slice; in that field the mix is the first set's, so its common-field FID is that set's"],
         "table": {"columns": ["slices", "FID", "FID (judge)", "FID, common field of view",
                               "FID (judge), common field of view"], "rows": rows}})
     for row in rows:
