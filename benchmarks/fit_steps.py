@@ -97,6 +97,9 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     "mri_ct_pairs_gain4_long": ("mri_ct_pairs", "translator_pairs", ["pairs.organ_gain=4", "train.iterations=3000"]),
     # and twice as long: with gains 2.5 the FID fell with the pairs' length (0.45, 0.39 at 1500, 3000 steps) but the
     # iron-dark liver was lost (0.74 -> 0.64); do the wider gains keep it?
+    "mri_ct_gain4_seed1_here": ("mri_ct_gain4_long_seed1", "translator_pairs", ["train.iterations=1500"]),  # the preset
+    # from seed 1 (mri_ct_gain4_seed1) rebuilt on the CPU and judge of mri_ct_gain4_long_seed1 (its stages before the
+    # pairs are the preset's from seed 1), so that 1500 and 3000 pairs steps compare on one machine and one judge
 }
 
 
