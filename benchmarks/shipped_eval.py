@@ -84,6 +84,7 @@ Steps whose outputs exist in ``--work`` are reused (delete them to measure again
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -95,7 +96,7 @@ import numpy as np
 from medgen.config import save_config
 from medgen.evaluation.segmentation import evaluate_folders, flag_quality
 from medgen.models.registry import load_config
-from medgen.models.run import run_finished
+from medgen.models.run import latest_checkpoint, run_finished
 from medgen.models.shipped import shipped_dir
 
 from results_doc import write_record
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                                             *[a for kv in JUDGE_SETS for a in ("--set", kv)], log=log)
     if "translation" in steps:  # each fit's translator judged on the real MRIs, with no paired CT
         judges = ["ct-liver", *([str(judge)] if run_finished(judge) else [])]  # realism: both segmenters' features
+        # which training of the judge scored this folder's reports: another CPU trains it to other weights
+        judge_id = hashlib.sha256(latest_checkpoint(judge).read_bytes()).hexdigest()[:12] if len(judges) > 1 else None
         for step in [*CT_FITS, *RETRAINS]:
             model, out = work / (step if step in RETRAINS else f"fit_{step}"), work / f"translation_{step}.json"
             report = json.loads(out.read_text()) if out.is_file() else None
@@ -362,14 +365,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                     if r["method"] == m}, HELD_OUT)
                                                            for m in ("translator", "identity", "histmatch")},
                     "ct_population": report["ct_population"], "fov_mm": (report.get("realism") or {}).get("fov_mm"),
-                    "bootstrap": (report.get("realism") or {}).get("bootstrap", 0)}
+                    "bootstrap": (report.get("realism") or {}).get("bootstrap", 0), "judge": judge_id}
         for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
             t["trained_on"] = trained_on(step, len(TRAIN_CTS), len(TRAIN))
         if results.get("translation"):
             write_record("translation_real", translation_record(results["translation"]))
     qc_rows = [r for summary in sorted(work.glob("masks_*/summary.json"))  # every pipeline's masks: several qualities
                for r in json.loads(summary.read_text())["cases"]]
-    if qc_rows:
+    if len(qc_rows) >= results.get("qc_flags", {}).get("cases", 1):  # a fresh folder's few masks keep the figure
         results["qc_flags"] = flag_quality(qc_rows)
         print(json.dumps(results["qc_flags"], indent=1))
     results["data"] = {"ct_train": [f"btcv_{i}" for i in TRAIN_CTS], "ct_held_out": [f"btcv_{i}" for i in HELD_OUT_CTS],

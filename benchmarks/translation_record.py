@@ -111,24 +111,33 @@ def delta_rows(who: str, r: dict) -> list[list[str]]:
 
 def translation_record(translation: dict) -> dict:
     """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
-    def cells(r: dict) -> list:
-        realism = [figure(r, judge, key) for judge, key in REALISM_COLUMNS]
-        return [*("-" if v is None else f"{v:.{3 if key.startswith('kid') else 2}f}"
-                  for v, (_, key) in zip(realism, REALISM_COLUMNS)), *(
+    def cells(r: dict, own: dict | None = None) -> list:
+        """A method's realism and organ cells; ``own``: its report, whose histmatch and real-vs-real figures are shown
+        beside the judge's figures where another training of the judge scored it."""
+        def cell(judge: bool, key: str) -> str:
+            v, digits = figure(r, judge, key), 3 if key.startswith("kid") else 2
+            hm, rr = (figure(own.get(m, {}), judge, key) if own and judge else None for m in ("histmatch", "real_vs_real"))
+            return "-" if v is None else f"{v:.{digits}f}" + (f" (hm {hm:.{digits}f}; rr {rr:.{digits}f})"
+                                                                if None not in (hm, rr) else "")
+        return [*(cell(judge, key) for judge, key in REALISM_COLUMNS), *(
             f"{r['organs'][o]['median']:.0f} ({r['organs'][o]['abs_diff']:.0f}; {r['organs'][o]['iqr_overlap']:.2f})"
             if o in r.get("organs", {}) else "-" for o in ORGANS)]
 
     rows, summary = [], []
-    # the baselines are the same in every report: one row each, from the newest report the judge scored
-    base = max(reversed(list(translation.values())), key=lambda t: [  # the newest with the most figures
-        figure(t["histmatch"], judge, key) is not None for judge, key in ((True, "fid"), (True, "fid_fov"))])
+    preset = next((k for k in PRESETS if k in translation), None)
+    # the baselines are the same in every report but for the judge, which each work folder trains (None: the first
+    # training, before its reports named it): one row each, from the newest report that the preset's judge scored
+    judge_of = translation[preset].get("judge") if preset else None
+    base = max(reversed([t for t in translation.values() if t.get("judge") == judge_of] or list(translation.values())),
+               key=lambda t: [figure(t["histmatch"], judge, key) is not None  # the newest with the most figures
+                              for judge, key in ((True, "fid"), (True, "fid_fov"))])
     for i, (step, t) in enumerate(translation.items()):
         for method in ("translator", "identity", "histmatch")[: 3 if i == 0 else 1]:
             r = t if method == "translator" else base
+            other = t if t.get("judge") != base.get("judge") and method == "translator" else None
             rows.append([TRANSLATOR_NAMES.get(step, step) if method == "translator" else f"baseline: {method}",
                          t.get("trained_on", "") if method == "translator" else "",
-                         round(r[method]["dice"], 3), round(r["held_out_dice"][method], 3), *cells(r[method])])
-    preset = next((k for k in PRESETS if k in translation), None)
+                         round(r[method]["dice"], 3), round(r["held_out_dice"][method], 3), *cells(r[method], other)])
     if preset:
         t = translation[preset]
         r = t["translator"]
@@ -168,7 +177,10 @@ def translation_record(translation: dict) -> dict:
                       "layer, against the 15 even-numbered BTCV CTs; real vs real: the 15 odd-numbered ones. Every "
                       "translator is trained through ct-liver, which shapes its features: the judge (ct-liver's "
                       "recipe, another seed, liver, spleen and kidneys; shipped_eval.py --only ct_judge) is a "
-                      "segmenter no translator is trained through; '-': judged before it existed",
+                      "segmenter no translator is trained through; '-': judged before it existed. The judge is "
+                      "trained again in each work folder, and another CPU's arithmetic gives it other weights: where "
+                      "another training of it scored a row, its cells add histmatch's and real vs real's figures on "
+                      "that judge's features from the same report, '(hm 0.29; rr 0.19)': compare the row with those",
                       "FID, common field of view: the same slices cropped to the centred square scanned in every slice "
                       f"of the run ({field}), on each segmenter's features. The whole slices' figures also see where each "
                       "scan ends: the 10 MRIs share one field of view, the CTs' differ (air beyond the scan); '-': "
