@@ -59,8 +59,8 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_pairs_gain4_long": "the preset's pairs stage twice as long (3000 steps, gains in [0.25, 4]), seed 0",
     "mri_ct_gain4_long_seed1": "`fit mri-ct --preset cpu` with the pairs stage twice as long (3000 steps, gains in "
                                "[0.25, 4]), seed 1",
-    "mri_ct_gain4_seed1_here": "`fit mri-ct --preset cpu` as it ships, seed 1, rebuilt from the row above's stages "
-                               "(its pairs stage at 1500 steps): the same CPU and judge as that row",
+    "mri_ct_gain4_seed1_here": "`fit mri-ct --preset cpu` as it ships, seed 1, rebuilt from mri_ct_gain4_long_seed1's "
+                               "stages (its pairs stage at 1500 steps): the same CPU and judge as that run",
     "mri_ct_gain4_prob75_seed1": "the same with three quarters of the CT samples rendered (`pairs.prob=0.75`), seed 1"}
 PRESETS = {  # the `fit mri-ct` preset's translator step -> its seed-1 run, newest first (the first measured is the preset)
     "mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
