@@ -25,7 +25,7 @@ from medgen.evaluation.translation import (FEATURE_SPACING_MM, ORGANS, ct_popula
 from medgen.inference.translate import load_translator
 
 from results_doc import write_record
-from translation_record import JUDGE, TRANSLATOR_NAMES
+from translation_record import JUDGE, TRANSLATOR_NAMES, judge_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def main() -> int:
         "command": f"python benchmarks/realism_scales.py --step {args.step} --sigma {' '.join(map(str, args.sigma))}",
         "data": {"translator": f"{args.step}: {TRANSLATOR_NAMES.get(args.step, args.step)}",
                  "mri": "10 CHAOS T2 MRIs", "ct_count": 30, "reference": "the 15 even-numbered BTCV CTs",
-                 "fov_mm": side * FEATURE_SPACING_MM},
+                 "fov_mm": side * FEATURE_SPACING_MM, "judge": judge_id(work / JUDGE)},
         "notes": ["coarse: the slice blurred by a Gaussian of sigma voxels (2 mm each); fine: the slice minus its coarse "
                   "part; each mix keeps the scans' extent (NaN, air for the features, beyond it)",
                   "the same slices, features and FID as `medgen evaluate translation --unpaired` (whole slices, and "

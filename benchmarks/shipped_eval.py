@@ -84,7 +84,6 @@ Steps whose outputs exist in ``--work`` are reused (delete them to measure again
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import time
@@ -96,7 +95,7 @@ import numpy as np
 from medgen.config import save_config
 from medgen.evaluation.segmentation import evaluate_folders, flag_quality
 from medgen.models.registry import load_config
-from medgen.models.run import latest_checkpoint, run_finished
+from medgen.models.run import run_finished
 from medgen.models.shipped import shipped_dir
 
 from results_doc import write_record
@@ -104,7 +103,7 @@ from real_liver import HELD_OUT, TRAIN, ct_datalist, dice_by_case, histogram_mat
 from shipped_models import HELD_OUT_CTS, TRAIN_CTS, VARIANTS
 from shipped_record import CT2MRI_SEGMENTERS, CT2MRI_SOURCES, record, write_cards
 from fit_steps import CT_FITS, RETRAINS, UNLABELLED_FITS, retrains_used, trained_on
-from translation_record import PRESETS, translation_record
+from translation_record import PRESETS, judge_id, translation_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TTA_GAMMAS = [0.7, 1.4]  # chosen before any measurement: a darker and a brighter curve around the identity
@@ -345,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if "translation" in steps:  # each fit's translator judged on the real MRIs, with no paired CT
         judges = ["ct-liver", *([str(judge)] if run_finished(judge) else [])]  # realism: both segmenters' features
         # which training of the judge scored this folder's reports: another CPU trains it to other weights
-        judge_id = hashlib.sha256(latest_checkpoint(judge).read_bytes()).hexdigest()[:12] if len(judges) > 1 else None
+        judged_by = judge_id(judge) if len(judges) > 1 else None
         for step in [*CT_FITS, *RETRAINS]:
             model, out = work / (step if step in RETRAINS else f"fit_{step}"), work / f"translation_{step}.json"
             report = json.loads(out.read_text()) if out.is_file() else None
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                     if r["method"] == m}, HELD_OUT)
                                                            for m in ("translator", "identity", "histmatch")},
                     "ct_population": report["ct_population"], "fov_mm": (report.get("realism") or {}).get("fov_mm"),
-                    "bootstrap": (report.get("realism") or {}).get("bootstrap", 0), "judge": judge_id}
+                    "bootstrap": (report.get("realism") or {}).get("bootstrap", 0), "judge": judged_by}
         for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
             t["trained_on"] = trained_on(step, len(TRAIN_CTS), len(TRAIN))
         if results.get("translation"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from fit_steps import CT_FITS, trained_on
 from real_liver import TRAIN
 from shipped_models import TRAIN_CTS
-from translation_record import MRI_CT_3D_WORDS
+from translation_record import MRI_CT_3D_WORDS, PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGAN_AUG = "augment.organ_intensity=[-0.7, 0.2]"  # each organ's intensity shifted at random (the config's default)
@@ -197,13 +197,11 @@ def record(results: dict) -> dict:
         summary.append(["`fit --segmenter ct-liver` (frozen CT segmenter): Dice, 10 MRIs",
                         f"{results['frozen']['mean_all_10']:.3f}" + (f" (translator on painted CTs alone: {other:.3f})"
                                                                      if other else "")])
-    preset = next((k for k in ("mri_ct_gain4_seed1", "mri_ct_pairs_seed1", "mri_ct_preset_now", "mri_ct_preset")
-                   if k in results), None)
-    if preset:  # the newest timed run of the preset
+    timed = [run for run in PRESETS.values() if run in results and results[run].get("wall_s")]
+    if timed:  # the newest preset's seed-1 run, timed end to end (PRESETS: newest first)
+        preset = timed[0]
         r = results[preset]
-        which = {"mri_ct_gain4_seed1": "as it ships, seed 1", "mri_ct_pairs_seed1": "gains in [0.4, 2.5], seed 1",
-                 "mri_ct_preset_now": "as it shipped before synthetic pairs",
-                 "mri_ct_preset": "ct2mri then pointwise"}[preset]
+        which = "as it ships, seed 1" if preset == next(iter(PRESETS.values())) else "an earlier preset, seed 1"
         summary.append([f"`fit mri-ct --preset cpu`, all stages ({which}): time; ct-liver Dice, 10 MRIs",
                         f"{r['wall_s'] / 60:.1f} min; {r['mean_all_10']:.3f}"])
     if "ct2mri" in results:

@@ -3,6 +3,11 @@ from the reports of ``medgen evaluate translation --unpaired`` that ``shipped_ev
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+from medgen.models.run import latest_checkpoint
+
 from shipped_models import TRAIN_CTS
 
 ORGANS = ("liver", "spleen", "right_kidney", "left_kidney")
@@ -66,6 +71,12 @@ PRESETS = {  # the `fit mri-ct` preset's translator step -> its seed-1 run, newe
     "mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
     "mri_ct_preset_now": "mri_ct_seed1", "mri_ct_seg_mri_quarter": "mri_ct_seed1", "mri_ct": None, "frozen": None}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
+
+
+def judge_id(run: Path) -> str:
+    """Which training of the judge ``run`` is: its weights' hash (the same recipe and seed on another CPU trains
+    other weights, and other figures)."""
+    return hashlib.sha256(latest_checkpoint(run).read_bytes()).hexdigest()[:12]
 
 
 REALISM_COLUMNS = ((False, "fid"), (False, "kid"), (True, "fid"), (True, "kid"), (False, "fid_fov"), (True, "fid_fov"))
