@@ -54,9 +54,12 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     "mri_ct_gain4_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "pairs.organ_gain=4"],  # the preset
     # with the pairs stage's gains in [0.25, 4] (mri_ct_pairs_gain4 on seed 0), from seed 1, timed end to end: the spread
     "mri_ct_gain4_long_seed1": ["mri-ct", "--set", "translator.train.seed=1", "--set", "pairs.organ_gain=4", "--set",
-                                "pairs.iterations=3000"]}  # mri_ct_pairs_gain4_long's pairs stage (3000 steps) in a
-# whole fit from seed 1, timed: it becomes the preset if its held-out Dice holds >= 0.82 and its whole-slice FID is
-# below mri_ct_gain4_seed1's on both judges (the rule set before the run)
+                                "pairs.iterations=3000"],  # mri_ct_pairs_gain4_long's pairs stage (3000 steps) in a
+    # whole fit from seed 1, timed: it becomes the preset if its held-out Dice holds >= 0.82 and its whole-slice FID is
+    # below mri_ct_gain4_seed1's on both judges (the rule set before the run)
+    "mri_ct_prob75": ["mri-ct", "--set", "pairs.prob=0.75"]}  # mri_ct_gain4_prob75_seed1 from seed 0, a whole fit timed
+# end to end (the preset's cost): it becomes the preset if held out >= 0.82, MRI 15 >= 0.75 and its FID below
+# mri_ct_gain4_here's (this fit's pairs stage again at prob 0.5: one CPU, one judge) on both features (set before the run)
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys changed); each judged as a translator
     "mri_ct_pairs_quarter": ("mri_ct_pairs", "translator_pairs", ["pairs.prob=0.25"]),  # a quarter of the CT samples
@@ -105,6 +108,8 @@ RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys cha
     # three quarters of the CT samples rendered, not half: with gains 2.5 every sample rendered lost the iron-dark liver
     # (held out 0.70); do gains 4 allow more rendered samples? A candidate only if held out >= 0.82, MRI 15 >= 0.75 and
     # its FID below mri_ct_gain4_seed1_here's on both features (set before the run)
+    "mri_ct_gain4_here": ("mri_ct_prob75", "translator_pairs", ["pairs.prob=0.5"]),  # the preset from seed 0 on the CPU
+    # and judge of mri_ct_prob75 (its stages before the pairs are the preset's): its seed-0 comparison
 }
 
 
