@@ -69,7 +69,10 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_gain4_prob75_seed1": "the same with three quarters of the CT samples rendered (`pairs.prob=0.75`), seed 1",
     "mri_ct_prob75": "`fit mri-ct --preset cpu` with three quarters of the CT samples rendered (`pairs.prob=0.75`), seed 0",
     "mri_ct_gain4_here": "`fit mri-ct --preset cpu` as it ships, seed 0, rebuilt from mri_ct_prob75's stages (its pairs "
-                         "stage at `pairs.prob=0.5`): the same CPU and judge as that run"}
+                         "stage at `pairs.prob=0.5`): the same CPU and judge as that run",
+    "mri_ct_organs_gain4": "the same with the gains on the labelled organs alone (`pairs.gain_on=organs`), seed 0",
+    "mri_ct_organs_gain4_prob75": "mri_ct_prob75's pairs stage with the gains on the labelled organs alone "
+                                  "(`pairs.gain_on=organs`, `pairs.prob=0.75`), seed 0"}
 PRESETS = {  # the `fit mri-ct` preset's translator step -> its seed-1 run, newest first (the first measured is the preset)
     "mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
     "mri_ct_preset_now": "mri_ct_seed1", "mri_ct_seg_mri_quarter": "mri_ct_seed1", "mri_ct": None, "frozen": None}
