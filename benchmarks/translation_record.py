@@ -72,9 +72,11 @@ TRANSLATOR_NAMES = {  # as the translation table names them
                          "stage at `pairs.prob=0.5`): the same CPU and judge as that run",
     "mri_ct_organs_gain4": "the same with the gains on the labelled organs alone (`pairs.gain_on=organs`), seed 0",
     "mri_ct_organs_gain4_prob75": "mri_ct_prob75's pairs stage with the gains on the labelled organs alone "
-                                  "(`pairs.gain_on=organs`, `pairs.prob=0.75`), seed 0"}
+                                  "(`pairs.gain_on=organs`, `pairs.prob=0.75`), seed 0",
+    "mri_ct_organs_gain4_seed1": "mri_ct_gain4_seed1_here's pairs stage with the gains on the labelled organs alone "
+                                 "(`pairs.gain_on=organs`), seed 1"}
 PRESETS = {  # the `fit mri-ct` preset's translator step -> its seed-1 run, newest first (the first measured is the preset)
-    "mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
+    "mri_ct_prob75": "mri_ct_gain4_prob75_seed1", "mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
     "mri_ct_preset_now": "mri_ct_seed1", "mri_ct_seg_mri_quarter": "mri_ct_seed1", "mri_ct": None, "frozen": None}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
