@@ -60,7 +60,8 @@ CT_FITS = {  # step -> `medgen fit` arguments (besides the data, --preset cpu an
     # FID is below mri_ct_gain4_seed1's on both judges (the rule set before the run)
     "mri_ct_prob75": ["mri-ct", "--set", "pairs.prob=0.75"]}  # mri_ct_gain4_prob75_seed1 from seed 0, a whole fit timed
 # end to end (the preset's cost): it becomes the preset if held out >= 0.82, MRI 15 >= 0.75 and its FID below
-# mri_ct_gain4_here's (this fit's pairs stage again at prob 0.5: one CPU, one judge) on both features (set before the run)
+# mri_ct_gain4_here's (this fit's pairs stage again at prob 0.5: one CPU, one judge) on both features (set before the
+# run; met: the preset now)
 UNLABELLED_FITS = {"mri_ct_unlabelled"}  # CT_FITS given the CTs without their labels
 RETRAINS = {  # step -> (the CT_FITS step, its stage trained again, the keys changed); each judged as a translator
     "mri_ct_pairs_quarter": ("mri_ct_pairs", "translator_pairs", ["pairs.prob=0.25"]),  # a quarter of the CT samples

@@ -153,12 +153,12 @@ def record(results: dict) -> dict:
                                               "[0.4, 2.5], its translator from seed 1, every stage in one timed run"),
                        ("mri_ct_full_res", "`fit mri-ct --preset cpu` with a UNet level at the input's resolution "
                                            "(`translator.generator.full_res=true`, `res_units=1`), one timed run"),
-                       ("mri_ct_gain4_seed1", "`fit mri-ct --preset cpu` as it ships now (the pairs stage's gains in "
+                       ("mri_ct_gain4_seed1", "`fit mri-ct --preset cpu` as it shipped then (the pairs stage's gains in "
                                               "[0.25, 4]), its translator from seed 1, every stage in one timed run"),
                        ("mri_ct_gain4_long_seed1", "the same with the pairs stage twice as long (`pairs.iterations="
                                                    "3000`), seed 1, one timed run"),
-                       ("mri_ct_prob75", "`fit mri-ct --preset cpu` with three quarters of the CT samples rendered in "
-                                         "the pairs stage (`pairs.prob=0.75`), seed 0, one timed run")):
+                       ("mri_ct_prob75", "`fit mri-ct --preset cpu` as it ships now (three quarters of the CT samples "
+                                         "rendered in the pairs stage, `pairs.prob=0.75`), seed 0, one timed run")):
         if key in results:
             r = results[key]
             wall = f"fit {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else "fit time: reused run"

@@ -58,17 +58,19 @@ TRANSLATOR_NAMES = {  # as the translation table names them
                                 "(`loss.lambda_gan=0.25`), seed 0",
     "mri_ct_pairs_gan_hold": "the preset's translator trained on with a PatchGAN on its MRI outputs, held to its own "
                              "below 4 mm (`loss.lambda_gan=1`, `loss.hold`, `lambda_hold=10`, `hold_sigma=2`), seed 0",
-    "mri_ct_pairs_gain4": "the same with wider gains, in [0.25, 4] (`pairs.organ_gain=4`): the preset's translator now, "
-                          "seed 0",
-    "mri_ct_gain4_seed1": "`fit mri-ct --preset cpu` as it ships now (gains in [0.25, 4]), seed 1",
+    "mri_ct_pairs_gain4": "the same with wider gains, in [0.25, 4] (`pairs.organ_gain=4`): the preset's translator in "
+                          "the thirteenth and fourteenth stops, seed 0",
+    "mri_ct_gain4_seed1": "`fit mri-ct --preset cpu` as it shipped then (gains in [0.25, 4], half the CT samples "
+                          "rendered), seed 1",
     "mri_ct_pairs_gain4_long": "the preset's pairs stage twice as long (3000 steps, gains in [0.25, 4]), seed 0",
     "mri_ct_gain4_long_seed1": "`fit mri-ct --preset cpu` with the pairs stage twice as long (3000 steps, gains in "
                                "[0.25, 4]), seed 1",
-    "mri_ct_gain4_seed1_here": "`fit mri-ct --preset cpu` as it ships, seed 1, rebuilt from mri_ct_gain4_long_seed1's "
+    "mri_ct_gain4_seed1_here": "`fit mri-ct --preset cpu` as it shipped then, seed 1, rebuilt from mri_ct_gain4_long_seed1's "
                                "stages (its pairs stage at 1500 steps): the same CPU and judge as that run",
     "mri_ct_gain4_prob75_seed1": "the same with three quarters of the CT samples rendered (`pairs.prob=0.75`), seed 1",
-    "mri_ct_prob75": "`fit mri-ct --preset cpu` with three quarters of the CT samples rendered (`pairs.prob=0.75`), seed 0",
-    "mri_ct_gain4_here": "`fit mri-ct --preset cpu` as it ships, seed 0, rebuilt from mri_ct_prob75's stages (its pairs "
+    "mri_ct_prob75": "`fit mri-ct --preset cpu` as it ships now (three quarters of the CT samples rendered, "
+                     "`pairs.prob=0.75`), seed 0",
+    "mri_ct_gain4_here": "`fit mri-ct --preset cpu` as it shipped in the fourteenth stop, seed 0, rebuilt from mri_ct_prob75's stages (its pairs "
                          "stage at `pairs.prob=0.5`): the same CPU and judge as that run",
     "mri_ct_organs_gain4": "the same with the gains on the labelled organs alone (`pairs.gain_on=organs`), seed 0",
     "mri_ct_organs_gain4_prob75": "mri_ct_prob75's pairs stage with the gains on the labelled organs alone "
