@@ -72,7 +72,8 @@ def main() -> int:
     sets["histmatch in the common field + synthetic CT beyond it"] = torch.where(inner, hm, fake)
     judges = {"ct-liver": "ct-liver", "judge": str(work / JUDGE)}
     scores = {name: realism(DeepFeatures(path, torch.device("cpu")), sets, real, side) for name, path in judges.items()}
-    rows = [[name, *(f"{scores[j][name][k]:.2f}" for k in ("fid", "fid_fov") for j in judges)] for name in sets]
+    rows = [[name, *(f"{scores[j][name][k]:.2f}" for k in ("fid", "fid_fov") for j in judges),
+             *(f"{scores['ct-liver'][name][k]:.2f}" for k in ("fid_mean", "spread"))] for name in sets]
     write_record("realism_scales", {
         "title": "Where the synthetic CT's FID gap lies: coarse and fine scales, and the common field and the rest, swapped "
                  "with histogram matching",
@@ -85,9 +86,12 @@ def main() -> int:
                   "the same slices, features and FID as `medgen evaluate translation --unpaired` (whole slices, and "
                   "the centred square scanned in every slice)",
                   "in the common field + beyond it: one set's centred square (the common field of view) inside the "
-                  "other's slice; in that field the mix is the first set's, so its common-field FID is that set's"],
+                  "other's slice; in that field the mix is the first set's, so its common-field FID is that set's",
+                  "FID's mean term: the squared distance of the mean features (FID minus it: the covariance term); "
+                  "spread: the trace of the set's feature covariance over the real slices'; both on ct-liver's "
+                  "features, whole slices"],
         "table": {"columns": ["slices", "FID", "FID (judge)", "FID, common field of view",
-                              "FID (judge), common field of view"], "rows": rows}})
+                              "FID (judge), common field of view", "FID's mean term", "spread"], "rows": rows}})
     for row in rows:
         print(" | ".join(row))
     return 0

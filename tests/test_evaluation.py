@@ -152,6 +152,12 @@ def test_realism_of_identical_slices_is_zero():
     same = r["same"]
     assert same["fid"] == pytest.approx(0.0, abs=1e-3) and same["kid"] == pytest.approx(0.0, abs=1e-3)
     assert r["inverted"]["fid"] > 1.0  # contrast inverted: far from the real slices
+    assert same["fid_mean"] == pytest.approx(0.0, abs=1e-6) and same["spread"] == pytest.approx(1.0)
+    one = realism(features, {"one": x[:1].repeat(40, 1, 1, 1)}, x)["one"]  # every slice alike: no spread at all
+    f, f1 = features(x), features(x[:1])
+    assert one["spread"] == pytest.approx(0.0, abs=1e-9)
+    assert one["fid_mean"] == pytest.approx(float(((f1[0] - f.mean(0)) ** 2).sum()), rel=1e-4)
+    assert one["fid"] > one["fid_mean"]  # and a covariance term: the real slices' spread, missing
 
 
 def test_bootstrap_fid_resamples_cases_and_pairs_the_sets_on_the_same_cases():

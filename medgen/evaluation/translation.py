@@ -144,7 +144,8 @@ def realism(features: DeepFeatures, fakes: dict[str, torch.Tensor], real: torch.
     """Per slice set of ``fakes``, FID (MONAI) and KID against ``real`` on the segmenter's deepest features: on the
     whole slices (air beyond the scan), and with ``side`` (``fid_fov``, ``kid_fov``) on their centred ``side`` x
     ``side`` squares, where every scan was scanned: a scanner's field of view, which no translator changes, out of the
-    comparison. The real slices' features are computed once for all the sets.
+    comparison. The real slices' features are computed once for all the sets. ``fid_mean`` is FID's mean term, and
+    ``spread`` how much the set's features vary against the real slices' (traces of the covariances).
 
     With ``groups`` (each slice's case, per set name and under ``"real"`` for ``real``) and ``draws`` > 0, the FIDs'
     uncertainty over the cases (:func:`bootstrap_fid`): ``fid_ci`` (``fid_fov_ci``), a 95 % interval, and
@@ -153,10 +154,16 @@ def realism(features: DeepFeatures, fakes: dict[str, torch.Tensor], real: torch.
         x, c, h = torch.nan_to_num(x, nan=AIR_HU), x.shape[-1] // 2, (side or 0) // 2
         return {"": x, **({"_fov": x[..., c - h:c + h, c - h:c + h]} if side else {})}
 
+    def scores(f: torch.Tensor, r: torch.Tensor) -> tuple[float, float, float, float]:
+        """FID, KID, FID's mean term (the squared distance of the mean features) and the spread (the trace of the
+        features' covariance over the real slices'): FID minus its mean term is the covariance term."""
+        return (float(FIDMetric()(f, r)), kid(f, r), float(((f.mean(0) - r.mean(0)) ** 2).sum()),
+                float(f.double().var(0).sum() / r.double().var(0).sum()))
+
     reference = {key: features(x) for key, x in views(real).items()}
     feats = {name: {key: features(x) for key, x in views(fake).items()} for name, fake in fakes.items()}
-    out = {name: {k: v for key, f in by_view.items()
-                  for k, v in ((f"fid{key}", float(FIDMetric()(f, reference[key]))), (f"kid{key}", kid(f, reference[key])))}
+    out = {name: {f"{what}{key}": v for key, f in by_view.items()
+                  for what, v in zip(("fid", "kid", "fid_mean", "spread"), scores(f, reference[key]))}
            for name, by_view in feats.items()}
     if groups and draws > 0:
         for key in reference:
