@@ -65,20 +65,21 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_pairs_gain4_long": "the preset's pairs stage twice as long (3000 steps, gains in [0.25, 4]), seed 0",
     "mri_ct_gain4_long_seed1": "`fit mri-ct --preset cpu` with the pairs stage twice as long (3000 steps, gains in "
                                "[0.25, 4]), seed 1",
-    "mri_ct_gain4_seed1_here": "`fit mri-ct --preset cpu` as it shipped then, seed 1, rebuilt from mri_ct_gain4_long_seed1's "
-                               "stages (its pairs stage at 1500 steps): the same CPU and judge as that run",
+    "mri_ct_gain4_seed1_here": "`fit mri-ct --preset cpu` as it shipped then, seed 1, rebuilt from "
+                               "mri_ct_gain4_long_seed1's stages (its pairs stage at 1500 steps): the same CPU and judge as that run",
     "mri_ct_gain4_prob75_seed1": "the same with three quarters of the CT samples rendered (`pairs.prob=0.75`), seed 1",
     "mri_ct_prob75": "`fit mri-ct --preset cpu` as it ships now (three quarters of the CT samples rendered, "
                      "`pairs.prob=0.75`), seed 0",
-    "mri_ct_gain4_here": "`fit mri-ct --preset cpu` as it shipped in the fourteenth stop, seed 0, rebuilt from mri_ct_prob75's stages (its pairs "
-                         "stage at `pairs.prob=0.5`): the same CPU and judge as that run",
+    "mri_ct_gain4_here": "`fit mri-ct --preset cpu` as it shipped in the fourteenth stop, seed 0, rebuilt from "
+                         "mri_ct_prob75's stages (its pairs stage at `pairs.prob=0.5`): the same CPU and judge as that run",
     "mri_ct_organs_gain4": "the same with the gains on the labelled organs alone (`pairs.gain_on=organs`), seed 0",
     "mri_ct_organs_gain4_prob75": "mri_ct_prob75's pairs stage with the gains on the labelled organs alone "
                                   "(`pairs.gain_on=organs`, `pairs.prob=0.75`), seed 0",
     "mri_ct_organs_gain4_seed1": "mri_ct_gain4_seed1_here's pairs stage with the gains on the labelled organs alone "
                                  "(`pairs.gain_on=organs`), seed 1"}
 PRESETS = {  # the `fit mri-ct` preset's translator step -> its seed-1 run, newest first (the first measured is the preset)
-    "mri_ct_prob75": "mri_ct_gain4_prob75_seed1", "mri_ct_pairs_gain4": "mri_ct_gain4_seed1", "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
+    "mri_ct_prob75": "mri_ct_gain4_prob75_seed1", "mri_ct_pairs_gain4": "mri_ct_gain4_seed1",
+    "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
     "mri_ct_preset_now": "mri_ct_seed1", "mri_ct_seg_mri_quarter": "mri_ct_seed1", "mri_ct": None, "frozen": None}
 JUDGE = "ct_judge"  # the realism judge's run (shipped_eval.py step ct_judge), by the end of its path
 
@@ -138,7 +139,8 @@ def translation_record(translation: dict) -> dict:
         beside the judge's figures where another training of the judge scored it."""
         def cell(judge: bool, key: str) -> str:
             v, digits = figure(r, judge, key), 3 if key.startswith("kid") else 2
-            hm, rr = (figure(own.get(m, {}), judge, key) if own and judge else None for m in ("histmatch", "real_vs_real"))
+            hm, rr = (figure(own.get(m, {}), judge, key) if own and judge else None
+                      for m in ("histmatch", "real_vs_real"))
             return "-" if v is None else f"{v:.{digits}f}" + (f" (hm {hm:.{digits}f}; rr {rr:.{digits}f})"
                                                                 if None not in (hm, rr) else "")
         return [*(cell(judge, key) for judge, key in REALISM_COLUMNS), *(
