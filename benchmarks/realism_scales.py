@@ -57,6 +57,7 @@ def main() -> int:
         liver = labels == ORGANS[0][1]
         fake.append(organ_slices(translator.translate(image, ref)[0], liver, ref))
         hm.append(organ_slices(histogram_matched(image, reference), liver, ref))
+    cases = np.repeat(np.arange(len(fake)), [len(f) for f in fake])  # each slice's MRI (the mixes keep them)
     fake, hm, real = torch.cat(fake), torch.cat(hm), torch.cat(ct_slices[0::2])
     outside = fake.isnan()  # the same scans: the same voxels beyond them
     sets = {"synthetic CT": fake, "histmatch": hm}
@@ -70,10 +71,19 @@ def main() -> int:
     inner[..., c - h:c + h, c - h:c + h] = True  # the common field of view; beyond it, the rest of each scan
     sets["synthetic CT in the common field + histmatch beyond it"] = torch.where(inner, fake, hm)
     sets["histmatch in the common field + synthetic CT beyond it"] = torch.where(inner, hm, fake)
+    sets["real CTs, odd-numbered (real vs real)"] = torch.cat(ct_slices[1::2])
+    ct_cases = [np.repeat(np.arange(len(c)), [len(x) for x in c]) for c in (ct_slices[1::2], ct_slices[0::2])]
+    groups = {**{name: cases for name in sets}, "real CTs, odd-numbered (real vs real)": ct_cases[0], "real": ct_cases[1]}
     judges = {"ct-liver": "ct-liver", "judge": str(work / JUDGE)}
-    scores = {name: realism(DeepFeatures(path, torch.device("cpu")), sets, real, side) for name, path in judges.items()}
-    rows = [[name, *(f"{scores[j][name][k]:.2f}" for k in ("fid", "fid_fov") for j in judges),
-             *(f"{scores['ct-liver'][name][k]:.2f}" for k in ("fid_mean", "spread"))] for name in sets]
+    scores = {name: realism(DeepFeatures(path, torch.device("cpu")), sets, real, side, groups)
+              for name, path in judges.items()}
+    def cell(j: str, name: str, key: str) -> str:
+        v = scores[j][name].get(key, 1.0 if key == "spread" else None)  # the reference: its own spread, no FID
+        return "-" if v is None else f"{v:.2f}"
+
+    rows = [[name if name in sets else "real CTs, even-numbered (the reference)",
+             *(cell(j, name, k) for k in ("fid", "fid_fov", "fid_mean", "spread", "spread_between") for j in judges)]
+            for name in [*sets, "real"]]
     write_record("realism_scales", {
         "title": "Where the synthetic CT's FID gap lies: coarse and fine scales, and the common field and the rest, swapped "
                  "with histogram matching",
@@ -82,16 +92,20 @@ def main() -> int:
                  "mri": "10 CHAOS T2 MRIs", "ct_count": 30, "reference": "the 15 even-numbered BTCV CTs",
                  "fov_mm": side * FEATURE_SPACING_MM, "judge": judge_id(work / JUDGE)},
         "notes": ["coarse: the slice blurred by a Gaussian of sigma voxels (2 mm each); fine: the slice minus its coarse "
-                  "part; each mix keeps the scans' extent (NaN, air for the features, beyond it)",
+                  "part; each mix keeps the scans' extent (NaN beyond it)",
                   "the same slices, features and FID as `medgen evaluate translation --unpaired` (whole slices, and "
                   "the centred square scanned in every slice)",
                   "in the common field + beyond it: one set's centred square (the common field of view) inside the "
                   "other's slice; in that field the mix is the first set's, so its common-field FID is that set's",
                   "FID's mean term: the squared distance of the mean features (FID minus it: the covariance term); "
-                  "spread: the trace of the set's feature covariance over the real slices'; both on ct-liver's "
-                  "features, whole slices"],
+                  "spread: the trace of the set's feature covariance over the real slices'; between scans: the part "
+                  "of it in which the scans' mean features differ (the rest: between the slices of one scan); all "
+                  "three on whole slices",
+                  "every set judged in the range the BTCV CTs hold, [-125, 275] HU, beyond the scan their floor"],
         "table": {"columns": ["slices", "FID", "FID (judge)", "FID, common field of view",
-                              "FID (judge), common field of view", "FID's mean term", "spread"], "rows": rows}})
+                              "FID (judge), common field of view", "FID's mean term", "FID's mean term (judge)",
+                              "spread", "spread (judge)", "spread between scans", "spread between scans (judge)"],
+                  "rows": rows}})
     for row in rows:
         print(" | ".join(row))
     return 0

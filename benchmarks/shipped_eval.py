@@ -70,7 +70,8 @@ the data (symbolic links), times the commands and scores the masks against the m
   ct2mri stage).
 - ``translation``: each fit's translator judged on the 10 real MRIs with no paired CT
   (``medgen evaluate translation --unpaired``: organ HU against the 30 BTCV CTs, ct-liver on the synthetic CT); a
-  report that predates the judge or the common field of view's FID is judged again while its translator is kept.
+  report that predates the judge, the common field of view's FID or the CTs' stored range (every set judged in
+  [-125, 275]) is judged again while its translator is kept.
   The preset's translators (``BOOTSTRAP_STEPS``, both seeds) get 95 % intervals of their FIDs and of their FID minus
   histmatch's over ``BOOTSTRAP`` resamples of the MRIs and CTs (``--bootstrap``): the FID floor's verdict.
 - ``architecture``: the training runs of ``benchmarks/shipped_models.py`` (``--models mri-liver`` and its candidates,
@@ -352,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             boot = ["--bootstrap", str(BOOTSTRAP)] if step in BOOTSTRAP_STEPS else []
             if ((model / "model.json").is_file() or run_finished(model)) and (  # not judged yet, or before the judge
                     len(scores) < len(judges) or not all("fid_fov" in v for v in scores.values())  # or the common field
-                    or (boot and not all("fid_delta_ci" in v for v in scores.values()))):  # or the intervals
+                    or (boot and not all("fid_delta_ci" in v for v in scores.values()))  # or the intervals
+                    or not (report.get("realism") or {}).get("range")):  # or before the CTs' stored range
                 medgen("evaluate", "translation", "--unpaired", "--run", str(model), "--mri", str(mri),
                        "--mri-labels", str(mri_labels), "--ct", str(data / "ct" / "images"), "--ct-labels",
                        str(data / "ct" / "labels"), "--segmenter", "ct-liver", "--out", str(out),
@@ -364,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                     if r["method"] == m}, HELD_OUT)
                                                            for m in ("translator", "identity", "histmatch")},
                     "ct_population": report["ct_population"], "fov_mm": (report.get("realism") or {}).get("fov_mm"),
-                    "bootstrap": (report.get("realism") or {}).get("bootstrap", 0), "judge": judged_by}
+                    "bootstrap": (report.get("realism") or {}).get("bootstrap", 0), "judge": judged_by,
+                    "range": (report.get("realism") or {}).get("range")}
         for step, t in results.get("translation", {}).items():  # what each translator was trained on, as a column
             t["trained_on"] = trained_on(step, len(TRAIN_CTS), len(TRAIN))
         if results.get("translation"):

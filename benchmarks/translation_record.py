@@ -76,7 +76,10 @@ TRANSLATOR_NAMES = {  # as the translation table names them
     "mri_ct_organs_gain4_prob75": "mri_ct_prob75's pairs stage with the gains on the labelled organs alone "
                                   "(`pairs.gain_on=organs`, `pairs.prob=0.75`), seed 0",
     "mri_ct_organs_gain4_seed1": "mri_ct_gain4_seed1_here's pairs stage with the gains on the labelled organs alone "
-                                 "(`pairs.gain_on=organs`), seed 1"}
+                                 "(`pairs.gain_on=organs`), seed 1",
+    "mri_ct_organs_gain6_prob75": "mri_ct_prob75's pairs stage with the gains on the labelled organs alone, in [1/6, 6] "
+                                  "(`pairs.gain_on=organs`, `pairs.organ_gain=6`), seed 0",
+    "mri_ct_organs_gain6_prob75_seed1": "the same from seed 1 (mri_ct_gain4_prob75_seed1's pairs stage)"}
 PRESETS = {  # the `fit mri-ct` preset's translator step -> its seed-1 run, newest first (the first measured is the preset)
     "mri_ct_prob75": "mri_ct_gain4_prob75_seed1", "mri_ct_pairs_gain4": "mri_ct_gain4_seed1",
     "mri_ct_pairs_gain": "mri_ct_pairs_seed1",
@@ -132,8 +135,23 @@ def delta_rows(who: str, r: dict) -> list[list[str]]:
             for key, what in (("fid", "whole slices"), ("fid_fov", "common field"))]
 
 
+METHODS = ("translator", "identity", "histmatch", "real_vs_real")
+REALISM_KEYS = ("fid", "kid", "fid_fov", "kid_fov", "fid_mean", "spread", "by_features")
+
+
+def on_one_ruler(translation: dict) -> dict:
+    """``translation`` with the realism figures kept only where they were measured on the preset's ruler (its
+    ``range``: every set in the real CTs' stored HU range); an older report's show as '-' (its FID saw the field
+    beyond each scan at -1024 HU, a scanner's field of view rather than the tissue)."""
+    ruler = next((translation[k].get("range") for k in PRESETS if k in translation), None)
+    return {step: t if t.get("range") == ruler else
+            {k: ({m: v for m, v in r.items() if m not in REALISM_KEYS} if k in METHODS else r)
+             for k, r in t.items()} for step, t in translation.items()}
+
+
 def translation_record(translation: dict) -> dict:
     """The result record of the translators on real MRIs (``docs/results/translation_real.json``)."""
+    translation = on_one_ruler(translation)
     def cells(r: dict, own: dict | None = None) -> list:
         """A method's realism and organ cells; ``own``: its report, whose histmatch and real-vs-real figures are shown
         beside the judge's figures where another training of the judge scored it."""
@@ -199,6 +217,9 @@ def translation_record(translation: dict) -> dict:
                       "known in [-125, 275] only, and the translator's output window is [-175, 250]",
                       "FID/KID: 12 axial slices over the liver per scan, 2 mm in-plane, features of ct-liver's deepest "
                       "layer, against the 15 even-numbered BTCV CTs; real vs real: the 15 odd-numbered ones. Every "
+                      "set is judged in the range the BTCV CTs hold, [-125, 275] HU, the field beyond each scan at "
+                      "-125 (rows judged before, which filled it with -1024 HU: '-'; their figures are in the "
+                      "measurement log). Every "
                       "translator is trained through ct-liver, which shapes its features: the judge (ct-liver's "
                       "recipe, another seed, liver, spleen and kidneys; shipped_eval.py --only ct_judge) is a "
                       "segmenter no translator is trained through; '-': judged before it existed. The judge is "
@@ -206,8 +227,8 @@ def translation_record(translation: dict) -> dict:
                       "another training of it scored a row, its cells add histmatch's and real vs real's figures on "
                       "that judge's features from the same report, '(hm 0.29; rr 0.19)': compare the row with those",
                       "FID, common field of view: the same slices cropped to the centred square scanned in every slice "
-                      f"of the run ({field}), on each segmenter's features. The whole slices' figures also see where each "
-                      "scan ends: the 10 MRIs share one field of view, the CTs' differ (air beyond the scan); '-': "
+                      f"of the run ({field}), on each segmenter's features. The whole slices' figures also see how far "
+                      "each scan reaches: the 10 MRIs share one field of view, the CTs' differ; '-': "
                       "judged before this figure existed",
                       "95 % intervals (the preset's translators, both seeds; ct-liver's features; the judge's): "
                       f"percentiles over {draws} bootstrap resamples of the cases, the 10 MRIs "

@@ -158,6 +158,33 @@ def test_realism_of_identical_slices_is_zero():
     assert one["spread"] == pytest.approx(0.0, abs=1e-9)
     assert one["fid_mean"] == pytest.approx(float(((f1[0] - f.mean(0)) ** 2).sum()), rel=1e-4)
     assert one["fid"] > one["fid_mean"]  # and a covariance term: the real slices' spread, missing
+    cases = np.repeat(np.arange(4), 10)  # four cases of ten slices each: their means differ by the noise alone
+    grouped = realism(features, {"same": x}, x, groups={"same": cases, "real": cases})
+    assert grouped["same"]["spread_between"] == pytest.approx(grouped["real"]["spread_between"])
+    assert 0 < grouped["same"]["spread_between"] < 0.5 * grouped["same"]["spread"]
+
+
+def test_realism_judges_every_set_in_the_range_the_real_ct_holds():
+    """A CT stored clipped to [-125, 275] (BTCV): a synthetic CT whose air lies below that floor, scanned in a smaller
+    field (NaN beyond it), is the same image in that range, so FID 0; its tissue changed is not."""
+    from medgen.evaluation.synthesis import DeepFeatures
+    from medgen.evaluation.translation import realism, stored_range
+    from medgen.runtime import resolve_device
+
+    features = DeepFeatures("ct-liver", resolve_device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    real = torch.full((24, 1, 96, 96), -125.0)
+    real[:, :, 24:72, 20:76] = (torch.rand(24, 1, 48, 56, generator=g) * 350 - 100).round()  # a body: fat to bone
+    real[:, :, 40, 40:44] = 275.0  # and the ceiling that the CTs were clipped to
+    real[:, :, :4] = float("nan")  # each CT scanned a little less than the grid
+    fake = real.clone()
+    fake[fake == -125.0] = -175.0  # the synthetic CT's air, below any value the real CTs hold
+    fake[:, :, :, :12] = fake[:, :, :, -12:] = float("nan")  # another field of view
+    assert stored_range(real) == (-125.0, 275.0)
+    denser = fake.clone()
+    denser[:, :, 24:72, 20:76] += 60  # its tissue 60 HU denser
+    r = realism(features, {"same": fake, "denser": denser}, real)
+    assert r["same"]["fid"] == pytest.approx(0.0, abs=1e-3) and r["denser"]["fid"] > 0.05
 
 
 def test_bootstrap_fid_resamples_cases_and_pairs_the_sets_on_the_same_cases():

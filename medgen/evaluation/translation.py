@@ -139,19 +139,36 @@ def scanned_field(*sets: torch.Tensor, multiple: int = 16) -> int:
     return 2 * half // multiple * multiple
 
 
+def stored_range(real: torch.Tensor) -> tuple[float, float]:
+    """The HU range that the real slices hold (NaN beyond the scan ignored; the floor at most air's): every set is
+    judged in it, and the field beyond each scan is its floor. A CT stored clipped (BTCV: [-125, 275]) shows nothing
+    below its floor, so a value below it (a synthetic CT's air, a fill of -1024 beyond the scan) tells only the
+    storage and each scanner's field of view apart, not the tissue.
+
+    >>> stored_range(torch.tensor([[float("nan"), -125.0], [40.0, 275.0]])), stored_range(torch.tensor([-3024.0, 9.0]))
+    ((-125.0, 275.0), (-1024.0, 9.0))
+    """
+    v = real[~real.isnan()]
+    return max(float(v.min()), AIR_HU), float(v.max())
+
+
 def realism(features: DeepFeatures, fakes: dict[str, torch.Tensor], real: torch.Tensor, side: int | None = None,
             groups: dict[str, np.ndarray] | None = None, draws: int = 0, seed: int = 0) -> dict[str, dict]:
-    """Per slice set of ``fakes``, FID (MONAI) and KID against ``real`` on the segmenter's deepest features: on the
-    whole slices (air beyond the scan), and with ``side`` (``fid_fov``, ``kid_fov``) on their centred ``side`` x
+    """Per slice set of ``fakes``, FID (MONAI) and KID against ``real`` on the segmenter's deepest features, every set
+    in the range the real slices hold (:func:`stored_range`: BTCV's [-125, 275]; beyond the scan, its floor): on the
+    whole slices, and with ``side`` (``fid_fov``, ``kid_fov``) on their centred ``side`` x
     ``side`` squares, where every scan was scanned: a scanner's field of view, which no translator changes, out of the
     comparison. The real slices' features are computed once for all the sets. ``fid_mean`` is FID's mean term, and
     ``spread`` how much the set's features vary against the real slices' (traces of the covariances).
 
-    With ``groups`` (each slice's case, per set name and under ``"real"`` for ``real``) and ``draws`` > 0, the FIDs'
-    uncertainty over the cases (:func:`bootstrap_fid`): ``fid_ci`` (``fid_fov_ci``), a 95 % interval, and
+    With ``groups`` (each slice's case, per set name and under ``"real"`` for ``real``), ``spread_between``: the part of
+    the spread in which the cases' mean features differ (the rest lies between the slices of one case); with ``draws``
+    > 0 too, the FIDs' uncertainty over the cases (:func:`bootstrap_fid`): ``fid_ci`` (``fid_fov_ci``), a 95 % interval, and
     ``fid_delta_ci`` (``fid_fov_delta_ci``), per other set resampled with it, the interval of FID(set) - FID(other)."""
+    lo, hi = stored_range(real)
+
     def views(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, c, h = torch.nan_to_num(x, nan=AIR_HU), x.shape[-1] // 2, (side or 0) // 2
+        x, c, h = torch.nan_to_num(x, nan=lo).clamp(lo, hi), x.shape[-1] // 2, (side or 0) // 2
         return {"": x, **({"_fov": x[..., c - h:c + h, c - h:c + h]} if side else {})}
 
     def scores(f: torch.Tensor, r: torch.Tensor) -> tuple[float, float, float, float]:
@@ -165,12 +182,28 @@ def realism(features: DeepFeatures, fakes: dict[str, torch.Tensor], real: torch.
     out = {name: {f"{what}{key}": v for key, f in by_view.items()
                   for what, v in zip(("fid", "kid", "fid_mean", "spread"), scores(f, reference[key]))}
            for name, by_view in feats.items()}
+    for name, key in ((n, k) for n in (*feats, "real") for k in reference if groups and n in groups):
+        f = reference[key] if name == "real" else feats[name][key]
+        out.setdefault(name, {})[f"spread_between{key}"] = between_cases(f, groups[name], reference[key])
     if groups and draws > 0:
         for key in reference:
             intervals = bootstrap_fid({n: f[key] for n, f in feats.items()}, reference[key], groups, draws, seed)
             for name, (ci, delta) in intervals.items():
                 out[name].update({f"fid{key}_ci": ci, f"fid{key}_delta_ci": delta})
     return out
+
+
+def between_cases(f: torch.Tensor, cases: np.ndarray, reference: torch.Tensor) -> float:
+    """How much the cases' mean features (``f``'s rows, each slice's case in ``cases``) vary about the set's mean, per
+    slice, over the total variance of ``reference``'s features: the between-case part of :func:`realism`'s spread.
+
+    >>> between_cases(torch.tensor([[0.0], [0.0], [2.0], [2.0]]), np.array([0, 0, 1, 1]), torch.tensor([[0.0], [2.0]]))
+    1.0
+    """
+    f, total = f.double(), float(reference.double().var(0, unbiased=False).sum())
+    means = torch.stack([f[torch.from_numpy(cases == c)].mean(0) for c in np.unique(cases)])
+    counts = torch.tensor([(cases == c).sum() for c in np.unique(cases)], dtype=torch.float64)
+    return float((counts[:, None] * (means - f.mean(0)) ** 2).sum() / len(f) / total)
 
 
 def case_resample(cases: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -288,7 +321,9 @@ def evaluate_unpaired(run: str | Path, mri: str | Path, mri_labels: str | Path, 
                                     f"odd-numbered ones; fid_fov, kid_fov: the centred {side * FEATURE_SPACING_MM:.0f} "
                                     "mm square scanned in every slice (the whole slices' figures see each scan's field "
                                     "of view); fid_ci, fid_delta_ci: 95 % intervals over resamples of the MRIs and "
-                                    "real CTs", "fov_mm": side * FEATURE_SPACING_MM, "bootstrap": bootstrap}
+                                    "real CTs; every set in the reference's stored HU range (range), beyond the scan "
+                                    "its floor", "fov_mm": side * FEATURE_SPACING_MM, "bootstrap": bootstrap,
+                          "range": list(stored_range(reals[0]))}
               if nets else None,
               "cases": rows}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
